@@ -1,0 +1,1 @@
+"""Prefect flows: the pipeline, sweeps and schedules over the stage functions in `tasks/`."""

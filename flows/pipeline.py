@@ -1,0 +1,106 @@
+"""The pipeline as one Prefect flow: the same stage functions `dvc repro` runs, as tasks, in dependency order.
+
+Caching follows DVC's rule: a stage is skipped when its params sections and the md5 of every dependency that
+`dvc.yaml` lists for it (code and upstream outputs) are unchanged and its outputs are still on disk. Cache
+records and results live under the project, in `.kdflow/prefect`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.context import TaskRunContext
+
+import kdflow
+from kdflow import tracking
+from kdflow.artifacts import read_json, tree_digest
+from kdflow.config import Params, dump_params, load_params, validate
+from kdflow.layout import ProjectPaths
+from tasks import distill, evaluate, finetune, prepare, soft_labels, train_teacher
+
+STAGES = {
+    "prepare": prepare.run,
+    "train_teacher": train_teacher.run,
+    "soft_labels": soft_labels.run,
+    "distill": distill.run,
+    "finetune": finetune.run,
+    "evaluate": evaluate.run,
+}
+CODE_ROOT = Path(kdflow.__file__).resolve().parent.parent
+CODE_DIRS = ("kdflow", "models", "tasks", "flows")
+
+
+def stage_graph(root: Path) -> dict[str, dict]:
+    """dvc.yaml's stages: the project's own, else the one shipped beside the code."""
+    path = root / "dvc.yaml" if (root / "dvc.yaml").exists() else CODE_ROOT / "dvc.yaml"
+    return yaml.safe_load(path.read_text())["stages"]
+
+
+def _entries(entries: list) -> list[str]:
+    """dvc.yaml lists paths as strings or as one-key mappings carrying options."""
+    return [entry if isinstance(entry, str) else next(iter(entry)) for entry in entries or []]
+
+
+def dependency_path(root: Path, dep: str) -> Path:
+    """Code deps are hashed where the code is; data deps in the project."""
+    return (CODE_ROOT if dep.split("/")[0] in CODE_DIRS else root) / dep
+
+
+def output_paths(root: Path, stage_def: dict) -> list[Path]:
+    return [root / out for key in ("outs", "metrics", "plots") for out in _entries(stage_def.get(key))]
+
+
+def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    stage, root = parameters["stage"], Path(parameters["root"])
+    stage_def = stage_graph(root)[stage]
+    params = parameters["params"]
+    fingerprint = {
+        "stage": stage,
+        "params": {name: params[name] for name in _entries(stage_def.get("params"))},
+        "deps": {dep: tree_digest(dependency_path(root, dep)) for dep in _entries(stage_def.get("deps"))},
+    }
+    return f"{stage}-" + hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+
+
+@task(task_run_name="{stage}", persist_result=True, cache_key_fn=stage_cache_key, result_serializer="json")
+def run_stage(stage: str, params: dict[str, Any], root: str, parent_run_id: str | None) -> dict:
+    return STAGES[stage](validate(params), ProjectPaths.at(root), parent_run_id)
+
+
+@flow(name="kdflow-pipeline", log_prints=True)
+def pipeline(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
+             force: list[str] | None = None) -> dict:
+    """Run every stage; `force` names stages to rerun regardless of the cache ("all" for every stage)."""
+    logger = get_run_logger()
+    paths = ProjectPaths.at(root)
+    params = load_params(params_path, overrides or [])
+    forced = set(STAGES) if force and "all" in force else set(force or [])
+    unknown = forced - set(STAGES)
+    if unknown:
+        raise ValueError(f"--force names unknown stages {sorted(unknown)}; stages: {', '.join(STAGES)}")
+    graph = stage_graph(paths.root)
+    storage = paths.root / ".kdflow" / "prefect"
+    ran, cached = [], []
+    with tracking.start_run(paths.root, "pipeline", tags={"kdflow.runner": "prefect"}) as parent:
+        parent.log_params(params.model_dump(mode="json"))
+        parent.client.log_text(parent.run_id, dump_params(params), "params.yaml")
+        for stage in STAGES:
+            missing = [p for p in output_paths(paths.root, graph[stage]) if not p.exists()]
+            if missing:
+                logger.info("%s: outputs missing (%s), rerunning", stage, ", ".join(str(p) for p in missing))
+            state = run_stage.with_options(refresh_cache=stage in forced or bool(missing), result_storage=storage)(
+                stage, params.model_dump(mode="json"), str(paths.root), parent.run_id, return_state=True
+            )
+            (cached if state.name == "Cached" else ran).append(stage)
+            state.result()
+        parent.set_tags({"kdflow.stages_run": ",".join(ran) or "-", "kdflow.stages_cached": ",".join(cached) or "-"})
+        summary = read_json(paths.summary)
+        parent.log_metrics({f"{m}.test_accuracy": v["test_accuracy"] for m, v in summary["models"].items()})
+        parent.log_metrics(summary["comparisons"])
+    logger.info("stages run: %s; from cache: %s", ", ".join(ran) or "none", ", ".join(cached) or "none")
+    return {"summary": summary, "ran": ran, "cached": cached, "mlflow_run_id": parent.run_id}

@@ -1,0 +1,242 @@
+"""The schema of `params.yaml`: one validated model for every stage and both runners.
+
+A typo, a wrong type or an out-of-range value is a `ConfigError` that names the file, the key and what is
+allowed, so that `dvc repro`, `kdflow run` and the tests all fail the same way on the same bad input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STAGE_SECTIONS = ("data", "train_teacher", "soft_labels", "distill", "finetune", "evaluate")
+
+
+class ConfigError(ValueError):
+    """A params file that does not fit the schema."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- architectures -----------------------------------------------------------------------------------------
+
+
+class MLPSpec(Section):
+    arch: Literal["mlp"]
+    hidden: list[Annotated[int, Field(gt=0)]] = [64, 64]
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class CNN1DSpec(Section):
+    arch: Literal["cnn1d"]
+    channels: list[Annotated[int, Field(gt=0)]] = Field(default=[32, 32, 32], min_length=1)
+    kernel_size: int = Field(5, gt=0)
+    stride: int = Field(2, gt=0)
+    padding_mode: Literal["zeros", "circular"] = "zeros"
+    pool: Literal["flatten", "max", "avg"] = Field("flatten", description="flatten, or global max/avg over length")
+    hidden: int = Field(0, ge=0, description="width of a fully connected layer before the head; 0 for none")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class LinearSpec(Section):
+    arch: Literal["linear"]
+
+
+ModelSpec = Annotated[Union[MLPSpec, CNN1DSpec, LinearSpec], Field(discriminator="arch")]
+
+
+# --- optimisation ------------------------------------------------------------------------------------------
+
+
+class TrainSpec(Section):
+    """Mini-batch gradient descent: batch_size 1 is SGD, "full" (or >= the set) is full-batch descent."""
+
+    epochs: int = Field(30, gt=0)
+    batch_size: Union[Annotated[int, Field(gt=0)], Literal["full"]] = 128
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    step_size: int = Field(10, gt=0, description="epochs between decays of the step schedule")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="decay factor of the step schedule")
+    monitor: Literal["val_loss", "val_accuracy"] = Field("val_loss", description="what early stopping and the kept checkpoint follow")
+    patience: int = Field(10, ge=0, description="epochs without improvement of `monitor` before stopping; 0 never stops")
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+# --- data --------------------------------------------------------------------------------------------------
+
+
+class MNIST1DSource(Section):
+    """Labelled data from the MNIST-1D generator; seed 42 with 5,000 samples is the published 4,000/1,000 split."""
+
+    kind: Literal["mnist1d"] = "mnist1d"
+    seed: int = Field(42, ge=0)
+    num_samples: int = Field(5000, ge=100, description="samples generated over all ten digits")
+
+
+class MNIST1DTransfer(Section):
+    """Unlabelled source-domain samples from the generator under another seed; labels are never written."""
+
+    kind: Literal["mnist1d"] = "mnist1d"
+    seed: int = Field(1, ge=0)
+    size: int = Field(50000, ge=0, description="samples of the source classes kept, labels dropped")
+
+
+class DataSpec(Section):
+    source: MNIST1DSource = MNIST1DSource()
+    source_classes: list[Annotated[int, Field(ge=0, le=9)]] = Field(default=[0, 1, 2, 3, 4], min_length=2)
+    transfer: MNIST1DTransfer = MNIST1DTransfer()
+    target_classes: list[Annotated[int, Field(ge=0, le=9)]] = Field(default=[5, 6, 7, 8, 9], min_length=2)
+    target_labels_per_class: int = Field(50, gt=0, description="labelled target training samples per class")
+    target_val_per_class: int = Field(50, gt=0)
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="share of each source class held out")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DataSpec":
+        shared = sorted(set(self.source_classes) & set(self.target_classes))
+        if shared:
+            raise ValueError(f"source_classes and target_classes share {shared}; the target task needs new classes")
+        if self.transfer.size and self.transfer.seed == self.source.seed:
+            raise ValueError("transfer.seed equals source.seed, so the transfer set would repeat the source samples")
+        return self
+
+
+# --- stages ------------------------------------------------------------------------------------------------
+
+
+class TeacherSpec(Section):
+    model: ModelSpec = CNN1DSpec(arch="cnn1d")
+    train: TrainSpec = TrainSpec()
+
+
+class SoftLabelSpec(Section):
+    chunk_size: int = Field(8192, gt=0, description="samples per inference chunk; bounds peak memory")
+
+
+class DistillSpec(Section):
+    """Hinton's KD. `alpha` weighs the soft (teacher) term: L = alpha*T^2*KL + (1-alpha)*CE(labels)."""
+
+    student: ModelSpec = MLPSpec(arch="mlp")
+    temperature: float = Field(4.0, gt=0.0)
+    alpha: float = Field(1.0, ge=0.0, le=1.0)
+    train: TrainSpec = TrainSpec()
+    max_param_ratio: float = Field(0.25, gt=0.0, le=1.0, description="student params / teacher params, at most")
+
+
+class FinetuneSpec(Section):
+    strategy: Literal["full", "linear_probe", "gradual_unfreeze"] = "full"
+    backbone_lr_mult: float = Field(1.0, ge=0.0, le=1.0)
+    unfreeze_every: int = Field(5, gt=0, description="epochs between unfreezing blocks, gradual_unfreeze only")
+    reinit: list[str] = Field(default=["head"], description="layer name prefixes re-initialised even on a match")
+    train: TrainSpec = TrainSpec()
+
+
+class EvaluateSpec(Section):
+    ece_bins: int = Field(15, gt=1)
+    latency_batches: int = Field(200, gt=0, description="single-sample forward passes timed per model")
+
+
+class Params(Section):
+    seed: int = 42
+    data: DataSpec = DataSpec()
+    train_teacher: TeacherSpec = TeacherSpec()
+    soft_labels: SoftLabelSpec = SoftLabelSpec()
+    distill: DistillSpec = DistillSpec()
+    finetune: FinetuneSpec = FinetuneSpec()
+    evaluate: EvaluateSpec = EvaluateSpec()
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, seed: int) -> int:
+        if not 0 <= seed < 2**32:
+            raise ValueError("seed must be in [0, 2**32)")
+        return seed
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One stage's section as plain data, for hashing and for logging to MLflow."""
+        return getattr(self, name).model_dump(mode="json")
+
+
+# --- loading -----------------------------------------------------------------------------------------------
+
+
+def _describe(error: dict[str, Any], source: str) -> str:
+    key = ".".join(str(part) for part in error["loc"] if not str(part).startswith(("function-", "tagged-union")))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    if kind == "union_tag_invalid":
+        allowed = error.get("ctx", {}).get("expected_tags", "")
+        return f"{source}: '{key}' has an unknown arch {error['input'].get('arch')!r}; allowed: {allowed}"
+    if kind == "literal_error":
+        return f"{source}: '{key}' is {error['input']!r}; allowed values: {error['ctx']['expected']}"
+    return f"{source}: '{key}' {error['msg'].lower()} (got {error['input']!r})"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the schema accepts at the parent of `loc`, to say what a misspelt key should be."""
+    model: Any = Params
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return sorted(model.model_fields)
+
+
+def validate(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            line = _describe(error, source)
+            if error["type"] == "extra_forbidden":
+                allowed = _allowed_keys(error["loc"])
+                if allowed:
+                    line += f"; allowed keys here: {', '.join(allowed)}"
+            lines.append(line)
+        raise ConfigError("\n".join(lines)) from None
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `-S key.path=value` in place, the value parsed as YAML as `dvc exp run -S` does."""
+    if "=" not in assignment:
+        raise ConfigError(f"override '{assignment}' is not of the form key.path=value")
+    path, _, text = assignment.partition("=")
+    keys = path.strip().split(".")
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{assignment}': '{key}' holds a value, not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(text)
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; run from the project root or pass --params") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return validate(raw, source=str(path))
+
+
+def dump_params(params: Params) -> str:
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)

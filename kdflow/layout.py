@@ -1,0 +1,72 @@
+"""Where every stage reads and writes, relative to one project root. `dvc.yaml` lists the same paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("source_train", "source_val", "source_test", "transfer", "target_train", "target_val", "target_test")
+
+# Models trained by the pipeline, in the order the results table lists them.
+MODELS = ("teacher", "student_distilled", "student_hard_labels", "student_scratch", "target_finetuned", "target_scratch")
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path = ".") -> "ProjectPaths":
+        return cls(Path(root).resolve())
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    def split(self, name: str) -> Path:
+        return self.prepared / f"{name}.parquet"
+
+    @property
+    def dataset_card(self) -> Path:
+        return self.prepared / "dataset_card.json"
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.root / "artifacts" / "teacher"
+
+    @property
+    def soft_labels_dir(self) -> Path:
+        return self.root / "artifacts" / "soft_labels"
+
+    @property
+    def students_dir(self) -> Path:
+        return self.root / "artifacts" / "students"
+
+    @property
+    def target_dir(self) -> Path:
+        return self.root / "artifacts" / "target"
+
+    def checkpoint(self, model: str) -> Path:
+        directory = {"teacher": self.teacher_dir}.get(model) or (
+            self.students_dir if model.startswith("student") else self.target_dir
+        )
+        return directory / f"{model}.pt"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
+    def stage_metrics(self, stage: str) -> Path:
+        return self.metrics_dir / f"{stage}.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.metrics_dir / "summary.json"
+
+    def curve(self, model: str) -> Path:
+        """Per-epoch history as CSV, the form `dvc plots` reads."""
+        return self.root / "plots" / "curves" / f"{model}.csv"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "reports"

@@ -1,0 +1,109 @@
+"""The results table and plots a person reads after a run: Markdown for the report, plain text for the terminal."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+COLUMNS = [
+    ("model", "model", "{}"),
+    ("task", "task", "{}"),
+    ("test_accuracy", "accuracy", "{:.2%}"),
+    ("test_macro_f1", "macro-F1", "{:.3f}"),
+    ("test_nll", "NLL", "{:.3f}"),
+    ("test_ece", "ECE", "{:.3f}"),
+    ("test_agreement", "agrees w/ teacher", "{:.2%}"),
+    ("parameters", "params", "{:,}"),
+    ("latency_ms", "latency ms", "{:.3f}"),
+]
+
+
+def table_rows(summary: dict) -> list[list[str]]:
+    rows = []
+    for name, metrics in summary["models"].items():
+        row = []
+        for key, _, fmt in COLUMNS:
+            value = name if key == "model" else metrics.get(key)
+            row.append("" if value is None else fmt.format(value))
+        rows.append(row)
+    return rows
+
+
+def markdown_table(summary: dict) -> str:
+    header = [title for _, title, _ in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary)]
+    return "\n".join(lines)
+
+
+def text_table(summary: dict) -> str:
+    header = [title for _, title, _ in COLUMNS]
+    rows = [header, *table_rows(summary)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def comparison_lines(summary: dict) -> list[str]:
+    c = summary["comparisons"]
+    return [
+        f"distillation: student {c['distilled_vs_scratch_points']:+.1f} points vs scratch, "
+        f"{c['distilled_vs_hard_labels_points']:+.1f} vs hard labels; "
+        f"closes {c['teacher_scratch_gap_closed']:.0%} of the teacher-scratch gap "
+        f"with {c['student_teacher_param_ratio']:.0%} of the teacher's parameters",
+        f"transfer: fine-tuned {c['finetuned_vs_scratch_points']:+.1f} points vs target model from scratch",
+    ]
+
+
+def read_curve(path: Path) -> dict[str, list[float]]:
+    with open(path) as handle:
+        rows = list(csv.DictReader(handle))
+    return {key: [float(row[key]) for row in rows if row.get(key)] for key in rows[0]} if rows else {}
+
+
+def plot_learning_curves(curves: dict[str, Path], target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kdflow.artifacts import atomic_path
+
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, path in curves.items():
+        curve = read_curve(path)
+        loss_axis.plot(curve["epoch"], curve["val_loss"], label=name)
+        accuracy_axis.plot(curve["epoch"], curve["val_accuracy"], label=name)
+    loss_axis.set(xlabel="epoch", ylabel="validation loss", yscale="log", title="Validation loss")
+    accuracy_axis.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy")
+    accuracy_axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(target) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+    plt.close(figure)
+
+
+def plot_comparison(summary: dict, target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kdflow.artifacts import atomic_path
+
+    names = list(summary["models"])
+    accuracy = [summary["models"][n]["test_accuracy"] * 100 for n in names]
+    parameters = [summary["models"][n]["parameters"] for n in names]
+    figure, (accuracy_axis, size_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    colours = ["#444" if summary["models"][n]["task"] == "source" else "#2a7" for n in names]
+    accuracy_axis.barh(names, accuracy, color=colours)
+    accuracy_axis.set(xlabel="test accuracy (%)", title="Test accuracy (grey: source task, green: target task)")
+    for y, value in enumerate(accuracy):
+        accuracy_axis.text(value, y, f" {value:.1f}", va="center", fontsize=8)
+    size_axis.barh(names, parameters, color=colours)
+    size_axis.set(xlabel="parameters", xscale="log", title="Model size")
+    figure.tight_layout()
+    with atomic_path(target) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+    plt.close(figure)

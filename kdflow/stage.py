@@ -1,0 +1,121 @@
+"""What every stage shares: its MLflow run, training one model with full tracking, and its command line.
+
+`python -m tasks.<stage>` (what `dvc repro` calls) only parses arguments and calls the stage's `run`, as the
+Prefect flow does; both read params.yaml through the same schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from kdflow.artifacts import file_digest, write_json, write_text
+from kdflow.checkpoints import save_model
+from kdflow.config import ConfigError, Params, TrainSpec, load_params
+from kdflow.layout import ProjectPaths
+from kdflow.training import FitResult, LossFn, cross_entropy_loss, fit
+
+StageFn = Callable[[Params, ProjectPaths, "str | None"], dict]
+
+# The params sections each stage reads, besides `seed`: what it logs to MLflow and what its cache key hashes.
+STAGE_PARAMS = {
+    "prepare": ("data",),
+    "train_teacher": ("train_teacher",),
+    "soft_labels": ("soft_labels",),
+    "distill": ("distill",),
+    "finetune": ("finetune",),
+    "evaluate": ("evaluate",),
+}
+
+
+@contextlib.contextmanager
+def stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: str | None, inputs: Sequence[Path]):
+    """The stage's MLflow run: its params sections, seed, and the md5 of every input file as tags."""
+    from kdflow import tracking
+
+    tags = {"kdflow.stage": stage}
+    tags.update({f"kdflow.input.{p.relative_to(paths.root).as_posix()}.md5": file_digest(p) for p in inputs})
+    with tracking.start_run(paths.root, stage, parent_run_id, tags) as tracked:
+        tracked.log_params({"seed": params.seed, **{s: params.section(s) for s in STAGE_PARAMS[stage]}})
+        yield tracked
+
+
+def write_curve(path: Path, history: list[dict[str, float]]) -> None:
+    """Per-epoch history as CSV for `dvc plots`."""
+    columns = ["epoch", "train_loss", "val_loss", "val_accuracy", "lr"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for epoch, record in enumerate(history, start=1):
+        writer.writerow({"epoch": epoch, **{k: f"{record[k]:.6g}" for k in columns[1:] if k in record}})
+    write_text(path, buffer.getvalue())
+
+
+def train_model(
+    stage_tracked,
+    paths: ProjectPaths,
+    name: str,
+    model: nn.Module,
+    spec,
+    train: TrainSpec,
+    x: torch.Tensor,
+    targets: Sequence[torch.Tensor],
+    *,
+    seed: int,
+    val: tuple[torch.Tensor, torch.Tensor],
+    input_shape: tuple[int, ...],
+    class_names: list[str],
+    loss_fn: LossFn = cross_entropy_loss,
+    param_groups=None,
+    before_epoch: Callable[[int], None] | None = None,
+    extra_params: dict | None = None,
+) -> FitResult:
+    """Fit one model in its own nested MLflow run; write its checkpoint and curve; tag the checkpoint's md5."""
+    from models import count_parameters
+
+    with stage_tracked.child(name, tags={"kdflow.model": name}) as tracked:
+        tracked.log_params({"arch": spec.model_dump(mode="json"), "train": train.model_dump(mode="json"),
+                            "seed": seed, "train_samples": len(x), **(extra_params or {})})
+        result = fit(
+            model, x, targets, train, seed=seed, loss_fn=loss_fn, val=val, param_groups=param_groups,
+            before_epoch=before_epoch, on_epoch=lambda epoch, record: tracked.log_metrics(record, step=epoch),
+            description=name,
+        )
+        checkpoint = save_model(paths.checkpoint(name), model, spec, input_shape, class_names)
+        write_curve(paths.curve(name), result.history)
+        summary = {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                   "epochs_run": len(result.history), "parameters": count_parameters(model)}
+        tracked.log_metrics(summary)
+        tracked.set_tags({"kdflow.checkpoint_md5": file_digest(checkpoint), "kdflow.stopped_early": result.stopped_early})
+        tracked.log_artifact(checkpoint, "checkpoint")
+        tracked.log_artifact(paths.curve(name), "curves")
+    return result
+
+
+def write_stage_metrics(paths: ProjectPaths, stage: str, metrics: dict) -> None:
+    write_json(paths.stage_metrics(stage), metrics)
+
+
+def stage_main(stage: str, run: StageFn, argv: list[str] | None = None) -> None:
+    """`python -m tasks.<stage> [--params params.yaml] [--root .] [-S key=value ...]`."""
+    parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=f"Run the {stage} stage.")
+    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    parser.add_argument("--root", default=".", help="the project root holding data/, artifacts/ (default: .)")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params key, as `dvc exp run -S` does")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(Path(args.root) / args.params, args.overrides)
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+    metrics = run(params, ProjectPaths.at(args.root), None)
+    print(json.dumps(metrics, indent=2, sort_keys=True))

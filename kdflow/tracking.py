@@ -1,0 +1,136 @@
+"""MLflow tracking: one parent run per pipeline run, a nested run per stage, a nested run per trained model.
+
+Runs are addressed by id through `MlflowClient` rather than MLflow's thread-local "active run", so a stage logs
+the same way whether Prefect runs it in a worker thread, DVC runs it in its own process, or a test calls it.
+mlflow is imported here only, so the training engine works without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+DEFAULT_EXPERIMENT = "kdflow"
+PARENT_RUN_ENV = "KDFLOW_PARENT_RUN_ID"
+
+
+def tracking_uri(root: Path) -> str:
+    """`MLFLOW_TRACKING_URI` when set, else the project's own `sqlite:///mlflow.db`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').as_posix()}"
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+
+
+def git_commit(root: Path) -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """{"train": {"lr": 0.1}} -> {"train.lr": 0.1}; lists stay whole, as MLflow shows them."""
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, child in value.items():
+            flat.update(flatten(f"{prefix}.{key}" if prefix else str(key), child))
+        return flat
+    return {prefix: value}
+
+
+class TrackedRun:
+    """One MLflow run, logged to by id."""
+
+    def __init__(self, client, run_id: str, root: Path, experiment_id: str):
+        self.client = client
+        self.run_id = run_id
+        self.root = root
+        self.experiment_id = experiment_id
+
+    def log_params(self, params: dict[str, Any], prefix: str = "") -> None:
+        from mlflow.entities import Param
+
+        flat = flatten(prefix, params)
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in flat.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    @contextlib.contextmanager
+    def child(self, name: str, tags: dict[str, Any] | None = None) -> Iterator["TrackedRun"]:
+        with _run(self.client, self.experiment_id, self.root, name, self.run_id, tags) as run:
+            yield run
+
+
+def _client(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(root)
+    client = MlflowClient(tracking_uri=uri)
+    name = experiment_name()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    # A local store keeps artifacts beside mlflow.db; a server decides for itself.
+    location = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    return client, client.create_experiment(name, artifact_location=location)
+
+
+@contextlib.contextmanager
+def _run(client, experiment_id: str, root: Path, name: str, parent_id: str | None, tags: dict | None):
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    all_tags = {"mlflow.source.git.commit": git_commit(root), **(tags or {})}
+    if parent_id:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
+    created = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
+    run = TrackedRun(client, created.info.run_id, root, experiment_id)
+    try:
+        yield run
+    except BaseException:
+        client.set_terminated(run.run_id, "FAILED")
+        raise
+    client.set_terminated(run.run_id, "FINISHED")
+
+
+@contextlib.contextmanager
+def start_run(root: Path, name: str, parent_run_id: str | None = None, tags: dict | None = None) -> Iterator[TrackedRun]:
+    """A run in the project's experiment; nested under `parent_run_id` or, failing that, `$KDFLOW_PARENT_RUN_ID`."""
+    client, experiment_id = _client(root)
+    parent = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
+    with _run(client, experiment_id, root, name, parent, tags) as run:
+        yield run
+
+
+def find_model_run(run: TrackedRun, checkpoint_md5: str) -> str | None:
+    """The newest run that trained the checkpoint with this digest, so evaluation lands in the model's own run."""
+    found = run.client.search_runs(
+        [run.experiment_id],
+        filter_string=f"tags.`kdflow.checkpoint_md5` = '{checkpoint_md5}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None

@@ -1,0 +1,82 @@
+"""Stage `distill`: the student learns from the teacher's soft labels (Hinton KD), beside two baselines.
+
+- student_distilled: KD loss on source_train + transfer (see kdflow.losses for what alpha weighs).
+- student_hard_labels: cross-entropy on the teacher's argmax over the same samples.
+- student_scratch: cross-entropy on the source labels alone.
+All three share the architecture, the initial weights and the optimiser settings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from kdflow.artifacts import read_json
+from kdflow.checkpoints import load_model
+from kdflow.config import Params
+from kdflow.datasets import Split, load_split
+from kdflow.layout import ProjectPaths
+from kdflow.losses import kd_loss
+from kdflow.stage import stage_main, stage_run, train_model, write_stage_metrics
+from models import build_model, count_parameters
+from tasks.soft_labels import SETS_TO_LABEL, logits_path
+
+
+class StudentTooLarge(ValueError):
+    pass
+
+
+def teacher_logits_for(split: Split, path) -> torch.Tensor:
+    """The stored logits of `split`'s samples, matched by sample_id."""
+    frame = pq.read_table(path).to_pandas().set_index("sample_id")
+    missing = np.setdiff1d(split.sample_id, frame.index.to_numpy(dtype=str))
+    if len(missing):
+        raise ValueError(f"{path}: no soft labels for {len(missing)} samples (e.g. {missing[0]}); rerun soft_labels")
+    return torch.tensor(frame.loc[split.sample_id].to_numpy(np.float32))
+
+
+def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
+    spec = params.distill
+    card = read_json(paths.dataset_card)
+    input_shape = tuple(card["input_shape"])
+    classes = card["source_classes"]
+    inputs = [paths.split("source_val"), paths.checkpoint("teacher"),
+              *(paths.split(s) for s in SETS_TO_LABEL), *(logits_path(paths, s) for s in SETS_TO_LABEL)]
+    with stage_run(paths, "distill", params, parent_run_id, inputs) as tracked:
+        teacher, _ = load_model(paths.checkpoint("teacher"))
+        sets = {name: load_split(paths.split(name), input_shape) for name in SETS_TO_LABEL}
+        val = load_split(paths.split("source_val"), input_shape)
+        x = torch.cat([sets[name].x for name in SETS_TO_LABEL])
+        labels = torch.cat([sets[name].y for name in SETS_TO_LABEL])
+        logits = torch.cat([teacher_logits_for(sets[name], logits_path(paths, name)) for name in SETS_TO_LABEL])
+
+        def fresh_student():
+            torch.manual_seed(params.seed)
+            return build_model(spec.student, input_shape, len(classes))
+
+        ratio = count_parameters(fresh_student()) / count_parameters(teacher)
+        if ratio > spec.max_param_ratio:
+            raise StudentTooLarge(
+                f"params.yaml: distill.student has {ratio:.2f}x the teacher's parameters, above "
+                f"distill.max_param_ratio={spec.max_param_ratio}; make the student smaller"
+            )
+        common = dict(seed=params.seed, val=(val.x, val.y), input_shape=input_shape, class_names=classes)
+        results = {}
+        results["student_distilled"] = train_model(tracked, paths, "student_distilled", fresh_student(), spec.student, spec.train, x, [logits, labels],
+                    loss_fn=lambda out, t: kd_loss(out, t[0], t[1], spec.temperature, spec.alpha),
+                    extra_params={"temperature": spec.temperature, "alpha": spec.alpha}, **common)
+        results["student_hard_labels"] = train_model(tracked, paths, "student_hard_labels", fresh_student(), spec.student, spec.train, x,
+                    [logits.argmax(1)], **common)
+        source = sets["source_train"]
+        results["student_scratch"] = train_model(tracked, paths, "student_scratch", fresh_student(), spec.student, spec.train, source.x,
+                    [source.y], **common)
+        metrics = {"student_teacher_param_ratio": ratio, "distill_train_samples": len(x),
+                   **{f"{name}_val_accuracy": result.best["val_accuracy"] for name, result in results.items()}}
+        write_stage_metrics(paths, "distill", metrics)
+        tracked.log_metrics(metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    stage_main("distill", run)

@@ -1,0 +1,91 @@
+"""Stage `evaluate`: every model on its task's test set, under the same metric names.
+
+Test metrics land in each model's own MLflow run (found by its checkpoint's md5), so the compare view lines up
+teacher, students and target models; the summary, the Markdown report and the plots go to the evaluate run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kdflow.artifacts import file_digest, read_json, write_json, write_text
+from kdflow.checkpoints import load_model
+from kdflow.config import Params
+from kdflow.datasets import load_split
+from kdflow.layout import MODELS, ProjectPaths
+from kdflow.metrics import agreement, classification_metrics, latency_ms_per_sample
+from kdflow.report import comparison_lines, markdown_table, plot_comparison, plot_learning_curves
+from kdflow.stage import stage_main, stage_run
+from kdflow.training import predict_logits
+from models import count_parameters
+
+
+def task_of(model: str) -> str:
+    return "target" if model.startswith("target") else "source"
+
+
+def comparisons(models: dict) -> dict:
+    accuracy = {name: m["test_accuracy"] * 100 for name, m in models.items()}
+    gap = accuracy["teacher"] - accuracy["student_scratch"]
+    return {
+        "distilled_vs_scratch_points": accuracy["student_distilled"] - accuracy["student_scratch"],
+        "distilled_vs_hard_labels_points": accuracy["student_distilled"] - accuracy["student_hard_labels"],
+        "teacher_scratch_gap_closed": (accuracy["student_distilled"] - accuracy["student_scratch"]) / gap if gap else 0.0,
+        "student_teacher_param_ratio": models["student_distilled"]["parameters"] / models["teacher"]["parameters"],
+        "finetuned_vs_scratch_points": accuracy["target_finetuned"] - accuracy["target_scratch"],
+    }
+
+
+def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
+    from kdflow import tracking
+
+    spec = params.evaluate
+    card = read_json(paths.dataset_card)
+    input_shape = tuple(card["input_shape"])
+    inputs = [paths.checkpoint(m) for m in MODELS] + [paths.split("source_test"), paths.split("target_test")]
+    with stage_run(paths, "evaluate", params, parent_run_id, inputs) as tracked:
+        tests = {task: load_split(paths.split(f"{task}_test"), input_shape) for task in ("source", "target")}
+        teacher_logits = None
+        models: dict[str, dict] = {}
+        for name in MODELS:
+            checkpoint = paths.checkpoint(name)
+            model, meta = load_model(checkpoint)
+            test = tests[task_of(name)]
+            logits = predict_logits(model, test.x)
+            metrics = classification_metrics(logits, test.y, len(meta["class_names"]), spec.ece_bins)
+            metrics["parameters"] = count_parameters(model)
+            metrics["latency_ms"] = latency_ms_per_sample(model, test.x, spec.latency_batches)
+            if name == "teacher":
+                teacher_logits = logits
+            elif task_of(name) == "source":
+                metrics["test_agreement"] = agreement(logits, teacher_logits)
+            models[name] = {"task": task_of(name), **metrics}
+
+            run_id = tracking.find_model_run(tracked, file_digest(checkpoint))
+            if run_id is None:  # trained outside this tracking store: record the evaluation on its own
+                with tracked.child(name, tags={"kdflow.model": name}) as model_run:
+                    model_run.log_metrics(metrics)
+            else:
+                tracking.TrackedRun(tracked.client, run_id, paths.root, tracked.experiment_id).log_metrics(metrics)
+
+        summary = {"models": models, "comparisons": comparisons(models)}
+        write_json(paths.summary, summary)
+        paths.report_dir.mkdir(parents=True, exist_ok=True)
+        plot_learning_curves({m: paths.curve(m) for m in MODELS}, paths.report_dir / "learning_curves.png")
+        plot_comparison(summary, paths.report_dir / "comparison.png")
+        report = "\n\n".join([
+            "# kdflow results", markdown_table(summary), "\n".join(f"- {line}" for line in comparison_lines(summary)),
+            "![comparison](comparison.png)\n\n![learning curves](learning_curves.png)",
+        ]) + "\n"
+        write_text(paths.report_dir / "report.md", report)
+        tracked.log_metrics({f"{name}.{key}": value for name, m in models.items()
+                             for key, value in m.items() if key != "task"})
+        tracked.log_metrics(summary["comparisons"])
+        for artifact in (paths.summary, paths.report_dir / "report.md", paths.report_dir / "learning_curves.png",
+                         paths.report_dir / "comparison.png"):
+            tracked.log_artifact(artifact, "report")
+    return summary["comparisons"]
+
+
+if __name__ == "__main__":
+    stage_main("evaluate", run)

@@ -1,0 +1,87 @@
+"""Stage `finetune`: the distilled student becomes the target-task model, beside a from-scratch baseline.
+
+Layers whose name and shape match are copied from the student; the rest, and every layer named by
+`finetune.reinit` (the head by default), keep a fresh initialisation. Strategies:
+- full: everything trains, the backbone at `backbone_lr_mult` times the head's learning rate;
+- linear_probe: the backbone is frozen, only the head trains;
+- gradual_unfreeze: the head first, then one more backbone block from the top every `unfreeze_every` epochs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kdflow.artifacts import read_json, write_json
+from kdflow.checkpoints import load_model
+from kdflow.config import FinetuneSpec, Params
+from kdflow.datasets import load_split
+from kdflow.layout import ProjectPaths
+from kdflow.stage import stage_main, stage_run, train_model, write_stage_metrics
+from kdflow.transfer import backbone_blocks, copy_matching_layers, set_trainable_blocks
+from models import build_model
+
+SOURCE_MODEL = "student_distilled"
+
+
+def param_groups(model: torch.nn.Module, spec: FinetuneSpec) -> list[dict]:
+    backbone = list(model.backbone.parameters())
+    groups = [{"params": list(model.head.parameters())}]
+    if backbone:
+        groups.insert(0, {"params": backbone, "lr": spec.train.lr * spec.backbone_lr_mult})
+    return groups
+
+
+def unfreeze_schedule(model: torch.nn.Module, spec: FinetuneSpec):
+    """The `before_epoch` hook that sets which blocks train in each epoch, per strategy."""
+    if spec.strategy == "full":
+        return None
+    if spec.strategy == "linear_probe":
+        return lambda epoch: set_trainable_blocks(model, 0)
+    return lambda epoch: set_trainable_blocks(model, (epoch - 1) // spec.unfreeze_every)
+
+
+def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
+    spec = params.finetune
+    card = read_json(paths.dataset_card)
+    input_shape = tuple(card["input_shape"])
+    classes = card["target_classes"]
+    source_checkpoint = paths.checkpoint(SOURCE_MODEL)
+    inputs = [source_checkpoint, paths.split("target_train"), paths.split("target_val")]
+    with stage_run(paths, "finetune", params, parent_run_id, inputs) as tracked:
+        source, meta = load_model(source_checkpoint)
+        arch = meta["spec"]
+        train, val = load_split(paths.split("target_train"), input_shape), load_split(paths.split("target_val"), input_shape)
+
+        torch.manual_seed(params.seed)
+        target = build_model(arch, input_shape, len(classes))
+        report = copy_matching_layers(source.state_dict(), target, spec.reinit)
+        report_path = write_json(paths.target_dir / "transfer_report.json",
+                                 {"source": SOURCE_MODEL, "strategy": spec.strategy, **report.as_dict()})
+        print("\n".join(["transfer from " + SOURCE_MODEL, *report.lines()]))
+        tracked.log_artifact(report_path)
+
+        common = dict(seed=params.seed, val=(val.x, val.y), input_shape=input_shape, class_names=classes)
+        finetuned = train_model(
+            tracked, paths, "target_finetuned", target, arch, spec.train, train.x, [train.y],
+            param_groups=param_groups(target, spec), before_epoch=unfreeze_schedule(target, spec),
+            extra_params={"strategy": spec.strategy, "backbone_lr_mult": spec.backbone_lr_mult,
+                          "layers_copied": len(report.copied), "layers_reinitialised": len(report.reinitialised)},
+            **common,
+        )
+        torch.manual_seed(params.seed)
+        scratch = train_model(tracked, paths, "target_scratch", build_model(arch, input_shape, len(classes)), arch,
+                              spec.train, train.x, [train.y], **common)
+        metrics = {
+            "target_finetuned_val_accuracy": finetuned.best["val_accuracy"],
+            "target_finetuned_best_epoch": finetuned.best_epoch,
+            "target_scratch_val_accuracy": scratch.best["val_accuracy"],
+            "layers_copied": len(report.copied),
+            "backbone_blocks": len(backbone_blocks(target)),
+        }
+        write_stage_metrics(paths, "finetune", metrics)
+        tracked.log_metrics(metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    stage_main("finetune", run)

@@ -1,0 +1,75 @@
+"""Stage `soft_labels`: the teacher's logits for the transfer set and the source training set.
+
+Raw logits are stored, keyed by `sample_id`; the temperature is applied when the student trains, so one file
+serves every temperature. Rows are streamed in chunks of `soft_labels.chunk_size`, so peak memory stays flat
+however large the transfer set grows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from kdflow.artifacts import atomic_path, file_digest, read_json, write_json
+from kdflow.checkpoints import load_model
+from kdflow.config import Params
+from kdflow.datasets import feature_columns
+from kdflow.layout import ProjectPaths
+from kdflow.stage import stage_main, stage_run
+
+SETS_TO_LABEL = ("transfer", "source_train")
+
+
+def logits_path(paths: ProjectPaths, split: str) -> Path:
+    return paths.soft_labels_dir / f"{split}.parquet"
+
+
+@torch.inference_mode()
+def write_logits(teacher: torch.nn.Module, source: Path, target: Path, input_shape: tuple[int, ...],
+                 num_classes: int, chunk_size: int) -> int:
+    """Stream `source` through the teacher into `target` (sample_id, logit_0..K-1); returns the row count."""
+    schema = pa.schema([("sample_id", pa.string())] + [(f"logit_{k}", pa.float32()) for k in range(num_classes)])
+    reader = pq.ParquetFile(source)
+    features = feature_columns(reader.schema_arrow.names)
+    rows = 0
+    with atomic_path(target) as temporary, pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
+        for batch in reader.iter_batches(batch_size=chunk_size, columns=["sample_id", *features]):
+            x = np.stack([batch.column(name).to_numpy() for name in features], axis=1).astype(np.float32)
+            logits = teacher(torch.from_numpy(x).reshape(len(x), *input_shape)).numpy()
+            columns = [batch.column("sample_id").cast(pa.string())] + [pa.array(logits[:, k]) for k in range(num_classes)]
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+            rows += len(x)
+        if rows == 0:
+            writer.write_table(schema.empty_table())
+    return rows
+
+
+def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
+    card = read_json(paths.dataset_card)
+    checkpoint = paths.checkpoint("teacher")
+    inputs = [checkpoint, *(paths.split(name) for name in SETS_TO_LABEL)]
+    with stage_run(paths, "soft_labels", params, parent_run_id, inputs) as tracked:
+        teacher, meta = load_model(checkpoint)
+        num_classes = len(meta["class_names"])
+        manifest = {"teacher_checkpoint_md5": file_digest(checkpoint), "files": {}}
+        metrics = {}
+        for name in SETS_TO_LABEL:
+            target = logits_path(paths, name)
+            rows = write_logits(teacher, paths.split(name), target, tuple(card["input_shape"]), num_classes,
+                                params.soft_labels.chunk_size)
+            manifest["files"][name] = {"rows": rows, "md5": file_digest(target),
+                                       "input_md5": card["splits"][name]["md5"]}
+            metrics[f"soft_label_rows_{name}"] = rows
+        write_json(paths.soft_labels_dir / "manifest.json", manifest)
+        tracked.set_tags({"kdflow.teacher_checkpoint_md5": manifest["teacher_checkpoint_md5"]})
+        tracked.log_metrics(metrics)
+        tracked.log_artifact(paths.soft_labels_dir / "manifest.json")
+    return metrics
+
+
+if __name__ == "__main__":
+    stage_main("soft_labels", run)

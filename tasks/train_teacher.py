@@ -1,0 +1,35 @@
+"""Stage `train_teacher`: pretrain the teacher on the labelled source task, early stopping on validation."""
+
+from __future__ import annotations
+
+import torch
+
+from kdflow.artifacts import read_json
+from kdflow.config import Params
+from kdflow.datasets import load_split
+from kdflow.layout import ProjectPaths
+from kdflow.stage import stage_main, stage_run, train_model, write_stage_metrics
+from models import build_model
+
+
+def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
+    spec = params.train_teacher
+    card = read_json(paths.dataset_card)
+    input_shape = tuple(card["input_shape"])
+    classes = card["source_classes"]
+    inputs = [paths.split("source_train"), paths.split("source_val")]
+    with stage_run(paths, "train_teacher", params, parent_run_id, inputs) as tracked:
+        train, val = (load_split(p, input_shape) for p in inputs)
+        torch.manual_seed(params.seed)
+        teacher = build_model(spec.model, input_shape, len(classes))
+        result = train_model(tracked, paths, "teacher", teacher, spec.model, spec.train, train.x, [train.y],
+                             seed=params.seed, val=(val.x, val.y), input_shape=input_shape, class_names=classes)
+        metrics = {"teacher_val_accuracy": result.best["val_accuracy"], "teacher_val_loss": result.best["val_loss"],
+                   "teacher_best_epoch": result.best_epoch}
+        write_stage_metrics(paths, "train_teacher", metrics)
+        tracked.log_metrics(metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    stage_main("train_teacher", run)
