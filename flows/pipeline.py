@@ -1,8 +1,9 @@
 """The pipeline as one Prefect flow: the same stage functions `dvc repro` runs, as tasks, in dependency order.
 
 Caching follows DVC's rule: a stage is skipped when its params sections and the md5 of every dependency that
-`dvc.yaml` lists for it (code and upstream outputs) are unchanged and its outputs are still on disk. Cache
-records and results live under the project, in `.kdflow/prefect`.
+`dvc.yaml` lists for it (code and upstream outputs) are unchanged, and its outputs on disk are still the ones
+that cached run wrote (a cache hit whose outputs were deleted or overwritten reruns). Cache records and
+results live under the project, in `.kdflow/prefect`.
 """
 
 from __future__ import annotations
@@ -51,8 +52,11 @@ def dependency_path(root: Path, dep: str) -> Path:
     return (CODE_ROOT if dep.split("/")[0] in CODE_DIRS else root) / dep
 
 
-def output_paths(root: Path, stage_def: dict) -> list[Path]:
-    return [root / out for key in ("outs", "metrics", "plots") for out in _entries(stage_def.get(key))]
+def output_digests(root: Path, stage: str) -> dict[str, str | None]:
+    """md5 of each output dvc.yaml lists for the stage (outs, metrics, plots); None where it is missing."""
+    stage_def = stage_graph(root)[stage]
+    outputs = [out for key in ("outs", "metrics", "plots") for out in _entries(stage_def.get(key))]
+    return {out: tree_digest(root / out) if (root / out).exists() else None for out in outputs}
 
 
 def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -69,7 +73,10 @@ def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 @task(task_run_name="{stage}", persist_result=True, cache_key_fn=stage_cache_key, result_serializer="json")
 def run_stage(stage: str, params: dict[str, Any], root: str, parent_run_id: str | None) -> dict:
-    return STAGES[stage](validate(params), ProjectPaths.at(root), parent_run_id)
+    """The stage's metrics and the digests of the outputs it wrote, to validate a later cache hit."""
+    paths = ProjectPaths.at(root)
+    metrics = STAGES[stage](validate(params), paths, parent_run_id)
+    return {"metrics": metrics, "outputs": output_digests(paths.root, stage)}
 
 
 @flow(name="kdflow-pipeline", log_prints=True)
@@ -83,19 +90,21 @@ def pipeline(params_path: str = "params.yaml", overrides: list[str] | None = Non
     unknown = forced - set(STAGES)
     if unknown:
         raise ValueError(f"--force names unknown stages {sorted(unknown)}; stages: {', '.join(STAGES)}")
-    graph = stage_graph(paths.root)
     storage = paths.root / ".kdflow" / "prefect"
     ran, cached = [], []
     with tracking.start_run(paths.root, "pipeline", tags={"kdflow.runner": "prefect"}) as parent:
         parent.log_params(params.model_dump(mode="json"))
         parent.client.log_text(parent.run_id, dump_params(params), "params.yaml")
+        arguments = (params.model_dump(mode="json"), str(paths.root), parent.run_id)
         for stage in STAGES:
-            missing = [p for p in output_paths(paths.root, graph[stage]) if not p.exists()]
-            if missing:
-                logger.info("%s: outputs missing (%s), rerunning", stage, ", ".join(str(p) for p in missing))
-            state = run_stage.with_options(refresh_cache=stage in forced or bool(missing), result_storage=storage)(
-                stage, params.model_dump(mode="json"), str(paths.root), parent.run_id, return_state=True
+            state = run_stage.with_options(refresh_cache=stage in forced, result_storage=storage)(
+                stage, *arguments, return_state=True
             )
+            if state.name == "Cached" and state.result()["outputs"] != output_digests(paths.root, stage):
+                logger.info("%s: cached, but its outputs on disk changed or are missing; rerunning", stage)
+                state = run_stage.with_options(refresh_cache=True, result_storage=storage)(
+                    stage, *arguments, return_state=True
+                )
             (cached if state.name == "Cached" else ran).append(stage)
             state.result()
         parent.set_tags({"kdflow.stages_run": ",".join(ran) or "-", "kdflow.stages_cached": ",".join(cached) or "-"})

@@ -10,9 +10,11 @@ import click
 from kdflow.config import ConfigError, load_params
 
 
-def _quiet_prefect() -> None:
+def _prefect_defaults() -> None:
     # The temporary server's telemetry otherwise races its own SQLite start-up ("database is locked").
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Its first start migrates a fresh database, which takes longer than the 20 s default on 2 busy cores.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 @click.group()
@@ -38,7 +40,7 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
         load_params(params_path, overrides)  # fail before Prefect starts a server
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    _quiet_prefect()
+    _prefect_defaults()
     from flows.pipeline import pipeline
 
     result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force))
@@ -63,7 +65,7 @@ def serve(cron: str, name: str, params_path: str, root: str) -> None:
         load_params(params_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    _quiet_prefect()
+    _prefect_defaults()
     from flows.pipeline import pipeline
 
     pipeline.serve(name=name, cron=cron, parameters={

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from kdflow.layout import MODELS
+
 COLUMNS = [
     ("model", "model", "{}"),
     ("task", "task", "{}"),
@@ -19,8 +21,10 @@ COLUMNS = [
 
 
 def table_rows(summary: dict) -> list[list[str]]:
+    """One row per model, in the pipeline's order (the JSON file's keys are sorted)."""
     rows = []
-    for name, metrics in summary["models"].items():
+    for name in sorted(summary["models"], key=lambda n: MODELS.index(n) if n in MODELS else len(MODELS)):
+        metrics = summary["models"][name]
         row = []
         for key, _, fmt in COLUMNS:
             value = name if key == "model" else metrics.get(key)

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny config (a few hundred samples, two epochs) that runs the real stack in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Nothing the tests run may write to the developer's own stores.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+TINY_OVERRIDES = {
+    "data": {"source": {"num_samples": 1000}, "transfer": {"size": 500},
+             "target_labels_per_class": 5, "target_val_per_class": 5},
+    "train_teacher": {"model": {"channels": [8, 8]}, "train": {"epochs": 2}},
+    "soft_labels": {"chunk_size": 128},
+    "distill": {"student": {"hidden": [8]}, "max_param_ratio": 1.0, "train": {"epochs": 2}},
+    "finetune": {"train": {"epochs": 2}},
+    "evaluate": {"latency_batches": 5},
+}
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+@pytest.fixture(scope="session")
+def tiny_params() -> dict:
+    """The repository's params.yaml shrunk: same sections, same models, a few hundred samples, two epochs."""
+    return _merge(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()), TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def write_params():
+    """Write a params dict as `params.yaml` in a directory; returns the file's path."""
+
+    def write(directory: Path, params: dict) -> Path:
+        path = directory / "params.yaml"
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+        return path
+
+    return write

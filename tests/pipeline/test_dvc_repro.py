@@ -1,0 +1,97 @@
+"""`dvc repro` on the tiny config in a temporary git repository holding a copy of the project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdflow.layout import SPLITS
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STAGES = ["prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"]
+
+
+def run(command: list[str], cwd: Path) -> str:
+    # `python` in dvc.yaml's commands must be this interpreter, whatever PATH the test runner had.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    completed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    assert completed.returncode == 0, f"{' '.join(command)} failed:\n{completed.stdout}\n{completed.stderr}"
+    return completed.stdout + completed.stderr
+
+
+def stages_run(output: str) -> list[str]:
+    return [stage for stage in STAGES if f"Running stage '{stage}'" in output]
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory, tiny_params, write_params):
+    repo = tmp_path_factory.mktemp("dvc-repo")
+    for folder in ("kdflow", "models", "tasks", "flows"):
+        shutil.copytree(REPO_ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copy(REPO_ROOT / ".gitignore", repo / ".gitignore")
+    write_params(repo, tiny_params)
+    run(["git", "init", "-q"], repo)
+    run([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=kdflow tests", "-c", "user.email=tests@kdflow.invalid", "commit", "-qm", "tiny"], repo)
+    first = run([sys.executable, "-m", "dvc", "repro"], repo)
+    return repo, first
+
+
+def test_repro_runs_every_stage_then_nothing(dvc_repo):
+    repo, first = dvc_repo
+    assert stages_run(first) == STAGES
+    for split in SPLITS:
+        assert (repo / "data" / "prepared" / f"{split}.parquet").exists()
+    assert (repo / "metrics" / "summary.json").exists() and (repo / "reports" / "report.md").exists()
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STAGES)
+
+    second = run([sys.executable, "-m", "dvc", "repro"], repo)
+    assert stages_run(second) == []
+    assert "Data and pipelines are up to date" in second
+
+
+def test_changing_temperature_reruns_distill_and_downstream_only(dvc_repo):
+    repo, _ = dvc_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["distill"]["temperature"] = 8.0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run([sys.executable, "-m", "dvc", "status"], repo)
+    assert "distill:" in status and "train_teacher:" not in status and "prepare:" not in status
+
+    output = run([sys.executable, "-m", "dvc", "repro"], repo)
+    assert stages_run(output) == ["distill", "finetune", "evaluate"]
+    metrics = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo)
+    assert "student_distilled" in metrics
+
+
+def test_prefect_flow_writes_the_same_files_and_numbers_as_dvc(dvc_repo, tmp_path, tiny_params, write_params,
+                                                                prefect_server):
+    """One logic, two runners: same params, same Parquet bytes and the same test metrics (latency aside)."""
+    from flows.pipeline import pipeline
+
+    repo, _ = dvc_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())  # as the previous test left it
+    pipeline(params_path=str(write_params(tmp_path, params)), root=str(tmp_path))
+    for split in SPLITS:
+        relative = Path("data", "prepared", f"{split}.parquet")
+        assert (tmp_path / relative).read_bytes() == (repo / relative).read_bytes(), split
+    for name in ("transfer", "source_train"):
+        relative = Path("artifacts", "soft_labels", f"{name}.parquet")
+        assert (tmp_path / relative).read_bytes() == (repo / relative).read_bytes(), name
+    flow_summary = yaml.safe_load((tmp_path / "metrics" / "summary.json").read_text())
+    dvc_summary = yaml.safe_load((repo / "metrics" / "summary.json").read_text())
+    for model, metrics in dvc_summary["models"].items():
+        for key in ("test_accuracy", "test_macro_f1", "test_nll", "test_ece", "parameters"):
+            assert flow_summary["models"][model][key] == metrics[key], (model, key)
