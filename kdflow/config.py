@@ -7,7 +7,7 @@ allowed, so that `dvc repro`, `kdflow run` and the tests all fail the same way o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -100,6 +100,10 @@ class DataSpec(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "DataSpec":
+        for name in ("source_classes", "target_classes"):
+            classes = getattr(self, name)
+            if len(set(classes)) != len(classes):
+                raise ValueError(f"{name} lists a class twice: {classes}")
         shared = sorted(set(self.source_classes) & set(self.target_classes))
         if shared:
             raise ValueError(f"source_classes and target_classes share {shared}; the target task needs new classes")
@@ -167,45 +171,75 @@ class Params(Section):
 # --- loading -----------------------------------------------------------------------------------------------
 
 
-def _describe(error: dict[str, Any], source: str) -> str:
-    key = ".".join(str(part) for part in error["loc"] if not str(part).startswith(("function-", "tagged-union")))
+def _is_model(node: Any) -> bool:
+    return isinstance(node, type) and issubclass(node, BaseModel)
+
+
+def _union_members(annotation: Any) -> list[type[BaseModel]]:
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return [member for member in get_args(annotation) if _is_model(member)]
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[str, Any]:
+    """The dotted params key an error location names, and the schema section holding its last part.
+
+    Pydantic's locations also carry union member labels ('mlp' for the tagged architecture union,
+    'constrained-int' for `int | "full"`); the user never wrote those, so they are not part of the key.
+    """
+    keys: list[str] = []
+    node: Any = Params
+    holder: Any = Params
+    for part in loc:
+        if isinstance(part, int):
+            keys[-1] += f"[{part}]"
+        elif _is_model(node):
+            holder = node
+            keys.append(part)
+            field = node.model_fields.get(part)
+            node = field.annotation if field else None
+        else:
+            arch = [m for m in _union_members(node) if part in get_args(m.model_fields["arch"].annotation)]
+            node = arch[0] if arch else node
+    return ".".join(keys), holder
+
+
+def _describe(error: dict[str, Any], key: str, holder: Any, source: str) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"{source}: unknown key '{key}'"
+        return f"{source}: unknown key '{key}'; allowed keys here: {', '.join(sorted(holder.model_fields))}"
     if kind == "union_tag_invalid":
         allowed = error.get("ctx", {}).get("expected_tags", "")
         return f"{source}: '{key}' has an unknown arch {error['input'].get('arch')!r}; allowed: {allowed}"
     if kind == "literal_error":
         return f"{source}: '{key}' is {error['input']!r}; allowed values: {error['ctx']['expected']}"
+    if kind == "value_error":
+        got = "" if isinstance(error["input"], dict) else f" (got {error['input']!r})"  # a whole section is noise
+        return f"{source}: '{key}': {error['ctx']['error']}{got}"
     return f"{source}: '{key}' {error['msg'].lower()} (got {error['input']!r})"
 
 
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    """The keys the schema accepts at the parent of `loc`, to say what a misspelt key should be."""
-    model: Any = Params
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
-            return []
-        model = field.annotation
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return []
-    return sorted(model.model_fields)
+def _describe_all(errors: list[dict[str, Any]], source: str) -> list[str]:
+    """One line per key; a value that fits no member of a union (`batch_size: half`) gets one line too."""
+    by_key: dict[str, list[tuple[dict, Any]]] = {}
+    for error in errors:
+        key, holder = _walk(error["loc"])
+        by_key.setdefault(key, []).append((error, holder))
+    lines = []
+    for key, found in by_key.items():
+        if len(found) == 1:
+            lines.append(_describe(found[0][0], key, found[0][1], source))
+        else:
+            reasons = " or ".join(error["msg"].lower() for error, _ in found)
+            lines.append(f"{source}: '{key}' {reasons} (got {found[0][0]['input']!r})")
+    return lines
 
 
 def validate(raw: dict[str, Any], source: str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            line = _describe(error, source)
-            if error["type"] == "extra_forbidden":
-                allowed = _allowed_keys(error["loc"])
-                if allowed:
-                    line += f"; allowed keys here: {', '.join(allowed)}"
-            lines.append(line)
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError("\n".join(_describe_all(exc.errors(), source))) from None
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

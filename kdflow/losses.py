@@ -23,7 +23,8 @@ def kd_loss(
     temperature: float,
     alpha: float,
 ) -> torch.Tensor:
-    soft = torch.zeros((), device=student_logits.device)
+    # A zero tied to the graph, so a batch with nothing to learn from still backpropagates.
+    soft = student_logits.sum() * 0.0
     if alpha > 0:
         log_p_student = F.log_softmax(student_logits / temperature, dim=1)
         log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=1)

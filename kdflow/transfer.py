@@ -34,20 +34,29 @@ class TransferError(ValueError):
 def copy_matching_layers(
     source_state: dict[str, torch.Tensor], target: nn.Module, reinit: list[str] | tuple[str, ...] = ()
 ) -> TransferReport:
+    """Copy whole layers: a layer (a module's tensors: weight, bias, buffers) is copied only if all match."""
     report = TransferReport()
     target_state = target.state_dict()
-    for name, tensor in target_state.items():
-        if any(name == prefix or name.startswith(prefix + ".") for prefix in reinit):
-            report.reinitialised[name] = "re-initialised by request (finetune.reinit)"
-        elif name not in source_state:
-            report.reinitialised[name] = "not in the source model"
-        elif source_state[name].shape != tensor.shape:
-            report.reinitialised[name] = (
-                f"shape mismatch: source {tuple(source_state[name].shape)}, target {tuple(tensor.shape)}"
-            )
-        else:
-            target_state[name] = source_state[name].clone()
-            report.copied.append(name)
+    layers: dict[str, list[str]] = {}
+    for name in target_state:
+        layers.setdefault(name.rpartition(".")[0], []).append(name)
+    for layer, names in layers.items():
+        reasons: dict[str, str] = {}
+        if any(layer == prefix or layer.startswith(prefix + ".") for prefix in reinit):
+            reasons = dict.fromkeys(names, "re-initialised by request (finetune.reinit)")
+        elif any(name not in source_state for name in names):
+            reasons = dict.fromkeys(names, "not in the source model")
+        elif any(source_state[n].shape != target_state[n].shape for n in names):
+            for name in names:
+                source_shape, target_shape = tuple(source_state[name].shape), tuple(target_state[name].shape)
+                reasons[name] = (f"shape mismatch: source {source_shape}, target {target_shape}"
+                                 if source_shape != target_shape else f"layer '{layer}' has a shape mismatch")
+        for name in names:
+            if name in reasons:
+                report.reinitialised[name] = reasons[name]
+            else:
+                target_state[name] = source_state[name].clone()
+                report.copied.append(name)
     if not report.copied:
         raise TransferError("the target model shares no layer (same name and shape) with the source model")
     target.load_state_dict(target_state)
@@ -55,7 +64,8 @@ def copy_matching_layers(
 
 
 def backbone_blocks(model: nn.Module) -> list[nn.Module]:
-    return list(model.backbone.children())
+    """The backbone's blocks that have weights (a flatten or pooling block has none to unfreeze)."""
+    return [block for block in model.backbone.children() if any(True for _ in block.parameters())]
 
 
 def set_trainable_blocks(model: nn.Module, trainable_from_top: int) -> None:

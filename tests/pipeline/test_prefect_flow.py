@@ -90,7 +90,8 @@ def test_mlflow_holds_one_parent_with_nested_stage_and_model_runs(flow_project):
         assert [m.step for m in history] == list(range(1, int(run.data.metrics["epochs_run"]) + 1))
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
         assert artifacts == {f"checkpoint/{name}.pt"}
-    assert model_runs["student_distilled"].data.params["temperature"] == "2.0"
+    assert model_runs["student_distilled"].data.params["temperature"] == str(
+        float(tiny_params_value(root, "distill", "temperature")))
     evaluate_artifacts = {a.path for a in client.list_artifacts(stages["evaluate"].info.run_id, "report")}
     assert {"report/summary.json", "report/report.md", "report/comparison.png"} <= evaluate_artifacts
 
@@ -115,7 +116,7 @@ def test_unchanged_rerun_comes_from_cache_and_a_changed_temperature_reruns_downs
     assert changed["ran"] == ["distill", "finetune", "evaluate"]
     assert changed["cached"] == ["prepare", "train_teacher", "soft_labels"]
 
-    # Prefect still holds the first run's results for temperature 2, but the files on disk are now from
+    # Prefect still holds the first run's results for the default temperature, but the files on disk are now from
     # temperature 8: those stages must run again rather than report a cache hit over the wrong files.
     back = pipeline(params_path=str(params_path), root=str(root))
     assert back["ran"] == ["distill", "finetune", "evaluate"]
