@@ -20,7 +20,7 @@ from prefect.context import TaskRunContext
 import kdflow
 from kdflow import tracking
 from kdflow.artifacts import read_json, tree_digest
-from kdflow.config import Params, dump_params, load_params, validate
+from kdflow.config import dump_params, load_params, validate
 from kdflow.layout import ProjectPaths
 from tasks import distill, evaluate, finetune, prepare, soft_labels, train_teacher
 

@@ -13,7 +13,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ from kdflow.training import FitResult, LossFn, cross_entropy_loss, fit
 
 StageFn = Callable[[Params, ProjectPaths, "str | None"], dict]
 
-# The params sections each stage reads, besides `seed`: what it logs to MLflow and what its cache key hashes.
+# The params sections each stage reads besides `seed`, logged to its MLflow run (dvc.yaml lists the same).
 STAGE_PARAMS = {
     "prepare": ("data",),
     "train_teacher": ("train_teacher",),

@@ -6,7 +6,6 @@ teacher, students and target models; the summary, the Markdown report and the pl
 
 from __future__ import annotations
 
-import torch
 
 from kdflow.artifacts import file_digest, read_json, write_json, write_text
 from kdflow.checkpoints import load_model
