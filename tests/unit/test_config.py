@@ -34,7 +34,7 @@ def test_repo_params_validate() -> None:
     params = load_params(REPO_PARAMS)
     assert isinstance(params, Params)
     assert params.seed == 42
-    assert params.distill.temperature == 2.0
+    assert params.distill.temperature == 4.0
     assert params.distill.alpha == 1.0
     assert params.distill.student.arch == "mlp"
     assert params.train_teacher.model.arch == "cnn1d"
