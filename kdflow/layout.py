@@ -52,6 +52,10 @@ class ProjectPaths:
         )
         return directory / f"{model}.pt"
 
+    def resume_state(self, model: str) -> Path:
+        """The training state a killed run of `model` resumes from; removed once the model is written."""
+        return self.root / ".kdflow" / "resume" / f"{model}.pt"
+
     @property
     def metrics_dir(self) -> Path:
         return self.root / "metrics"

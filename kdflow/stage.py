@@ -22,7 +22,8 @@ from kdflow.artifacts import file_digest, write_json, write_text
 from kdflow.checkpoints import save_model
 from kdflow.config import ConfigError, Params, TrainSpec, load_params
 from kdflow.layout import ProjectPaths
-from kdflow.training import FitResult, LossFn, cross_entropy_loss, fit
+from kdflow.resume import ResumeFile, training_fingerprint
+from kdflow.training import FitResult, LossFn, cross_entropy_loss, effective_lr, fit
 
 StageFn = Callable[[Params, ProjectPaths, "str | None"], dict]
 
@@ -79,25 +80,37 @@ def train_model(
     before_epoch: Callable[[int], None] | None = None,
     extra_params: dict | None = None,
 ) -> FitResult:
-    """Fit one model in its own nested MLflow run; write its checkpoint and curve; tag the checkpoint's md5."""
+    """Fit one model in its own nested MLflow run; write its checkpoint and curve; tag the checkpoint's md5.
+
+    Training resumes from `.kdflow/resume/<name>.pt` when a killed run of the same settings and inputs left one.
+    """
     from models import count_parameters
 
+    settings = {"model": name, "arch": spec.model_dump(mode="json"), "train": train.model_dump(mode="json"),
+                "seed": seed, "train_samples": len(x), **(extra_params or {})}
+    resume = None
+    if train.resume_every:
+        fingerprint = training_fingerprint(settings, model, [x, *targets, *val])
+        resume = ResumeFile(paths.resume_state(name), fingerprint, train.resume_every)
     with stage_tracked.child(name, tags={"kdflow.model": name}) as tracked:
-        tracked.log_params({"arch": spec.model_dump(mode="json"), "train": train.model_dump(mode="json"),
-                            "seed": seed, "train_samples": len(x), **(extra_params or {})})
+        tracked.log_params({**{k: v for k, v in settings.items() if k != "model"},
+                            "lr_effective": effective_lr(train, len(x))})
         result = fit(
             model, x, targets, train, seed=seed, loss_fn=loss_fn, val=val, param_groups=param_groups,
             before_epoch=before_epoch, on_epoch=lambda epoch, record: tracked.log_metrics(record, step=epoch),
-            description=name,
+            description=name, resume=resume,
         )
         checkpoint = save_model(paths.checkpoint(name), model, spec, input_shape, class_names)
         write_curve(paths.curve(name), result.history)
         summary = {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                    "epochs_run": len(result.history), "parameters": count_parameters(model)}
         tracked.log_metrics(summary)
-        tracked.set_tags({"kdflow.checkpoint_md5": file_digest(checkpoint), "kdflow.stopped_early": result.stopped_early})
+        tracked.set_tags({"kdflow.checkpoint_md5": file_digest(checkpoint), "kdflow.stopped_early": result.stopped_early,
+                          "kdflow.resumed_from_epoch": result.resumed_from_epoch})
         tracked.log_artifact(checkpoint, "checkpoint")
         tracked.log_artifact(paths.curve(name), "curves")
+    if resume is not None:
+        resume.remove()
     return result
 
 
