@@ -31,19 +31,30 @@ def app() -> None:
               help="Override a params key for this run, as `dvc exp run -S` does. Repeatable.")
 @click.option("--force", "force", multiple=True, is_flag=False, flag_value="all", metavar="[STAGE]",
               help="Rerun STAGE even if cached; without a value, every stage. Repeatable.")
-def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[str, ...]) -> None:
+@click.option("--offline", is_flag=True,
+              help="Track in the project's local mlflow.db, ignoring MLFLOW_TRACKING_URI (sets KDFLOW_OFFLINE=1).")
+def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[str, ...], offline: bool) -> None:
     """Run the whole pipeline once and print the results table."""
+    from kdflow.artifacts import CheckpointError
+    from kdflow.layout import ProjectPaths
     from kdflow.report import comparison_lines, text_table
-    from kdflow.tracking import tracking_uri
+    from kdflow.stage import checkpoint_failure
+    from kdflow.tracking import OFFLINE_ENV, TrackingUnreachable, check_tracking, tracking_uri
 
+    if offline:
+        os.environ[OFFLINE_ENV] = "1"
     try:
+        click.echo(check_tracking(Path(root).resolve()))  # before anything trains
         load_params(params_path, overrides)  # fail before Prefect starts a server
-    except ConfigError as exc:
+    except (ConfigError, TrackingUnreachable) as exc:
         raise click.ClickException(str(exc)) from None
     _prefect_defaults()
     from flows.pipeline import pipeline
 
-    result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force))
+    try:
+        result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force))
+    except CheckpointError as exc:
+        raise click.ClickException(checkpoint_failure(exc, ProjectPaths.at(root))) from None
     click.echo("\n" + text_table(result["summary"]) + "\n")
     for line in comparison_lines(result["summary"]):
         click.echo(line)

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from kdflow.artifacts import file_digest, write_json, write_text
+from kdflow.artifacts import CheckpointError, file_digest, write_json, write_text
 from kdflow.checkpoints import save_model
 from kdflow.config import ConfigError, Params, TrainSpec, load_params
 from kdflow.layout import ProjectPaths
@@ -118,6 +118,15 @@ def write_stage_metrics(paths: ProjectPaths, stage: str, metrics: dict) -> None:
     write_json(paths.stage_metrics(stage), metrics)
 
 
+def checkpoint_failure(exc: CheckpointError, paths: ProjectPaths) -> str:
+    """The error, and which stage to rerun to replace the bad file."""
+    producer = paths.producer(exc.path) if exc.path is not None else None
+    if producer is None:
+        return str(exc)
+    return (f"{exc}\nfix: the stage '{producer}' writes {exc.path}: delete the file and rerun it "
+            f"(`dvc repro -f {producer}` or `kdflow run --force {producer}`)")
+
+
 def stage_main(stage: str, run: StageFn, argv: list[str] | None = None) -> None:
     """`python -m tasks.<stage> [--params params.yaml] [--root .] [-S key=value ...]`."""
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=f"Run the {stage} stage.")
@@ -130,5 +139,14 @@ def stage_main(stage: str, run: StageFn, argv: list[str] | None = None) -> None:
         params = load_params(Path(args.root) / args.params, args.overrides)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
-    metrics = run(params, ProjectPaths.at(args.root), None)
+    from kdflow import tracking
+
+    paths = ProjectPaths.at(args.root)
+    try:
+        print(tracking.check_tracking(paths.root), flush=True)
+        metrics = run(params, paths, None)
+    except tracking.TrackingUnreachable as exc:
+        sys.exit(f"error: {exc}")
+    except CheckpointError as exc:
+        sys.exit(f"error: {checkpoint_failure(exc, paths)}")
     print(json.dumps(metrics, indent=2, sort_keys=True))
