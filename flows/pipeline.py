@@ -90,6 +90,7 @@ def pipeline(params_path: str = "params.yaml", overrides: list[str] | None = Non
     unknown = forced - set(STAGES)
     if unknown:
         raise ValueError(f"--force names unknown stages {sorted(unknown)}; stages: {', '.join(STAGES)}")
+    logger.info(tracking.check_tracking(paths.root))  # a served run checks its tracking server too
     storage = paths.root / ".kdflow" / "prefect"
     ran, cached = [], []
     with tracking.start_run(paths.root, "pipeline", tags={"kdflow.runner": "prefect"}) as parent:

@@ -7,6 +7,7 @@ stage killed mid-write leaves the previous good artifact intact.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -22,9 +23,14 @@ import torch
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success rename it onto `target`, on failure remove it."""
+    """Yield a temporary path beside `target`; on success rename it onto `target`, on failure remove it.
+
+    A writer killed outright (SIGKILL) cannot remove its temporary; the next write of the same target does.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(handle)
     temporary = Path(name)
@@ -65,7 +71,11 @@ def save_checkpoint(target: str | Path, payload: dict[str, Any]) -> Path:
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated, tampered with or not ours."""
+    """A checkpoint that is missing, truncated, tampered with or not ours; `path` names it."""
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
 
 
 def load_checkpoint(source: str | Path) -> dict[str, Any]:
@@ -73,11 +83,12 @@ def load_checkpoint(source: str | Path) -> dict[str, Any]:
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{source}: no such checkpoint; run the stage that writes it first") from None
+        raise CheckpointError(f"{source}: no such checkpoint; run the stage that writes it first", source) from None
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
         raise CheckpointError(
             f"{source}: refused to load ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-            "the file is truncated, tampered with or not a kdflow checkpoint: delete it and rerun its stage"
+            "the file is truncated, tampered with or not a kdflow checkpoint: delete it and rerun its stage",
+            source,
         ) from None
 
 

@@ -35,7 +35,8 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         model = build_model(spec, tuple(payload["input_shape"]), len(payload["class_names"]))
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: not a kdflow model checkpoint ({exc}); rerun the stage that writes it") from None
+        raise CheckpointError(f"{path}: not a kdflow model checkpoint ({exc}); rerun the stage that writes it",
+                              path) from None
     model.eval()
     payload["spec"] = spec
     return model, payload

@@ -31,19 +31,30 @@ def app() -> None:
               help="Override a params key for this run, as `dvc exp run -S` does. Repeatable.")
 @click.option("--force", "force", multiple=True, is_flag=False, flag_value="all", metavar="[STAGE]",
               help="Rerun STAGE even if cached; without a value, every stage. Repeatable.")
-def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[str, ...]) -> None:
+@click.option("--offline", is_flag=True,
+              help="Track in the project's local mlflow.db, ignoring MLFLOW_TRACKING_URI (sets KDFLOW_OFFLINE=1).")
+def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[str, ...], offline: bool) -> None:
     """Run the whole pipeline once and print the results table."""
+    from kdflow.artifacts import CheckpointError
+    from kdflow.layout import ProjectPaths
     from kdflow.report import comparison_lines, text_table
-    from kdflow.tracking import tracking_uri
+    from kdflow.stage import checkpoint_failure
+    from kdflow.tracking import OFFLINE_ENV, TrackingUnreachable, check_tracking, tracking_uri
 
+    if offline:
+        os.environ[OFFLINE_ENV] = "1"
     try:
+        click.echo(check_tracking(Path(root).resolve()))  # before anything trains
         load_params(params_path, overrides)  # fail before Prefect starts a server
-    except ConfigError as exc:
+    except (ConfigError, TrackingUnreachable) as exc:
         raise click.ClickException(str(exc)) from None
     _prefect_defaults()
     from flows.pipeline import pipeline
 
-    result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force))
+    try:
+        result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force))
+    except CheckpointError as exc:
+        raise click.ClickException(checkpoint_failure(exc, ProjectPaths.at(root))) from None
     click.echo("\n" + text_table(result["summary"]) + "\n")
     for line in comparison_lines(result["summary"]):
         click.echo(line)
@@ -52,6 +63,48 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     click.echo(f"MLflow: parent run {result['mlflow_run_id']} in experiment 'kdflow' at {uri}")
     click.echo(f"  browse: mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000")
     click.echo(f"report: {Path(root) / 'reports' / 'report.md'}")
+
+
+@app.command("lr-find")
+@click.argument("stage", type=click.Choice(["train_teacher", "distill", "finetune"]))
+@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Project root; the stage's inputs must exist (run the stages before it first).")
+@click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a params key.")
+@click.option("--min-lr", default=1e-6, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--max-lr", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=2), help="Mini-batches swept.")
+@click.option("--offline", is_flag=True, help="Track in the project's local mlflow.db (sets KDFLOW_OFFLINE=1).")
+def lr_find(stage: str, params_path: str, root: str, overrides: tuple[str, ...], min_lr: float, max_lr: float,
+            steps: int, offline: bool) -> None:
+    """Learning-rate range test on STAGE's model, data and loss: plot, suggestion, MLflow run `lr_find:STAGE`."""
+    from kdflow.artifacts import CheckpointError
+    from kdflow.layout import ProjectPaths
+    from kdflow.lr_finder import lr_find as range_test
+    from kdflow.stage import checkpoint_failure
+    from kdflow.tracking import OFFLINE_ENV, TrackingUnreachable, check_tracking
+
+    if offline:
+        os.environ[OFFLINE_ENV] = "1"
+    if min_lr >= max_lr:
+        raise click.BadParameter(f"--min-lr {min_lr} must be below --max-lr {max_lr}")
+    paths = ProjectPaths.at(root)
+    try:
+        click.echo(check_tracking(paths.root))
+        params = load_params(params_path, overrides)
+        if not paths.dataset_card.exists():
+            raise click.ClickException(f"{paths.dataset_card}: missing; run the stages before {stage} first "
+                                       f"(`dvc repro {stage}` runs them)")
+        found = range_test(stage, params, paths, min_lr, max_lr, steps)
+    except (ConfigError, TrackingUnreachable) as exc:
+        raise click.ClickException(str(exc)) from None
+    except CheckpointError as exc:
+        raise click.ClickException(checkpoint_failure(exc, paths)) from None
+    click.echo(f"{stage}: suggested learning rate {found['suggested_lr']:.3g} (steepest descent of the smoothed loss); "
+               f"the loss is lowest at {found['min_loss_lr']:.3g}")
+    if found["suggested_train_lr"] != found["suggested_lr"]:
+        click.echo(f"  under train.lr_scaling that is train.lr = {found['suggested_train_lr']:.3g}")
+    click.echo(f"plot: {found['plot']}\nMLflow: run {found['mlflow_run_id']} (lr_find:{stage})")
 
 
 @app.command()

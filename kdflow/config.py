@@ -68,6 +68,10 @@ class TrainSpec(Section):
     monitor: Literal["val_loss", "val_accuracy"] = Field("val_loss", description="what early stopping and the kept checkpoint follow")
     patience: int = Field(10, ge=0, description="epochs without improvement of `monitor` before stopping; 0 never stops")
     min_delta: float = Field(0.0, ge=0.0)
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="lr_effective = lr * (batch/reference_batch_size), or its square root; none keeps lr")
+    reference_batch_size: int = Field(128, gt=0, description="the batch size `lr` was tuned for, under lr_scaling")
+    resume_every: int = Field(1, ge=0, description="epochs between resumable training-state checkpoints; 0 never")
 
 
 # --- data --------------------------------------------------------------------------------------------------

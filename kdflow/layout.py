@@ -52,6 +52,17 @@ class ProjectPaths:
         )
         return directory / f"{model}.pt"
 
+    def producer(self, path: str | Path) -> str | None:
+        """The stage that writes `path`, so an error about a bad artifact can say what to rerun."""
+        writers = {"prepare": self.prepared, "train_teacher": self.teacher_dir, "soft_labels": self.soft_labels_dir,
+                   "distill": self.students_dir, "finetune": self.target_dir, "evaluate": self.report_dir}
+        path = Path(path).resolve()
+        return next((stage for stage, directory in writers.items() if path.is_relative_to(directory)), None)
+
+    def resume_state(self, model: str) -> Path:
+        """The training state a killed run of `model` resumes from; removed once the model is written."""
+        return self.root / ".kdflow" / "resume" / f"{model}.pt"
+
     @property
     def metrics_dir(self) -> Path:
         return self.root / "metrics"

@@ -18,11 +18,12 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from kdflow.artifacts import file_digest, write_json, write_text
+from kdflow.artifacts import CheckpointError, file_digest, write_json, write_text
 from kdflow.checkpoints import save_model
 from kdflow.config import ConfigError, Params, TrainSpec, load_params
 from kdflow.layout import ProjectPaths
-from kdflow.training import FitResult, LossFn, cross_entropy_loss, fit
+from kdflow.resume import ResumeFile, training_fingerprint
+from kdflow.training import FitResult, LossFn, cross_entropy_loss, effective_lr, fit
 
 StageFn = Callable[[Params, ProjectPaths, "str | None"], dict]
 
@@ -79,30 +80,51 @@ def train_model(
     before_epoch: Callable[[int], None] | None = None,
     extra_params: dict | None = None,
 ) -> FitResult:
-    """Fit one model in its own nested MLflow run; write its checkpoint and curve; tag the checkpoint's md5."""
+    """Fit one model in its own nested MLflow run; write its checkpoint and curve; tag the checkpoint's md5.
+
+    Training resumes from `.kdflow/resume/<name>.pt` when a killed run of the same settings and inputs left one.
+    """
     from models import count_parameters
 
+    settings = {"model": name, "arch": spec.model_dump(mode="json"), "train": train.model_dump(mode="json"),
+                "seed": seed, "train_samples": len(x), **(extra_params or {})}
+    resume = None
+    if train.resume_every:
+        fingerprint = training_fingerprint(settings, model, [x, *targets, *val])
+        resume = ResumeFile(paths.resume_state(name), fingerprint, train.resume_every)
     with stage_tracked.child(name, tags={"kdflow.model": name}) as tracked:
-        tracked.log_params({"arch": spec.model_dump(mode="json"), "train": train.model_dump(mode="json"),
-                            "seed": seed, "train_samples": len(x), **(extra_params or {})})
+        tracked.log_params({**{k: v for k, v in settings.items() if k != "model"},
+                            "lr_effective": effective_lr(train, len(x))})
         result = fit(
             model, x, targets, train, seed=seed, loss_fn=loss_fn, val=val, param_groups=param_groups,
             before_epoch=before_epoch, on_epoch=lambda epoch, record: tracked.log_metrics(record, step=epoch),
-            description=name,
+            description=name, resume=resume,
         )
         checkpoint = save_model(paths.checkpoint(name), model, spec, input_shape, class_names)
         write_curve(paths.curve(name), result.history)
         summary = {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                    "epochs_run": len(result.history), "parameters": count_parameters(model)}
         tracked.log_metrics(summary)
-        tracked.set_tags({"kdflow.checkpoint_md5": file_digest(checkpoint), "kdflow.stopped_early": result.stopped_early})
+        tracked.set_tags({"kdflow.checkpoint_md5": file_digest(checkpoint), "kdflow.stopped_early": result.stopped_early,
+                          "kdflow.resumed_from_epoch": result.resumed_from_epoch})
         tracked.log_artifact(checkpoint, "checkpoint")
         tracked.log_artifact(paths.curve(name), "curves")
+    if resume is not None:
+        resume.remove()
     return result
 
 
 def write_stage_metrics(paths: ProjectPaths, stage: str, metrics: dict) -> None:
     write_json(paths.stage_metrics(stage), metrics)
+
+
+def checkpoint_failure(exc: CheckpointError, paths: ProjectPaths) -> str:
+    """The error, and which stage to rerun to replace the bad file."""
+    producer = paths.producer(exc.path) if exc.path is not None else None
+    if producer is None:
+        return str(exc)
+    return (f"{exc}\nfix: the stage '{producer}' writes {exc.path}: delete the file and rerun it "
+            f"(`dvc repro -f {producer}` or `kdflow run --force {producer}`)")
 
 
 def stage_main(stage: str, run: StageFn, argv: list[str] | None = None) -> None:
@@ -117,5 +139,14 @@ def stage_main(stage: str, run: StageFn, argv: list[str] | None = None) -> None:
         params = load_params(Path(args.root) / args.params, args.overrides)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
-    metrics = run(params, ProjectPaths.at(args.root), None)
+    from kdflow import tracking
+
+    paths = ProjectPaths.at(args.root)
+    try:
+        print(tracking.check_tracking(paths.root), flush=True)
+        metrics = run(params, paths, None)
+    except tracking.TrackingUnreachable as exc:
+        sys.exit(f"error: {exc}")
+    except CheckpointError as exc:
+        sys.exit(f"error: {checkpoint_failure(exc, paths)}")
     print(json.dumps(metrics, indent=2, sort_keys=True))

@@ -11,16 +11,61 @@ import contextlib
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 DEFAULT_EXPERIMENT = "kdflow"
 PARENT_RUN_ENV = "KDFLOW_PARENT_RUN_ID"
+OFFLINE_ENV = "KDFLOW_OFFLINE"  # set by `kdflow run --offline`; honoured by `python -m tasks.<stage>` (dvc repro)
+
+
+class TrackingUnreachable(RuntimeError):
+    """The MLflow tracking server in MLFLOW_TRACKING_URI does not answer."""
+
+
+def offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def local_uri(root: Path) -> str:
+    return f"sqlite:///{(root / 'mlflow.db').as_posix()}"
 
 
 def tracking_uri(root: Path) -> str:
-    """`MLFLOW_TRACKING_URI` when set, else the project's own `sqlite:///mlflow.db`."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').as_posix()}"
+    """`MLFLOW_TRACKING_URI` when set and not offline, else the project's own `sqlite:///mlflow.db`."""
+    return (not offline() and os.environ.get("MLFLOW_TRACKING_URI")) or local_uri(root)
+
+
+def check_tracking(root: Path, timeout_s: float = 5.0) -> str:
+    """Before any training: probe a tracking server's /health and say where the runs will go.
+
+    An unreachable server is a `TrackingUnreachable` naming the URI and the way out (offline mode), rather
+    than a stage that trains for minutes and then fails on its first log call.
+    """
+    uri = tracking_uri(root)
+    if offline():
+        return f"offline ({OFFLINE_ENV}=1): MLflow runs go to the local store {uri}"
+    if not uri.startswith(("http://", "https://")):
+        return f"MLflow runs go to {uri}"
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError as exc:  # it answered: only a server error means it cannot take runs
+        if exc.code >= 500:
+            raise _unreachable(root, uri, f"HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise _unreachable(root, uri, str(getattr(exc, "reason", exc))) from None
+    return f"MLflow runs go to the tracking server {uri}"
+
+
+def _unreachable(root: Path, uri: str, reason: str) -> TrackingUnreachable:
+    return TrackingUnreachable(
+        f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable ({reason}); nothing was run. "
+        f"Start the server or correct MLFLOW_TRACKING_URI, or track locally in {local_uri(root)} with "
+        f"`kdflow run --offline` ({OFFLINE_ENV}=1 for `dvc repro` and `python -m tasks.<stage>`)"
+    )
 
 
 def experiment_name() -> str:

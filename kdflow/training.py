@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdflow.config import TrainSpec
+from kdflow.resume import ResumeFile
 
 LossFn = Callable[[torch.Tensor, Sequence[torch.Tensor]], torch.Tensor]
 
@@ -29,6 +30,7 @@ class FitResult:
     best_epoch: int = 0
     best_val_loss: float = math.inf
     stopped_early: bool = False
+    resumed_from_epoch: int = 0  # the last epoch a saved training state held; 0 for a fresh start
 
     @property
     def best(self) -> dict[str, float]:
@@ -38,6 +40,16 @@ class FitResult:
 
 def resolve_batch_size(batch_size: int | str, num_samples: int) -> int:
     return num_samples if batch_size == "full" else min(int(batch_size), num_samples)
+
+
+def lr_scale(spec: TrainSpec, batch_size: int) -> float:
+    """The factor `train.lr_scaling` applies to every learning rate at this (resolved) batch size."""
+    ratio = batch_size / spec.reference_batch_size
+    return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[spec.lr_scaling]
+
+
+def effective_lr(spec: TrainSpec, num_samples: int) -> float:
+    return spec.lr * lr_scale(spec, resolve_batch_size(spec.batch_size, num_samples))
 
 
 def make_optimizer(spec: TrainSpec, param_groups) -> torch.optim.Optimizer:
@@ -87,24 +99,52 @@ def fit(
     before_epoch: Callable[[int], None] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     description: str = "train",
+    resume: ResumeFile | None = None,
 ) -> FitResult:
     """Train `model` in place on (x, targets) and leave it at its best validation epoch.
 
     With `val`, early stopping watches `spec.monitor` with `spec.patience` and the best epoch's weights are kept;
     without it, the last epoch is kept.
     `on_epoch(epoch, record)` receives each epoch's `train_loss`, `val_loss`, `val_accuracy` and `lr`.
+    Every learning rate is scaled by `lr_scale` (train.lr_scaling) at the resolved batch size.
+    With `resume`, the training state is saved every `resume.every` epochs, and a saved state with the same
+    fingerprint is continued from (its epochs' records are replayed through `on_epoch`); the caller removes it.
     """
     num_samples = len(x)
     batch_size = resolve_batch_size(spec.batch_size, num_samples)
     optimizer = make_optimizer(spec, param_groups if param_groups is not None else model.parameters())
+    for group in optimizer.param_groups:  # before the scheduler, which records these as its base rates
+        group["lr"] *= lr_scale(spec, batch_size)
     scheduler = make_scheduler(spec, optimizer)
     shuffle = torch.Generator(device="cpu").manual_seed(seed)
     result = FitResult()
     best_state = None
     best_score = math.inf
     epochs_without_gain = 0
+    first_epoch = 1
 
-    progress = tqdm(range(1, spec.epochs + 1), desc=description, leave=False, dynamic_ncols=True, disable=None)
+    saved = resume.load() if resume is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(saved["requires_grad"][name])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        shuffle.set_state(saved["shuffle_rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        best_state, best_score, epochs_without_gain = saved["best_state"], saved["best_score"], saved["epochs_without_gain"]
+        result.history, result.best_epoch, result.best_val_loss = saved["history"], saved["best_epoch"], saved["best_val_loss"]
+        result.stopped_early = saved["stopped_early"]
+        result.resumed_from_epoch = saved["epoch"]
+        first_epoch = spec.epochs + 1 if result.stopped_early else saved["epoch"] + 1
+        print(f"{description}: resuming after epoch {saved['epoch']} from {resume.path}")
+        if on_epoch is not None:
+            for epoch, record in enumerate(result.history, start=1):
+                on_epoch(epoch, record)
+
+    progress = tqdm(range(first_epoch, spec.epochs + 1), desc=description, leave=False, dynamic_ncols=True,
+                    disable=None)
     for epoch in progress:
         if before_epoch is not None:
             before_epoch(epoch)
@@ -132,20 +172,29 @@ def fit(
             on_epoch(epoch, record)
         progress.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k in ("train_loss", "val_accuracy")})
 
-        if val is None:
-            continue
-        # Track the monitored value as "lower is better" so one comparison serves loss and accuracy.
-        score = record["val_loss"] if spec.monitor == "val_loss" else -record["val_accuracy"]
-        if score < best_score - spec.min_delta:
-            best_score, result.best_epoch = score, epoch
-            result.best_val_loss = record["val_loss"]
-            best_state = copy.deepcopy(model.state_dict())
-            epochs_without_gain = 0
-        else:
-            epochs_without_gain += 1
-            if spec.patience and epochs_without_gain >= spec.patience:
-                result.stopped_early = True
-                break
+        if val is not None:
+            # Track the monitored value as "lower is better" so one comparison serves loss and accuracy.
+            score = record["val_loss"] if spec.monitor == "val_loss" else -record["val_accuracy"]
+            if score < best_score - spec.min_delta:
+                best_score, result.best_epoch = score, epoch
+                result.best_val_loss = record["val_loss"]
+                best_state = copy.deepcopy(model.state_dict())
+                epochs_without_gain = 0
+            else:
+                epochs_without_gain += 1
+                result.stopped_early = bool(spec.patience and epochs_without_gain >= spec.patience)
+        if resume is not None and (result.stopped_early or epoch % resume.every == 0):
+            resume.save({
+                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
+                "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+                "history": result.history, "best_state": best_state, "best_score": best_score,
+                "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                "epochs_without_gain": epochs_without_gain, "stopped_early": result.stopped_early,
+            })
+        if result.stopped_early:
+            break
     progress.close()
     if best_state is None:
         result.best_epoch = len(result.history)

@@ -36,6 +36,15 @@ def teacher_logits_for(split: Split, path) -> torch.Tensor:
     return torch.tensor(frame.loc[split.sample_id].to_numpy(np.float32))
 
 
+def distillation_set(paths: ProjectPaths, input_shape: tuple[int, ...]):
+    """The splits the student learns from, and their concatenated inputs, true labels (-1 on transfer) and teacher logits."""
+    sets = {name: load_split(paths.split(name), input_shape) for name in SETS_TO_LABEL}
+    x = torch.cat([sets[name].x for name in SETS_TO_LABEL])
+    labels = torch.cat([sets[name].y for name in SETS_TO_LABEL])
+    logits = torch.cat([teacher_logits_for(sets[name], logits_path(paths, name)) for name in SETS_TO_LABEL])
+    return sets, x, labels, logits
+
+
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
     spec = params.distill
     card = read_json(paths.dataset_card)
@@ -45,11 +54,8 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
               *(paths.split(s) for s in SETS_TO_LABEL), *(logits_path(paths, s) for s in SETS_TO_LABEL)]
     with stage_run(paths, "distill", params, parent_run_id, inputs) as tracked:
         teacher, _ = load_model(paths.checkpoint("teacher"))
-        sets = {name: load_split(paths.split(name), input_shape) for name in SETS_TO_LABEL}
+        sets, x, labels, logits = distillation_set(paths, input_shape)
         val = load_split(paths.split("source_val"), input_shape)
-        x = torch.cat([sets[name].x for name in SETS_TO_LABEL])
-        labels = torch.cat([sets[name].y for name in SETS_TO_LABEL])
-        logits = torch.cat([teacher_logits_for(sets[name], logits_path(paths, name)) for name in SETS_TO_LABEL])
 
         def fresh_student():
             torch.manual_seed(params.seed)

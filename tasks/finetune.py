@@ -40,6 +40,13 @@ def unfreeze_schedule(model: torch.nn.Module, spec: FinetuneSpec):
     return lambda epoch: set_trainable_blocks(model, (epoch - 1) // spec.unfreeze_every)
 
 
+def transferred_model(params: Params, source: torch.nn.Module, arch, input_shape: tuple[int, ...], num_classes: int):
+    """The target model initialised from `source` by whole-layer transfer, and the report of what was copied."""
+    torch.manual_seed(params.seed)
+    target = build_model(arch, input_shape, num_classes)
+    return target, copy_matching_layers(source.state_dict(), target, params.finetune.reinit)
+
+
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
     spec = params.finetune
     card = read_json(paths.dataset_card)
@@ -52,9 +59,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         arch = meta["spec"]
         train, val = load_split(paths.split("target_train"), input_shape), load_split(paths.split("target_val"), input_shape)
 
-        torch.manual_seed(params.seed)
-        target = build_model(arch, input_shape, len(classes))
-        report = copy_matching_layers(source.state_dict(), target, spec.reinit)
+        target, report = transferred_model(params, source, arch, input_shape, len(classes))
         report_path = write_json(paths.target_dir / "transfer_report.json",
                                  {"source": SOURCE_MODEL, "strategy": spec.strategy, **report.as_dict()})
         print("\n".join(["transfer from " + SOURCE_MODEL, *report.lines()]))

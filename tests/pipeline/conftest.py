@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 
@@ -13,3 +16,28 @@ def prefect_server(tmp_path_factory):
     with prefect_test_harness(server_startup_timeout=120):
         yield
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory, tiny_params, write_params):
+    """The tiny config through prepare, train_teacher, soft_labels and distill, in-process. Copy it before changing it."""
+    from kdflow.config import load_params
+    from kdflow.layout import ProjectPaths
+    from tasks import distill, prepare, soft_labels, train_teacher
+
+    root = tmp_path_factory.mktemp("trained-project")
+    params = load_params(write_params(root, tiny_params))
+    for stage in (prepare, train_teacher, soft_labels, distill):
+        stage.run(params, ProjectPaths.at(root))
+    return root
+
+
+@pytest.fixture
+def project_copy(trained_project, tmp_path):
+    """A fresh copy of `trained_project` (without its MLflow store, whose artifact paths point at the original)."""
+
+    def copy(name: str = "project") -> Path:
+        ignore = shutil.ignore_patterns("mlflow.db", "mlartifacts")
+        return Path(shutil.copytree(trained_project, tmp_path / name, ignore=ignore))
+
+    return copy

@@ -1,0 +1,207 @@
+"""Learning-rate range test (Smith, "Cyclical learning rates", 2017; fastai's lr_find), on a stage's own problem.
+
+A throwaway copy of the model the stage would train takes `steps` mini-batch steps (the stage's batch size,
+optimiser and loss) while the learning rate grows exponentially from `min_lr` to `max_lr`. The loss is smoothed
+with a bias-corrected exponential moving average; the sweep stops once it diverges (above 4x its minimum).
+The suggestion is the rate where the smoothed loss falls fastest per decade of learning rate, before its
+minimum (falling back to a tenth of the minimum's rate when the curve is too short to have a slope).
+Param groups keep their ratios (finetune's backbone runs at `backbone_lr_mult` of the head); the rates reported
+are the head's, as they are applied, i.e. after `train.lr_scaling`: `train.lr` is the suggestion / lr_scale.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdflow.config import Params, TrainSpec
+from kdflow.layout import ProjectPaths
+from kdflow.training import LossFn, cross_entropy_loss, lr_scale, make_optimizer, resolve_batch_size
+
+STAGES = ("train_teacher", "distill", "finetune")
+SMOOTHING = 0.9  # a time constant of ~10 steps: 0.98 lags a 100-step sweep by half a decade
+DIVERGENCE = 4.0
+
+
+@dataclass
+class Problem:
+    """What a stage trains: its model (fresh), data, loss, param groups and training settings."""
+
+    model: nn.Module
+    x: torch.Tensor
+    targets: Sequence[torch.Tensor]
+    spec: TrainSpec
+    loss_fn: LossFn = cross_entropy_loss
+    param_groups: list | None = None
+
+
+@dataclass
+class Sweep:
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    suggested_lr: float
+    min_loss_lr: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def exponential_lrs(min_lr: float, max_lr: float, steps: int) -> list[float]:
+    """min_lr * (max_lr / min_lr) ** (i / (steps - 1)) for i in 0..steps-1."""
+    if not 0 < min_lr < max_lr or steps < 2:
+        raise ValueError(f"need 0 < min_lr < max_lr and steps >= 2 (got {min_lr}, {max_lr}, {steps})")
+    return [min_lr * (max_lr / min_lr) ** (i / (steps - 1)) for i in range(steps)]
+
+
+def smooth(losses: Sequence[float], beta: float = SMOOTHING) -> list[float]:
+    """Bias-corrected exponential moving average: a_i = beta a_(i-1) + (1 - beta) l_i, reported as a_i / (1 - beta^(i+1))."""
+    average, smoothed = 0.0, []
+    for i, loss in enumerate(losses):
+        average = beta * average + (1 - beta) * loss
+        smoothed.append(average / (1 - beta ** (i + 1)))
+    return smoothed
+
+
+def suggest(lrs: Sequence[float], smoothed: Sequence[float]) -> tuple[float, float]:
+    """(steepest-descent rate before the minimum, rate at the minimum)."""
+    lowest = int(np.argmin(smoothed))
+    if lowest < 2:
+        return lrs[lowest] / 10, lrs[lowest]
+    slope = np.gradient(np.asarray(smoothed[: lowest + 1]), np.log10(lrs[: lowest + 1]))
+    return float(lrs[int(np.argmin(slope))]), float(lrs[lowest])
+
+
+def range_test(problem: Problem, seed: int, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 100) -> Sweep:
+    model, spec = problem.model, problem.spec
+    optimizer = make_optimizer(spec, problem.param_groups if problem.param_groups is not None else model.parameters())
+    ratios = [group["lr"] / spec.lr for group in optimizer.param_groups]  # relative to the head's rate
+    num_samples = len(problem.x)
+    batch_size = resolve_batch_size(spec.batch_size, num_samples)
+    shuffle = torch.Generator().manual_seed(seed)
+    order = torch.empty(0, dtype=torch.long)
+    lrs, losses = [], []
+    model.train()
+    for lr in exponential_lrs(min_lr, max_lr, steps):
+        if len(order) < batch_size:  # a new epoch's permutation, as fit draws them
+            order = torch.randperm(num_samples, generator=shuffle)
+        batch, order = order[:batch_size], order[batch_size:]
+        for group, ratio in zip(optimizer.param_groups, ratios):
+            group["lr"] = lr * ratio
+        loss = problem.loss_fn(model(problem.x[batch]), [t[batch] for t in problem.targets])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lrs.append(lr)
+        losses.append(loss.item())
+        smoothed = smooth(losses)
+        if not math.isfinite(losses[-1]) or (len(losses) > 1 and smoothed[-1] > DIVERGENCE * min(smoothed)):
+            break
+    smoothed = smooth(losses)
+    finite = [i for i, value in enumerate(smoothed) if math.isfinite(value)]
+    suggested, at_minimum = suggest([lrs[i] for i in finite], [smoothed[i] for i in finite])
+    return Sweep(lrs, losses, smoothed, suggested, at_minimum)
+
+
+def stage_problem(stage: str, params: Params, paths: ProjectPaths) -> Problem:
+    """The model, data and loss `stage` trains first: the teacher, the distilled student, the fine-tuned model."""
+    from kdflow.artifacts import read_json
+    from kdflow.checkpoints import load_model
+    from kdflow.datasets import load_split
+    from kdflow.losses import kd_loss
+    from models import build_model
+
+    card = read_json(paths.dataset_card)
+    input_shape = tuple(card["input_shape"])
+    torch.manual_seed(params.seed)
+    if stage == "train_teacher":
+        spec = params.train_teacher
+        train = load_split(paths.split("source_train"), input_shape)
+        model = build_model(spec.model, input_shape, len(card["source_classes"]))
+        return Problem(model, train.x, [train.y], spec.train)
+    if stage == "distill":
+        from tasks.distill import distillation_set
+
+        spec = params.distill
+        _, x, labels, logits = distillation_set(paths, input_shape)
+        model = build_model(spec.student, input_shape, len(card["source_classes"]))
+        return Problem(model, x, [logits, labels], spec.train,
+                       loss_fn=lambda out, t: kd_loss(out, t[0], t[1], spec.temperature, spec.alpha))
+    if stage == "finetune":
+        from tasks.finetune import SOURCE_MODEL, param_groups, transferred_model, unfreeze_schedule
+
+        source, meta = load_model(paths.checkpoint(SOURCE_MODEL))
+        train = load_split(paths.split("target_train"), input_shape)
+        model, _ = transferred_model(params, source, meta["spec"], input_shape, len(card["target_classes"]))
+        hook = unfreeze_schedule(model, params.finetune)
+        if hook is not None:
+            hook(1)  # the first epoch's trainable blocks
+        return Problem(model, train.x, [train.y], params.finetune.train,
+                       param_groups=param_groups(model, params.finetune))
+    raise ValueError(f"lr-find: unknown stage '{stage}'; choose one of {', '.join(STAGES)}")
+
+
+def plot_sweep(sweep: Sweep, stage: str, target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kdflow.artifacts import atomic_path
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(sweep.lrs, sweep.losses, color="#bbb", linewidth=0.8, label="loss per batch")
+    axis.plot(sweep.lrs, sweep.smoothed, color="#2a7", label="smoothed")
+    axis.axvline(sweep.suggested_lr, color="#c33", linestyle="--", label=f"suggested {sweep.suggested_lr:.2e}")
+    top = max(sweep.smoothed[0], min(sweep.smoothed)) * 1.5
+    axis.set(xscale="log", xlabel="learning rate", ylabel="training loss", title=f"Learning-rate range test: {stage}",
+             ylim=(min(sweep.smoothed) * 0.9, top))
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(target) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+    plt.close(figure)
+
+
+def log_curve(tracked, sweep: Sweep) -> None:
+    """The sweep as stepped metrics, in batches of MLflow's 1,000-metric limit rather than a call per step."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(name, value, now, step) for step, values in enumerate(zip(sweep.lrs, sweep.losses, sweep.smoothed))
+               for name, value in zip(("lr_find_lr", "lr_find_loss", "lr_find_smoothed_loss"), values)]
+    for start in range(0, len(metrics), 1000):
+        tracked.client.log_batch(tracked.run_id, metrics=metrics[start : start + 1000])
+
+
+def lr_find(stage: str, params: Params, paths: ProjectPaths, min_lr: float = 1e-6, max_lr: float = 1.0,
+            steps: int = 100) -> dict:
+    """Run the range test for `stage`; write plots/lr_find/<stage>.png and .json; log the run `lr_find:<stage>`."""
+    from kdflow import tracking
+    from kdflow.artifacts import write_json
+
+    problem = stage_problem(stage, params, paths)
+    sweep = range_test(problem, params.seed, min_lr, max_lr, steps)
+    scale = lr_scale(problem.spec, resolve_batch_size(problem.spec.batch_size, len(problem.x)))
+    summary = {"stage": stage, "suggested_lr": sweep.suggested_lr, "min_loss_lr": sweep.min_loss_lr,
+               "suggested_train_lr": sweep.suggested_lr / scale, "steps_run": len(sweep.lrs)}
+    plot, curve = paths.root / "plots" / "lr_find" / f"{stage}.png", paths.root / "plots" / "lr_find" / f"{stage}.json"
+    plot_sweep(sweep, stage, plot)
+    write_json(curve, {**summary, **sweep.as_dict()})
+    with tracking.start_run(paths.root, f"lr_find:{stage}", tags={"kdflow.stage": "lr_find"}) as tracked:
+        tracked.log_params({"stage": stage, "min_lr": min_lr, "max_lr": max_lr, "steps": steps, "seed": params.seed,
+                            "train": problem.spec.model_dump(mode="json")})
+        log_curve(tracked, sweep)
+        tracked.log_metrics({k: v for k, v in summary.items() if k != "stage"})
+        tracked.log_artifact(plot, "lr_find")
+        tracked.log_artifact(curve, "lr_find")
+        summary["mlflow_run_id"] = tracked.run_id
+    summary["plot"] = str(plot)
+    return summary

@@ -1,0 +1,48 @@
+"""`kdflow lr-find STAGE` on the tiny trained project: the plot, the suggestion and the MLflow run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+STEPS = 40
+
+
+@pytest.mark.parametrize(("stage", "overrides", "scale"), [
+    ("train_teacher", [], 1.0),
+    ("distill", [], 1.0),
+    # 25 target samples in one batch against a reference of 5: linear scaling multiplies every rate by 5.
+    ("finetune", ["-S", "finetune.train.lr_scaling=linear", "-S", "finetune.train.reference_batch_size=5"], 5.0),
+])
+def test_lr_find_plots_suggests_and_logs(project_copy, monkeypatch, stage, overrides, scale) -> None:
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    from kdflow.cli import app
+
+    monkeypatch.delenv("KDFLOW_OFFLINE", raising=False)
+    root = project_copy()
+    result = CliRunner().invoke(app, ["lr-find", stage, "--root", str(root), "--params", str(root / "params.yaml"),
+                                      "--steps", str(STEPS), "--min-lr", "1e-5", "--max-lr", "10", *overrides])
+    assert result.exit_code == 0, result.output
+    plot = root / "plots" / "lr_find" / f"{stage}.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curve = json.loads((root / "plots" / "lr_find" / f"{stage}.json").read_text())
+    assert curve["lrs"][0] == pytest.approx(1e-5) and 2 <= len(curve["lrs"]) <= STEPS
+    assert curve["suggested_lr"] in curve["lrs"] and curve["min_loss_lr"] in curve["lrs"]
+    assert curve["suggested_lr"] <= curve["min_loss_lr"]
+    assert curve["suggested_train_lr"] == pytest.approx(curve["suggested_lr"] / scale)
+    assert f"{stage}: suggested learning rate {curve['suggested_lr']:.3g}" in result.output
+    assert (f"train.lr = {curve['suggested_train_lr']:.3g}" in result.output) == (scale != 1.0)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("kdflow").experiment_id],
+                             filter_string=f"attributes.run_name = 'lr_find:{stage}'")[0]
+    assert run.data.metrics["suggested_lr"] == pytest.approx(curve["suggested_lr"])
+    history = client.get_metric_history(run.info.run_id, "lr_find_loss")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(curve["losses"], nan_ok=True)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "lr_find")} == {
+        f"lr_find/{stage}.png", f"lr_find/{stage}.json"}
