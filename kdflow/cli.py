@@ -43,7 +43,10 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     _prefect_defaults()
     from flows.pipeline import pipeline
 
-    result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force))
+    try:
+        result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force))
+    except ConfigError as exc:  # a data file params.yaml names is bad: kdflow.sources.DataError
+        raise click.ClickException(str(exc)) from None
     click.echo("\n" + text_table(result["summary"]) + "\n")
     for line in comparison_lines(result["summary"]):
         click.echo(line)

@@ -113,9 +113,9 @@ def stage_main(stage: str, run: StageFn, argv: list[str] | None = None) -> None:
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params key, as `dvc exp run -S` does")
     args = parser.parse_args(argv)
-    try:
+    try:  # a bad params file, or a bad data file it names (kdflow.sources.DataError)
         params = load_params(Path(args.root) / args.params, args.overrides)
+        metrics = run(params, ProjectPaths.at(args.root), None)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
-    metrics = run(params, ProjectPaths.at(args.root), None)
     print(json.dumps(metrics, indent=2, sort_keys=True))

@@ -20,7 +20,7 @@ SPECS = {
 
 
 def test_registry_names() -> None:
-    assert sorted(ARCHITECTURES) == ["cnn1d", "linear", "mlp"]
+    assert sorted(ARCHITECTURES) == ["cnn1d", "cnn2d", "linear", "mlp"]
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -99,5 +99,5 @@ def test_unknown_arch_in_build_model() -> None:
         def model_dump(self, exclude):
             return {}
 
-    with pytest.raises(ValueError, match=r"unknown arch 'gru'; allowed: cnn1d, linear, mlp"):
+    with pytest.raises(ValueError, match=r"unknown arch 'gru'; allowed: cnn1d, cnn2d, linear, mlp, custom"):
         build_model(Fake(), (40,), 5)
