@@ -215,6 +215,13 @@ def test_feature_counts_disagree_between_source_and_target(root: Path) -> None:
         "fix: give both the same feature columns")
 
 
+def test_feature_counts_disagree_between_source_and_transfer(root: Path) -> None:
+    write(root, pd.DataFrame(np.ones((4, 40)), columns=[f"f{i}" for i in range(40)]), "data/raw/unlabelled.csv")
+    assert error_of(root, transfer={"kind": "file", "path": "data/raw/unlabelled.csv"}) == (
+        "data/raw/unlabelled.csv (data.transfer): 40 features per row, but data.source has 64 (sample shape "
+        "[1, 8, 8]); fix: give both the same feature columns")
+
+
 def test_mnist1d_transfer_for_a_file_source(root: Path) -> None:
     assert error_of(root, transfer={"kind": "mnist1d", "size": 100}).startswith(
         "data.transfer: the MNIST-1D generator makes 40-feature digits 0-9, not rows like the file")

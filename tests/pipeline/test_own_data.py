@@ -60,6 +60,20 @@ def test_flow_runs_on_a_csv_and_a_new_version_reruns_from_prepare(tmp_path, own_
     assert rerun["ran"] == STAGES
 
 
+def test_flow_stops_on_a_bad_file_with_its_message(tmp_path, own_data_params, write_params, write_image_csv,
+                                                    prefect_server):
+    from flows.pipeline import pipeline
+    from kdflow.sources import DataError
+
+    write_image_csv(tmp_path / RAW, rows_per_class=30)
+    params = {**own_data_params, "data": {**own_data_params["data"],
+                                          "source": {**own_data_params["data"]["source"], "label": "digits"}}}
+    with pytest.raises(DataError, match=r"data/raw/digits.csv: no column 'digits' \(data.source.label\); "
+                                        r"did you mean 'digit'\?"):
+        pipeline(params_path=str(write_params(tmp_path, params)), root=str(tmp_path))
+    assert not (tmp_path / "data" / "prepared").exists()
+
+
 def dvc(repo: Path, *arguments: str) -> str:
     # `python` in dvc.yaml's commands must be this interpreter, whatever PATH the test runner had.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
