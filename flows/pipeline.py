@@ -1,9 +1,9 @@
 """The pipeline as one Prefect flow: the same stage functions `dvc repro` runs, as tasks, in dependency order.
 
 Caching follows DVC's rule: a stage is skipped when its params sections and the md5 of every dependency that
-`dvc.yaml` lists for it (code and upstream outputs; for `prepare`, also every data file params.yaml names) are unchanged, and its outputs on disk are still the ones
-that cached run wrote (a cache hit whose outputs were deleted or overwritten reruns). Cache records and
-results live under the project, in `.kdflow/prefect`.
+`dvc.yaml` lists for it (code and upstream outputs; for `prepare`, also every data file params.yaml names) are
+unchanged, and its outputs on disk are still the ones that cached run wrote (a cache hit whose outputs were
+deleted or overwritten reruns). Cache records and results live under the project, in `.kdflow/prefect`.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ class FileColumns(Section):
 class LabelledFile(FileColumns):
     label: str = Field("label", min_length=1, description="the label column (ints or strings)")
     classes: Optional[list[ClassName]] = Field(
-        None, min_length=2, description="every label the file may hold; default: the classes taken from it")
+        None, min_length=2, description="every label the file may hold; default: the task classes drawn from it")
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="share of each class held out for testing")
 
 

@@ -52,7 +52,7 @@ def write_params():
     return write
 
 
-def image_frame(rows_per_class: int = 40, classes: int = 10, seed: int = 0) -> "pd.DataFrame":
+def make_image_frame(rows_per_class: int = 40, classes: int = 10, seed: int = 0) -> "pd.DataFrame":
     """8x8 image-like rows (a noisy prototype per class), columns pixel_0..pixel_63 and `digit`, as a user's
     own CSV would hold them; made with numpy so the tests need no dataset download."""
     import numpy as np
@@ -68,12 +68,18 @@ def image_frame(rows_per_class: int = 40, classes: int = 10, seed: int = 0) -> "
 
 
 @pytest.fixture(scope="session")
+def image_frame():
+    """`make_image_frame`, for tests (a fixture: `conftest` is no importable name when several exist)."""
+    return make_image_frame
+
+
+@pytest.fixture(scope="session")
 def write_image_csv():
-    """Write `image_frame(...)` as CSV at a path (parents made); returns the path."""
+    """Write `make_image_frame(...)` as CSV at a path (parents made); returns the path."""
 
     def write(path: Path, **options) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        image_frame(**options).to_csv(path, index=False)
+        make_image_frame(**options).to_csv(path, index=False)
         return path
 
     return write

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import image_frame
 from kdflow.config import validate
 from kdflow.layout import ProjectPaths
 from kdflow.sources import DataError
@@ -37,12 +36,12 @@ def write(root: Path, frame: pd.DataFrame, name: str = RAW) -> Path:
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
+def root(tmp_path: Path, image_frame) -> Path:
     write(tmp_path, image_frame())
     return tmp_path
 
 
-def test_csv_source_gives_stratified_image_shaped_splits(root: Path) -> None:
+def test_csv_source_gives_stratified_image_shaped_splits(root: Path, image_frame) -> None:
     splits = build_splits(params(), root)
     frame = image_frame()
     # 40 rows per digit: test 20 % = 8, validation 10 % = 4, train 28; target: 8 test, 5 train, 5 validation.
@@ -70,7 +69,7 @@ def test_same_seed_same_splits_another_seed_others(root: Path) -> None:
     assert not np.array_equal(first["source_val"][0], other["source_val"][0])
 
 
-def test_string_labels_map_to_indices_and_the_card_keeps_the_map(tmp_path: Path) -> None:
+def test_string_labels_map_to_indices_and_the_card_keeps_the_map(tmp_path: Path, image_frame) -> None:
     frame = image_frame(rows_per_class=20, classes=4)
     frame["digit"] = np.array(["cat", "dog", "owl", "yak"])[frame["digit"]]
     write(tmp_path, frame, "data/raw/animals.parquet")
@@ -90,14 +89,14 @@ def test_string_labels_map_to_indices_and_the_card_keeps_the_map(tmp_path: Path)
     assert card["splits"]["source_train"]["class_counts"] == {"owl": 14, "cat": 14}  # 20 rows: 4 test, 2 validation
 
 
-def test_class_subsets_leave_other_declared_classes_out(root: Path) -> None:
+def test_class_subsets_leave_other_declared_classes_out(root: Path, image_frame) -> None:
     splits = build_splits(params(source={**SOURCE, "classes": list(range(10))}, source_classes=[0, 1],
                                  target_classes=[7, 9]), root)
     rows = np.concatenate([[int(s.rsplit("-", 1)[1]) for s in ids] for ids, _, _ in splits.values()]).astype(int)
     assert set(image_frame()["digit"].to_numpy()[rows]) == {0, 1, 7, 9}
 
 
-def test_target_and_transfer_from_their_own_files(root: Path) -> None:
+def test_target_and_transfer_from_their_own_files(root: Path, image_frame) -> None:
     target = image_frame(rows_per_class=30, classes=3, seed=5)
     target["digit"] = np.array(["a", "b", "c"])[target["digit"]]
     target.insert(0, "id", [f"t{i}" for i in range(len(target))])
@@ -124,7 +123,7 @@ def test_transfer_from_the_source_file_drops_labels_and_held_out_rows(root: Path
     assert len(splits["transfer"][0]) == 400 - len(labelled)
 
 
-def test_npz_with_x_and_y_keeps_its_sample_shape(tmp_path: Path) -> None:
+def test_npz_with_x_and_y_keeps_its_sample_shape(tmp_path: Path, image_frame) -> None:
     frame = image_frame(rows_per_class=30, classes=4)
     path = tmp_path / "data/raw/images.npz"
     path.parent.mkdir(parents=True)
@@ -162,7 +161,7 @@ def test_feature_prefix_matching_nothing(root: Path) -> None:
         f"{RAW}: no column starts with 'px' (data.source.feature_prefix); its columns are: pixel_0,")
 
 
-def test_nan_and_infinity(root: Path) -> None:
+def test_nan_and_infinity(root: Path, image_frame) -> None:
     frame = image_frame()
     frame.loc[[3, 17], "pixel_5"] = np.nan
     frame.loc[17, "pixel_9"] = np.inf
@@ -171,7 +170,7 @@ def test_nan_and_infinity(root: Path) -> None:
                               "'pixel_9' (1 row) (first at data row 4); fix: drop or impute those rows before prepare")
 
 
-def test_non_numeric_feature(root: Path) -> None:
+def test_non_numeric_feature(root: Path, image_frame) -> None:
     frame = image_frame()
     frame["pixel_2"] = frame["pixel_2"].astype(object)
     frame.loc[[5, 6, 7], "pixel_2"] = "dark"
@@ -180,7 +179,7 @@ def test_non_numeric_feature(root: Path) -> None:
                               "(first at data row 6); fix: encode it as numbers, or leave it out of data.source.features")
 
 
-def test_label_outside_the_declared_classes(root: Path) -> None:
+def test_label_outside_the_declared_classes(root: Path, image_frame) -> None:
     frame = image_frame()
     frame.loc[[0, 50], "digit"] = 11
     write(root, frame)
@@ -190,7 +189,7 @@ def test_label_outside_the_declared_classes(root: Path) -> None:
         "data.source_classes / target_classes (rows of classes that no task uses are then left out), or drop those rows")
 
 
-def test_class_with_too_few_samples_for_the_split(root: Path) -> None:
+def test_class_with_too_few_samples_for_the_split(root: Path, image_frame) -> None:
     frame = image_frame()
     frame = frame[(frame["digit"] != 3) | (frame.index % 40 < 2)]  # digit 3 keeps 2 rows
     write(root, frame)
@@ -206,7 +205,7 @@ def test_target_class_with_too_few_samples(root: Path) -> None:
         "(data.target_labels_per_class 30 + data.target_val_per_class 5); fix: lower those two, or add rows of that class")
 
 
-def test_feature_counts_disagree_between_source_and_target(root: Path) -> None:
+def test_feature_counts_disagree_between_source_and_target(root: Path, image_frame) -> None:
     target = image_frame(classes=3).drop(columns=["pixel_63"])
     write(root, target, "data/raw/target.csv")
     assert error_of(root, target={"kind": "file", "path": "data/raw/target.csv", "label": "digit"},
@@ -255,7 +254,7 @@ def test_missing_file(tmp_path: Path) -> None:
                                   f"data/raw, then `dvc add {RAW}`) or correct data.source.path")
 
 
-def test_a_bad_file_stops_prepare_before_anything_is_written(root: Path) -> None:
+def test_a_bad_file_stops_prepare_before_anything_is_written(root: Path, image_frame) -> None:
     frame = image_frame()
     frame.loc[9, "pixel_0"] = np.nan
     write(root, frame)

@@ -23,13 +23,12 @@ def test_ci_runs_the_readme_test_command_verbatim():
     assert ci_lines[-1] == readme_commands()[1]
 
 
-def test_bring_your_own_data_example_is_a_valid_params_change(tmp_path):
+def test_bring_your_own_data_example_is_a_valid_params_change(tmp_path, image_frame):
     """The worked example's YAML, merged into the repo's params.yaml, validates and prepares a file shaped as
     the example's CSV (made with numpy here, so the test needs no scikit-learn)."""
     import numpy as np
     import yaml
 
-    from conftest import image_frame
     from kdflow.config import validate
     from tasks.prepare import build_splits
 
