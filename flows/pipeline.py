@@ -1,9 +1,9 @@
 """The pipeline as one Prefect flow: the same stage functions `dvc repro` runs, as tasks, in dependency order.
 
 Caching follows DVC's rule: a stage is skipped when its params sections and the md5 of every dependency that
-`dvc.yaml` lists for it (code and upstream outputs) are unchanged, and its outputs on disk are still the ones
-that cached run wrote (a cache hit whose outputs were deleted or overwritten reruns). Cache records and
-results live under the project, in `.kdflow/prefect`.
+`dvc.yaml` lists for it (code and upstream outputs; for `prepare`, also every data file params.yaml names) are
+unchanged, and its outputs on disk are still the ones that cached run wrote (a cache hit whose outputs were
+deleted or overwritten reruns). Cache records and results live under the project, in `.kdflow/prefect`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from kdflow import tracking
 from kdflow.artifacts import read_json, tree_digest
 from kdflow.config import dump_params, load_params, validate
 from kdflow.layout import ProjectPaths
+from kdflow.sources import raw_files, resolve
 from tasks import distill, evaluate, finetune, prepare, soft_labels, train_teacher
 
 STAGES = {
@@ -68,6 +69,8 @@ def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         "params": {name: params[name] for name in _entries(stage_def.get("params"))},
         "deps": {dep: tree_digest(dependency_path(root, dep)) for dep in _entries(stage_def.get("deps"))},
     }
+    if stage == "prepare":  # the user's files, wherever params.yaml puts them (dvc.yaml sees those in data/raw)
+        fingerprint["raw"] = {path: tree_digest(resolve(root, path)) for path in raw_files(validate(params).data)}
     return f"{stage}-" + hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
 
 

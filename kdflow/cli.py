@@ -55,6 +55,8 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
         result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force))
     except CheckpointError as exc:
         raise click.ClickException(checkpoint_failure(exc, ProjectPaths.at(root))) from None
+    except ConfigError as exc:  # a data file params.yaml names is bad: kdflow.sources.DataError
+        raise click.ClickException(str(exc)) from None
     click.echo("\n" + text_table(result["summary"]) + "\n")
     for line in comparison_lines(result["summary"]):
         click.echo(line)

@@ -6,11 +6,13 @@ allowed, so that `dvc repro`, `kdflow run` and the tests all fail the same way o
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, ValidationError, field_validator,
+                      model_validator)
 
 STAGE_SECTIONS = ("data", "train_teacher", "soft_labels", "distill", "finetune", "evaluate")
 
@@ -43,11 +45,39 @@ class CNN1DSpec(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
+class CNN2DSpec(Section):
+    """For image-like inputs (channels, height, width); a (height, width) input gets one channel."""
+
+    arch: Literal["cnn2d"]
+    channels: list[Annotated[int, Field(gt=0)]] = Field(default=[16, 32], min_length=1)
+    kernel_size: int = Field(3, gt=0)
+    stride: int = Field(1, gt=0)
+    pool: Literal["flatten", "max", "avg"] = Field("max", description="flatten, or global max/avg over height and width")
+    hidden: int = Field(0, ge=0, description="width of a fully connected layer before the head; 0 for none")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
 class LinearSpec(Section):
     arch: Literal["linear"]
 
 
-ModelSpec = Annotated[Union[MLPSpec, CNN1DSpec, LinearSpec], Field(discriminator="arch")]
+class CustomSpec(Section):
+    """A user's own architecture: `factory(input_shape=..., num_classes=..., **options)` returning a module with
+    a `backbone` (Sequential of blocks) and a `head` (Linear), as the built-in ones."""
+
+    arch: Literal["custom"]
+    factory: str = Field(description="import path of a function, 'my_pkg.nets:make_student'")
+    options: dict[str, Any] = {}
+
+    @field_validator("factory")
+    @classmethod
+    def _import_path(cls, factory: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", factory):
+            raise ValueError("must be an import path 'module.submodule:function', e.g. 'my_pkg.nets:make_student'")
+        return factory
+
+
+ModelSpec = Annotated[Union[MLPSpec, CNN1DSpec, CNN2DSpec, LinearSpec, CustomSpec], Field(discriminator="arch")]
 
 
 # --- optimisation ------------------------------------------------------------------------------------------
@@ -77,6 +107,9 @@ class TrainSpec(Section):
 # --- data --------------------------------------------------------------------------------------------------
 
 
+ClassName = Union[StrictInt, str]
+
+
 class MNIST1DSource(Section):
     """Labelled data from the MNIST-1D generator; seed 42 with 5,000 samples is the published 4,000/1,000 split."""
 
@@ -93,11 +126,57 @@ class MNIST1DTransfer(Section):
     size: int = Field(50000, ge=0, description="samples of the source classes kept, labels dropped")
 
 
+class FileColumns(Section):
+    """Rows of a CSV, Parquet or .npz file (`x`, and `y` for labels); kdflow.sources reads and checks them."""
+
+    kind: Literal["file"]
+    path: str = Field(min_length=1, description="relative to the project root; keep it under data/raw (a dvc.yaml dep)")
+    features: Optional[list[str]] = Field(None, min_length=1, description="feature columns, in order")
+    feature_prefix: Optional[str] = Field(None, min_length=1, description="or: every column starting with this")
+    sample_id: Optional[str] = Field(None, description="a column of unique row ids; default: file name and row number")
+
+    @model_validator(mode="after")
+    def _one_feature_rule(self) -> "FileColumns":
+        if self.features is not None and self.feature_prefix is not None:
+            raise ValueError("give features or feature_prefix, not both")
+        return self
+
+
+class LabelledFile(FileColumns):
+    label: str = Field("label", min_length=1, description="the label column (ints or strings)")
+    classes: Optional[list[ClassName]] = Field(
+        None, min_length=2, description="every label the file may hold; default: the task classes drawn from it")
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="share of each class held out for testing")
+
+
+class FileSource(LabelledFile):
+    reshape: Optional[list[Annotated[int, Field(gt=0)]]] = Field(
+        None, min_length=1, description="the shape of one sample, e.g. [1, 8, 8]; default: flat")
+
+
+class FileTransfer(FileColumns):
+    """Unlabelled rows; a `label` column, if the file has one, is dropped unread."""
+
+    label: str = Field("label", min_length=1)
+
+
+def _kind(value: Any) -> Any:
+    """The `kind` tag, `mnist1d` when omitted (the default scenario's sections may leave it out)."""
+    return value.get("kind", "mnist1d") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+SourceSpec = Annotated[Union[Annotated[MNIST1DSource, Tag("mnist1d")], Annotated[FileSource, Tag("file")]],
+                       Discriminator(_kind)]
+TransferSpec = Annotated[Union[Annotated[MNIST1DTransfer, Tag("mnist1d")], Annotated[FileTransfer, Tag("file")]],
+                         Discriminator(_kind)]
+
+
 class DataSpec(Section):
-    source: MNIST1DSource = MNIST1DSource()
-    source_classes: list[Annotated[int, Field(ge=0, le=9)]] = Field(default=[0, 1, 2, 3, 4], min_length=2)
-    transfer: MNIST1DTransfer = MNIST1DTransfer()
-    target_classes: list[Annotated[int, Field(ge=0, le=9)]] = Field(default=[5, 6, 7, 8, 9], min_length=2)
+    source: SourceSpec = MNIST1DSource()
+    source_classes: list[ClassName] = Field(default=[0, 1, 2, 3, 4], min_length=2)
+    transfer: TransferSpec = MNIST1DTransfer()
+    target: Optional[LabelledFile] = Field(None, description="the target task's own file; default: from the source")
+    target_classes: list[ClassName] = Field(default=[5, 6, 7, 8, 9], min_length=2)
     target_labels_per_class: int = Field(50, gt=0, description="labelled target training samples per class")
     target_val_per_class: int = Field(50, gt=0)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="share of each source class held out")
@@ -106,12 +185,20 @@ class DataSpec(Section):
     def _consistent(self) -> "DataSpec":
         for name in ("source_classes", "target_classes"):
             classes = getattr(self, name)
-            if len(set(classes)) != len(classes):
+            if len({str(c) for c in classes}) != len(classes):
                 raise ValueError(f"{name} lists a class twice: {classes}")
-        shared = sorted(set(self.source_classes) & set(self.target_classes))
-        if shared:
-            raise ValueError(f"source_classes and target_classes share {shared}; the target task needs new classes")
-        if self.transfer.size and self.transfer.seed == self.source.seed:
+        generated = [name for name, from_generator in (
+            ("source_classes", self.source.kind == "mnist1d"),
+            ("target_classes", self.source.kind == "mnist1d" and self.target is None)) if from_generator]
+        for name in generated:
+            if not all(isinstance(c, int) and 0 <= c <= 9 for c in getattr(self, name)):
+                raise ValueError(f"{name} must be MNIST-1D digits 0-9 (got {getattr(self, name)})")
+        if self.target is None:
+            target = {str(c) for c in self.target_classes}
+            shared = [c for c in self.source_classes if str(c) in target]
+            if shared:
+                raise ValueError(f"source_classes and target_classes share {shared}; the target task needs new classes")
+        if self.source.kind == self.transfer.kind == "mnist1d" and self.transfer.size and self.transfer.seed == self.source.seed:
             raise ValueError("transfer.seed equals source.seed, so the transfer set would repeat the source samples")
         return self
 
@@ -179,17 +266,36 @@ def _is_model(node: Any) -> bool:
     return isinstance(node, type) and issubclass(node, BaseModel)
 
 
-def _union_members(annotation: Any) -> list[type[BaseModel]]:
+def _unwrap(annotation: Any) -> Any:
     while get_origin(annotation) is Annotated:
         annotation = get_args(annotation)[0]
-    return [member for member in get_args(annotation) if _is_model(member)]
+    return annotation
+
+
+def _union_members(annotation: Any) -> list[type[BaseModel]]:
+    return [member for member in map(_unwrap, get_args(_unwrap(annotation))) if _is_model(member)]
+
+
+def _section_of(node: Any) -> type[BaseModel] | None:
+    """The section a schema node is: a model, or an optional one."""
+    node = _unwrap(node)
+    if _is_model(node):
+        return node
+    members = _union_members(node)
+    return members[0] if len(members) == 1 and type(None) in get_args(node) else None
+
+
+def _tags(member: type[BaseModel]) -> tuple[Any, ...]:
+    """The values of a union member's tag field (`arch` for architectures, `kind` for data sources)."""
+    field = member.model_fields.get("arch") or member.model_fields.get("kind")
+    return get_args(field.annotation) if field else ()
 
 
 def _walk(loc: tuple[Any, ...]) -> tuple[str, Any]:
     """The dotted params key an error location names, and the schema section holding its last part.
 
-    Pydantic's locations also carry union member labels ('mlp' for the tagged architecture union,
-    'constrained-int' for `int | "full"`); the user never wrote those, so they are not part of the key.
+    Pydantic's locations also carry union member labels ('mlp' for the tagged architecture union, 'file' for a
+    data source, 'constrained-int' for `int | "full"`); the user never wrote those, so they are not part of the key.
     """
     keys: list[str] = []
     node: Any = Params
@@ -197,14 +303,14 @@ def _walk(loc: tuple[Any, ...]) -> tuple[str, Any]:
     for part in loc:
         if isinstance(part, int):
             keys[-1] += f"[{part}]"
-        elif _is_model(node):
-            holder = node
+        elif _section_of(node) is not None:
+            holder = _section_of(node)
             keys.append(part)
-            field = node.model_fields.get(part)
+            field = holder.model_fields.get(part)
             node = field.annotation if field else None
         else:
-            arch = [m for m in _union_members(node) if part in get_args(m.model_fields["arch"].annotation)]
-            node = arch[0] if arch else node
+            tagged = [m for m in _union_members(node) if part in _tags(m)]
+            node = tagged[0] if tagged else node
     return ".".join(keys), holder
 
 
@@ -214,7 +320,8 @@ def _describe(error: dict[str, Any], key: str, holder: Any, source: str) -> str:
         return f"{source}: unknown key '{key}'; allowed keys here: {', '.join(sorted(holder.model_fields))}"
     if kind == "union_tag_invalid":
         allowed = error.get("ctx", {}).get("expected_tags", "")
-        return f"{source}: '{key}' has an unknown arch {error['input'].get('arch')!r}; allowed: {allowed}"
+        tag = "arch" if "arch" in error["input"] else "kind"
+        return f"{source}: '{key}' has an unknown {tag} {error['input'].get(tag)!r}; allowed: {allowed}"
     if kind == "literal_error":
         return f"{source}: '{key}' is {error['input']!r}; allowed values: {error['ctx']['expected']}"
     if kind == "value_error":

@@ -33,7 +33,8 @@ class Split:
 
 
 def to_frame(sample_id: np.ndarray, features: np.ndarray, labels: np.ndarray | None) -> pd.DataFrame:
-    features = features.reshape(len(features), -1).astype(np.float32)
+    # Rows flattened (image-like samples too); an explicit width, since -1 is ambiguous for zero rows.
+    features = features.reshape(len(features), int(np.prod(features.shape[1:]))).astype(np.float32)
     frame = pd.DataFrame(features, columns=[f"{FEATURE_PREFIX}{i}" for i in range(features.shape[1])])
     frame.insert(0, "sample_id", pd.Series(sample_id, dtype="string"))
     if labels is not None:

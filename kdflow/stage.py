@@ -135,17 +135,14 @@ def stage_main(stage: str, run: StageFn, argv: list[str] | None = None) -> None:
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params key, as `dvc exp run -S` does")
     args = parser.parse_args(argv)
-    try:
-        params = load_params(Path(args.root) / args.params, args.overrides)
-    except ConfigError as exc:
-        sys.exit(f"error: {exc}")
     from kdflow import tracking
 
     paths = ProjectPaths.at(args.root)
-    try:
+    try:  # a bad params file, or a bad data file it names (kdflow.sources.DataError)
+        params = load_params(paths.root / args.params, args.overrides)
         print(tracking.check_tracking(paths.root), flush=True)
         metrics = run(params, paths, None)
-    except tracking.TrackingUnreachable as exc:
+    except (ConfigError, tracking.TrackingUnreachable) as exc:
         sys.exit(f"error: {exc}")
     except CheckpointError as exc:
         sys.exit(f"error: {checkpoint_failure(exc, paths)}")

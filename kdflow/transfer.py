@@ -2,7 +2,8 @@
 
 A parameter or buffer is copied when the source has one of the same name and shape and its name does not start
 with one of the `reinit` prefixes (the head, by default: its classes mean something else in the target task).
-Everything else keeps the target's fresh initialisation, and the report says which and why.
+Everything else keeps the target's fresh initialisation, and the report says which and why, and which source
+tensors were skipped (left unused).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 class TransferReport:
     copied: list[str] = field(default_factory=list)
     reinitialised: dict[str, str] = field(default_factory=dict)  # target name -> reason
+    skipped: dict[str, str] = field(default_factory=dict)  # source name -> why it was not used
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -24,6 +26,7 @@ class TransferReport:
     def lines(self) -> list[str]:
         rows = [f"copied          {name}" for name in self.copied]
         rows += [f"re-initialised  {name}  ({reason})" for name, reason in self.reinitialised.items()]
+        rows += [f"skipped         {name}  ({reason})" for name, reason in self.skipped.items()]
         return rows
 
 
@@ -57,6 +60,10 @@ def copy_matching_layers(
             else:
                 target_state[name] = source_state[name].clone()
                 report.copied.append(name)
+    for name in source_state:
+        if name not in report.copied:
+            report.skipped[name] = ("the target's layer is re-initialised" if name in target_state
+                                    else "no layer of this name in the target")
     if not report.copied:
         raise TransferError("the target model shares no layer (same name and shape) with the source model")
     target.load_state_dict(target_state)

@@ -17,10 +17,16 @@ from kdflow.config import FinetuneSpec, Params
 from kdflow.datasets import load_split
 from kdflow.layout import ProjectPaths
 from kdflow.stage import stage_main, stage_run, train_model, write_stage_metrics
-from kdflow.transfer import backbone_blocks, copy_matching_layers, set_trainable_blocks
+from kdflow.transfer import TransferError, backbone_blocks, copy_matching_layers, set_trainable_blocks
 from models import build_model
 
 SOURCE_MODEL = "student_distilled"
+
+
+def describe_arch(spec) -> str:
+    """'mlp hidden=[64, 64] dropout=0.0': the arch and its options, for messages."""
+    options = spec.model_dump(mode="json", exclude={"arch"})
+    return " ".join([spec.arch, *(f"{key}={value}" for key, value in options.items())])
 
 
 def param_groups(model: torch.nn.Module, spec: FinetuneSpec) -> list[dict]:
@@ -59,7 +65,14 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         arch = meta["spec"]
         train, val = load_split(paths.split("target_train"), input_shape), load_split(paths.split("target_val"), input_shape)
 
-        target, report = transferred_model(params, source, arch, input_shape, len(classes))
+        try:
+            target, report = transferred_model(params, source, arch, input_shape, len(classes))
+        except TransferError as exc:
+            raise TransferError(
+                f"finetune: {exc}: source {SOURCE_MODEL} ({describe_arch(arch)}, {source_checkpoint}), target model "
+                f"({describe_arch(arch)}, finetune.reinit {spec.reinit}); fix: re-initialise fewer layers (take "
+                "backbone prefixes out of finetune.reinit), or distil a student with a backbone (arch linear has "
+                "only a head), rather than fine-tune a model that learnt nothing from the source") from None
         report_path = write_json(paths.target_dir / "transfer_report.json",
                                  {"source": SOURCE_MODEL, "strategy": spec.strategy, **report.as_dict()})
         print("\n".join(["transfer from " + SOURCE_MODEL, *report.lines()]))

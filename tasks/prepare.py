@@ -1,17 +1,24 @@
-"""Stage `prepare`: the default scenario as Parquet splits plus a dataset card.
+"""Stage `prepare`: the source, transfer and target data as Parquet splits plus a dataset card.
 
+The default scenario (`kind: mnist1d`):
 - source: the generator's train part, source classes, split per class into train and validation; its test part
   gives source_test. With seed 42 and 5,000 samples these are the published MNIST-1D train/test samples.
 - transfer: the generator under another seed, source classes only, labels dropped.
 - target: the same generator output's target classes; a few labelled samples per class for training and for
   validation, the whole test part for testing.
-Labels are re-indexed 0..K-1 within each task; the card maps them back to digits.
+A user's file (`kind: file`, read and checked by kdflow.sources): the source classes' rows split per class into
+train, validation and test; the target task from the same file's target classes or from `data.target`'s file;
+the transfer set from `data.transfer`'s file, labels dropped.
+Labels are re-indexed 0..K-1 within each task; the card maps them back to class names.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from kdflow import sources
 from kdflow.artifacts import file_digest, write_json, write_parquet
 from kdflow.config import Params
 from kdflow.datasets import to_frame
@@ -46,10 +53,34 @@ def _per_class_take(digits: np.ndarray, candidates: np.ndarray, classes: list[in
     return [np.sort(np.concatenate(part)) for part in parts]
 
 
-def build_splits(params: Params) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """Each split as (sample_id, features, labels or None)."""
+Split = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+
+
+def build_splits(params: Params, root: Path = Path(".")) -> dict[str, Split]:
+    """Each split as (sample_id, features shaped (rows, *sample shape), labels or None). Files are read relative
+    to `root` and checked completely before this returns, so a bad file stops `prepare` before any write."""
     spec = params.data
     rng = np.random.default_rng(params.seed)
+    if spec.source.kind == "mnist1d":
+        splits = _generated_splits(params, rng, with_target=spec.target is None)
+    else:
+        splits = _file_source_splits(params, root, rng)
+    sample_shape = splits["source_train"][1].shape[1:]
+    if spec.target is not None:
+        target = sources.shape_rows(sources.read_rows(spec.target, root, "data.target", labelled=True),
+                                    sample_shape, "data.target", "data.source")
+        classes = [str(c) for c in spec.target_classes]
+        sources.check_labels(target, sources.declared_classes(spec.target, spec.target_classes), "data.target",
+                             "data.target.classes or data.target_classes")
+        parts = sources.split_target(target, classes, spec.target_labels_per_class, spec.target_val_per_class,
+                                     spec.target.test_fraction, rng, "data.target")
+        splits.update(_labelled(target, parts, classes, ("target_train", "target_val", "target_test")))
+    splits["transfer"] = _transfer(params, root, sample_shape, splits)
+    return splits
+
+
+def _generated_splits(params: Params, rng: np.random.Generator, with_target: bool) -> dict[str, Split]:
+    spec = params.data
     features, digits, sample_ids, test_start = _generate(spec.source.seed, spec.source.num_samples)
     train_part, test_part = np.arange(test_start), np.arange(test_start, len(digits))
 
@@ -63,25 +94,68 @@ def build_splits(params: Params) -> dict[str, tuple[np.ndarray, np.ndarray, np.n
         for members in (rng.permutation(source_pool[digits[source_pool] == d]) for d in spec.source_classes)
     ]))
     source_train = np.setdiff1d(source_pool, source_val)
-    target_train, target_val = _per_class_take(
-        digits, train_part, spec.target_classes, [spec.target_labels_per_class, spec.target_val_per_class], rng
-    )
     splits = {
         "source_train": labelled(source_train, spec.source_classes),
         "source_val": labelled(source_val, spec.source_classes),
         "source_test": labelled(test_part[np.isin(digits[test_part], spec.source_classes)], spec.source_classes),
-        "target_train": labelled(target_train, spec.target_classes),
-        "target_val": labelled(target_val, spec.target_classes),
-        "target_test": labelled(test_part[np.isin(digits[test_part], spec.target_classes)], spec.target_classes),
     }
-    splits["transfer"] = _transfer(params)
+    if with_target:
+        target_train, target_val = _per_class_take(
+            digits, train_part, spec.target_classes, [spec.target_labels_per_class, spec.target_val_per_class], rng
+        )
+        splits.update({
+            "target_train": labelled(target_train, spec.target_classes),
+            "target_val": labelled(target_val, spec.target_classes),
+            "target_test": labelled(test_part[np.isin(digits[test_part], spec.target_classes)], spec.target_classes),
+        })
     return splits
 
 
-def _transfer(params: Params) -> tuple[np.ndarray, np.ndarray, None]:
+def _labelled(rows: sources.Rows, parts: list[np.ndarray], classes: list[str], names: tuple[str, ...]) -> dict[str, Split]:
+    return {name: (rows.sample_id[indices], rows.features[indices], sources.task_labels(rows, indices, classes))
+            for name, indices in zip(names, parts)}
+
+
+def _file_source_splits(params: Params, root: Path, rng: np.random.Generator) -> dict[str, Split]:
+    """The source task, and the target task too when it has no file of its own (other classes, same file)."""
     spec = params.data
+    rows = sources.reshaped(sources.read_rows(spec.source, root, "data.source", labelled=True),
+                            spec.source.reshape, "data.source")
+    task_classes = spec.source_classes + (spec.target_classes if spec.target is None else [])
+    sources.check_labels(rows, sources.declared_classes(spec.source, task_classes), "data.source",
+                         "data.source.classes or data.source_classes" + (" / target_classes" if spec.target is None else ""))
+    source_classes = [str(c) for c in spec.source_classes]
+    parts = sources.split_source(rows, source_classes, spec.val_fraction, spec.source.test_fraction, rng, "data.source")
+    splits = _labelled(rows, parts, source_classes, ("source_train", "source_val", "source_test"))
+    if spec.target is None:
+        target_classes = [str(c) for c in spec.target_classes]
+        parts = sources.split_target(rows, target_classes, spec.target_labels_per_class, spec.target_val_per_class,
+                                     spec.source.test_fraction, rng, "data.source")
+        splits.update(_labelled(rows, parts, target_classes, ("target_train", "target_val", "target_test")))
+    return splits
+
+
+def _transfer(params: Params, root: Path, sample_shape: tuple[int, ...], labelled: dict[str, Split]) -> Split:
+    spec = params.data
+    if spec.transfer.kind == "file":
+        rows = sources.shape_rows(sources.read_rows(spec.transfer, root, "data.transfer", labelled=False),
+                                  sample_shape, "data.transfer", "data.source")
+        # The same rows (the source file with its labels dropped) must not leak evaluation samples into distillation.
+        held = np.isin(rows.sample_id, np.concatenate([ids for ids, _, _ in labelled.values()]))
+        labelled_files = {sources.resolve(root, f.path).resolve() for f in (spec.source, spec.target) if f and f.kind == "file"}
+        if held.any() and sources.resolve(root, spec.transfer.path).resolve() not in labelled_files:
+            raise sources.DataError(
+                f"{spec.transfer.path} (data.transfer): {int(held.sum())} rows have the sample_id of a labelled row of "
+                f"another file, e.g. '{rows.sample_id[held][0]}'; fix: give data.transfer.sample_id a column of ids "
+                "that no labelled row has, or rename the file")
+        return rows.sample_id[~held], rows.features[~held], None
     if spec.transfer.size == 0:
-        return np.array([], dtype=str), np.zeros((0, 40), np.float32), None
+        return np.array([], dtype=str), np.zeros((0, *sample_shape), np.float32), None
+    if spec.source.kind == "file":
+        raise sources.DataError(
+            f"data.transfer: the MNIST-1D generator makes 40-feature digits 0-9, not rows like the file "
+            f"{spec.source.path} (data.source); fix: give data.transfer {{kind: file, path: ...}}, or set "
+            "data.transfer.size: 0 for no transfer set")
     # The generator makes equal counts of all ten digits; ask for enough to keep `size` source-class samples.
     per_class = -(-spec.transfer.size // len(spec.source_classes))
     features, digits, sample_ids, _ = _generate(spec.transfer.seed, per_class * 10 + 10)
@@ -91,14 +165,17 @@ def _transfer(params: Params) -> tuple[np.ndarray, np.ndarray, None]:
 
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
     spec = params.data
+    splits = build_splits(params, paths.root)  # every input checked before the stage writes or tracks anything
+    raw = {path: file_digest(sources.resolve(paths.root, path)) for path in sources.raw_files(spec)}
     with stage_run(paths, "prepare", params, parent_run_id, inputs=[]) as tracked:
-        splits = build_splits(params)
         card: dict = {
-            "input_shape": [int(splits["source_train"][1].shape[1])],
+            "input_shape": [int(n) for n in splits["source_train"][1].shape[1:]],
             "source_classes": [str(d) for d in spec.source_classes],
             "target_classes": [str(d) for d in spec.target_classes],
             "splits": {},
         }
+        if raw:
+            card["raw_files_md5"] = raw
         for name in SPLITS:
             sample_ids, features, labels = splits[name]
             path = write_parquet(paths.split(name), to_frame(sample_ids, features, labels))
@@ -114,6 +191,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         metrics = {f"rows_{name}": card["splits"][name]["rows"] for name in SPLITS}
         tracked.log_metrics(metrics)
         tracked.set_tags({f"kdflow.data.{name}.md5": card["splits"][name]["md5"] for name in SPLITS})
+        tracked.set_tags({f"kdflow.raw.{path}.md5": md5 for path, md5 in raw.items()})
         tracked.log_artifact(paths.dataset_card)
     return metrics
 

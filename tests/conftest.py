@@ -50,3 +50,36 @@ def write_params():
         return path
 
     return write
+
+
+def make_image_frame(rows_per_class: int = 40, classes: int = 10, seed: int = 0) -> "pd.DataFrame":
+    """8x8 image-like rows (a noisy prototype per class), columns pixel_0..pixel_63 and `digit`, as a user's
+    own CSV would hold them; made with numpy so the tests need no dataset download."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    prototypes = rng.random((classes, 64)) * 16
+    digits = np.repeat(np.arange(classes), rows_per_class)
+    pixels = prototypes[digits] + rng.normal(0.0, 3.0, (len(digits), 64))
+    frame = pd.DataFrame(pixels.round(3), columns=[f"pixel_{i}" for i in range(64)])
+    frame["digit"] = digits
+    return frame
+
+
+@pytest.fixture(scope="session")
+def image_frame():
+    """`make_image_frame`, for tests (a fixture: `conftest` is no importable name when several exist)."""
+    return make_image_frame
+
+
+@pytest.fixture(scope="session")
+def write_image_csv():
+    """Write `make_image_frame(...)` as CSV at a path (parents made); returns the path."""
+
+    def write(path: Path, **options) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        make_image_frame(**options).to_csv(path, index=False)
+        return path
+
+    return write

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torch import nn
 
-from kdflow.config import CNN1DSpec, LinearSpec, MLPSpec
-from models import ARCHITECTURES, build_model, count_parameters
+from kdflow.checkpoints import load_model, save_model
+from kdflow.config import CNN1DSpec, CNN2DSpec, CustomSpec, LinearSpec, MLPSpec
+from models import ARCHITECTURES, ModelError, build_model, count_parameters
 
 SPECS = {
     "mlp": MLPSpec(arch="mlp", hidden=[16, 8]),
@@ -20,7 +23,7 @@ SPECS = {
 
 
 def test_registry_names() -> None:
-    assert sorted(ARCHITECTURES) == ["cnn1d", "linear", "mlp"]
+    assert sorted(ARCHITECTURES) == ["cnn1d", "cnn2d", "linear", "mlp"]
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -99,5 +102,112 @@ def test_unknown_arch_in_build_model() -> None:
         def model_dump(self, exclude):
             return {}
 
-    with pytest.raises(ValueError, match=r"unknown arch 'gru'; allowed: cnn1d, linear, mlp"):
+    with pytest.raises(ValueError, match=r"unknown arch 'gru'; allowed: cnn1d, cnn2d, linear, mlp, custom"):
         build_model(Fake(), (40,), 5)
+
+
+def test_cnn2d_shapes_blocks_and_parameter_count() -> None:
+    spec = CNN2DSpec(arch="cnn2d", channels=[4, 6], kernel_size=3, pool="flatten")
+    model = build_model(spec, (1, 8, 8), 5)
+    assert isinstance(model.backbone, nn.Sequential) and isinstance(model.head, nn.Linear)
+    assert len(model.backbone) == 3  # two conv blocks and the flatten block
+    # Kernel 3, padding 1, stride 1 keeps 8x8: the head sees 6 channels x 64 positions.
+    assert model.head.in_features == 6 * 64
+    assert count_parameters(model) == (1 * 4 * 9 + 4) + (4 * 6 * 9 + 6) + (6 * 64 * 5 + 5)
+    assert model(torch.randn(3, 1, 8, 8)).shape == (3, 5)
+
+
+def test_cnn2d_adds_a_missing_channel_axis_and_pools_globally() -> None:
+    torch.manual_seed(0)
+    model = build_model(CNN2DSpec(arch="cnn2d", channels=[4], stride=2, pool="avg", hidden=7), (8, 8), 3).eval()
+    x = torch.randn(2, 8, 8)
+    assert torch.equal(model(x), model(x.unsqueeze(1)))
+    assert model.head.in_features == 7
+
+
+def test_cnn2d_needs_an_image_shape() -> None:
+    with pytest.raises(ValueError, match=r"cnn2d needs an image-like input .* got \[64\]; set data.source.reshape"):
+        build_model(CNN2DSpec(arch="cnn2d"), (64,), 3)
+
+
+FACTORIES = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, width, num_classes):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Sequential(nn.Flatten(), nn.Linear(width, 8), nn.Tanh()))
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def make_student(input_shape, num_classes, scale=1):
+    width = 1
+    for size in input_shape:
+        width *= size
+    net = Net(width, num_classes)
+    net.received = (tuple(input_shape), num_classes, scale)
+    return net
+
+
+def headless(input_shape, num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(40, num_classes))
+
+
+def not_a_module(input_shape, num_classes):
+    return "a model"
+'''
+
+
+@pytest.fixture
+def user_nets(tmp_path, monkeypatch):
+    package = tmp_path / "my_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "my_pkg.nets"
+    for name in ("my_pkg.nets", "my_pkg"):
+        sys.modules.pop(name, None)
+
+
+def test_custom_factory_gets_the_input_shape_class_count_and_options(user_nets) -> None:
+    spec = CustomSpec(arch="custom", factory=f"{user_nets}:make_student", options={"scale": 3})
+    model = build_model(spec, (1, 8, 8), 4)
+    assert model.received == ((1, 8, 8), 4, 3)
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 4)
+
+
+@pytest.mark.parametrize(("factory", "message"), [
+    ("headless", r"arch custom: factory 'my_pkg.nets:headless' built a Sequential without a `backbone` "
+                 r"\(nn.Sequential of blocks\) and a `head`"),
+    ("not_a_module", r"arch custom: factory 'my_pkg.nets:not_a_module' returned str, not a torch.nn.Module"),
+    ("missing", r"arch custom: 'my_pkg.nets' has no function 'missing' \(factory 'my_pkg.nets:missing'\)"),
+])
+def test_custom_factory_errors(user_nets, factory: str, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        build_model(CustomSpec(arch="custom", factory=f"{user_nets}:{factory}"), (40,), 3)
+
+
+def test_custom_factory_module_not_importable() -> None:
+    with pytest.raises(ModelError, match=r"cannot import 'no_such_pkg.nets' of factory 'no_such_pkg.nets:f'"):
+        build_model(CustomSpec(arch="custom", factory="no_such_pkg.nets:f"), (40,), 3)
+
+
+@pytest.mark.parametrize("spec", [
+    CNN2DSpec(arch="cnn2d", channels=[3], pool="max"),
+    CustomSpec(arch="custom", factory="my_pkg.nets:make_student", options={"scale": 2}),
+], ids=["cnn2d", "custom"])
+def test_checkpoint_rebuilds_the_model(spec, user_nets, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = build_model(spec, (1, 8, 8), 4).eval()
+    path = save_model(tmp_path / "model.pt", model, spec, (1, 8, 8), ["a", "b", "c", "d"])
+    loaded, meta = load_model(path)
+    assert meta["spec"] == spec and type(loaded).__name__ == type(model).__name__
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -37,6 +37,8 @@ def dvc_repo(tmp_path_factory, tiny_params, write_params):
     for folder in ("kdflow", "models", "tasks", "flows"):
         shutil.copytree(REPO_ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
+    (repo / "data" / "raw").mkdir(parents=True)  # prepare's dependency on users' raw files
+    shutil.copy(REPO_ROOT / "data" / "raw" / "README.md", repo / "data" / "raw" / "README.md")
     shutil.copy(REPO_ROOT / ".gitignore", repo / ".gitignore")
     write_params(repo, tiny_params)
     run(["git", "init", "-q"], repo)

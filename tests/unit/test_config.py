@@ -234,3 +234,47 @@ def test_repeated_classes_are_an_error(raw: dict) -> None:
     raw["data"]["source_classes"] = [0, 0, 1]
     with pytest.raises(ConfigError, match="source_classes"):
         validate(raw)
+
+
+def test_data_sections_without_kind_are_the_generator(raw: dict) -> None:
+    del raw["data"]["source"]["kind"], raw["data"]["transfer"]["kind"]
+    assert validate(raw).data == load_params(REPO_PARAMS).data
+
+
+def test_file_source_target_and_transfer_validate(raw: dict) -> None:
+    raw["data"].update({
+        "source": {"kind": "file", "path": "data/raw/digits.csv", "feature_prefix": "pixel_", "label": "digit",
+                   "reshape": [1, 8, 8]},
+        "transfer": {"kind": "file", "path": "data/raw/unlabelled.parquet"},
+        "target": {"kind": "file", "path": "data/raw/target.npz", "classes": ["cat", "dog", 3]},
+        "source_classes": ["zero", 1], "target_classes": ["cat", "dog"],
+    })
+    data = validate(raw).data
+    assert data.source.reshape == [1, 8, 8] and data.transfer.label == "label"
+    assert data.target.classes == ["cat", "dog", 3] and data.source_classes == ["zero", 1]
+
+
+@pytest.mark.parametrize(("section", "change", "expected"), [
+    ("source", {"kind": "csv"}, "params.yaml: 'data.source' has an unknown kind 'csv'; allowed: 'mnist1d', 'file'"),
+    ("source", {"kind": "file", "path": "a.csv", "lable": "y"},
+     "params.yaml: unknown key 'data.source.lable'; allowed keys here: classes, feature_prefix, features, kind, "
+     "label, path, reshape, sample_id, test_fraction"),
+    ("transfer", {"kind": "file"}, "params.yaml: 'data.transfer.path' field required (got {'kind': 'file'})"),
+    ("source", {"kind": "file", "path": "a.csv", "features": ["a"], "feature_prefix": "f"},
+     "params.yaml: 'data.source': give features or feature_prefix, not both"),
+])
+def test_bad_file_sections(raw: dict, section: str, change: dict, expected: str) -> None:
+    raw["data"][section] = change
+    assert error_of(raw) == expected
+
+
+def test_generator_classes_must_be_digits(raw: dict) -> None:
+    raw["data"]["source_classes"] = [0, "one"]
+    assert error_of(raw) == "params.yaml: 'data': source_classes must be MNIST-1D digits 0-9 (got [0, 'one'])"
+
+
+def test_custom_arch_needs_an_import_path(raw: dict) -> None:
+    raw["distill"]["student"] = {"arch": "custom", "factory": "my_pkg.nets.make_student"}
+    assert error_of(raw) == (
+        "params.yaml: 'distill.student.factory': must be an import path 'module.submodule:function', e.g. "
+        "'my_pkg.nets:make_student' (got 'my_pkg.nets.make_student')")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,7 +109,8 @@ def test_report_lines() -> None:
     report = copy_matching_layers(mlp(5, seed=0).state_dict(), mlp(3, seed=1))
     lines = report.lines()
     assert lines[0] == "copied          backbone.0.0.weight"
-    assert lines[-1] == "re-initialised  head.bias  (shape mismatch: source (5,), target (3,))"
+    assert lines[len(BACKBONE) + 1] == "re-initialised  head.bias  (shape mismatch: source (5,), target (3,))"
+    assert lines[-1] == "skipped         head.bias  (the target's layer is re-initialised)"
     assert report.as_dict()["copied"] == BACKBONE
 
 
@@ -176,3 +178,46 @@ def test_frozen_blocks_get_no_gradient() -> None:
     assert model.backbone[1][0].weight.grad is None
     assert model.backbone[2][0].weight.grad is not None
     assert model.head.weight.grad is not None
+
+
+def test_report_names_the_skipped_source_layers() -> None:
+    source = mlp(5, seed=0, hidden=(8, 6, 4))
+    report = copy_matching_layers(source.state_dict(), mlp(3, seed=1), reinit=["head"])
+    assert report.copied == BACKBONE
+    assert report.skipped == {
+        "backbone.2.0.weight": "no layer of this name in the target",
+        "backbone.2.0.bias": "no layer of this name in the target",
+        "head.weight": "the target's layer is re-initialised",
+        "head.bias": "the target's layer is re-initialised",
+    }
+    assert report.lines()[-1] == "skipped         head.bias  (the target's layer is re-initialised)"
+    assert report.as_dict()["skipped"] == report.skipped
+
+
+def test_finetune_refuses_a_target_that_shares_no_layer(tmp_path, capsys) -> None:
+    """A linear student has only a head; with the head re-initialised nothing would transfer: finetune says so,
+    naming itself, the source and the target architectures, and writes no target model."""
+    from kdflow.artifacts import write_json, write_parquet
+    from kdflow.checkpoints import save_model
+    from kdflow.config import LinearSpec, validate
+    from kdflow.datasets import to_frame
+    from kdflow.layout import ProjectPaths
+    from tasks import finetune
+
+    paths = ProjectPaths.at(tmp_path)
+    write_json(paths.dataset_card, {"input_shape": [40], "source_classes": ["0", "1"], "target_classes": ["2", "3"]})
+    rng = np.random.default_rng(0)
+    for split in ("target_train", "target_val"):
+        write_parquet(paths.split(split), to_frame(np.array(["a", "b"]), rng.random((2, 40)), np.array([0, 1])))
+    linear = LinearSpec(arch="linear")
+    save_model(paths.checkpoint("student_distilled"), build_model(linear, INPUT_SHAPE, 2), linear, INPUT_SHAPE, ["0", "1"])
+
+    with pytest.raises(TransferError) as caught:
+        finetune.run(validate({"finetune": {"reinit": ["head"]}}), paths)
+    assert str(caught.value) == (
+        "finetune: the target model shares no layer (same name and shape) with the source model: source "
+        f"student_distilled (linear, {paths.checkpoint('student_distilled')}), target model (linear, finetune.reinit "
+        "['head']); fix: re-initialise fewer layers (take backbone prefixes out of finetune.reinit), or distil a "
+        "student with a backbone (arch linear has only a head), rather than fine-tune a model that learnt nothing "
+        "from the source")
+    assert not paths.target_dir.exists()
