@@ -55,6 +55,38 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
 
 
 @app.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
+              help="The params file.")
+@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Project root; trials are written under sweeps/ there.")
+@click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a params key for every trial. Repeatable.")
+@click.option("--grid", "grid_options", multiple=True, metavar="KEY=V1,V2,...",
+              help="A distill.* key and its values (a YAML list for list values). Repeatable; "
+                   "default: distill.temperature=1,2,4,8 x distill.alpha=0.5,1.0.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Worker processes of the local Dask cluster.")
+@click.option("--dask-address", default=None, metavar="tcp://HOST:PORT",
+              help="Run the trials on this Dask scheduler instead of a local cluster.")
+def sweep(params_path: str, root: str, overrides: tuple[str, ...], grid_options: tuple[str, ...], workers: int,
+          dask_address: str | None) -> None:
+    """Map the distill stage over a grid on Dask; print the best trial and its `kdflow run -S` line."""
+    from flows.sweep import assignments, grid_points, parse_grid_option
+
+    try:
+        grid = dict(parse_grid_option(option) for option in grid_options) or None
+        for point in grid_points(grid) if grid else [{}]:
+            load_params(params_path, [*overrides, *assignments(point)])  # fail before Prefect starts a server
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    _prefect_defaults()
+    from flows.sweep import run_sweep
+
+    run_sweep(params_path=params_path, grid=grid, overrides=list(overrides), root=root, workers=workers,
+              dask_address=dask_address)
+
+
+@app.command()
 @click.option("--cron", required=True, help='Cron schedule, e.g. "0 3 * * *".')
 @click.option("--name", default="kdflow-scheduled", show_default=True, help="Deployment name.")
 @click.option("--params", "params_path", default="params.yaml", show_default=True)
