@@ -113,6 +113,12 @@ def distill_trial(index: int, point: dict[str, Any], params: dict[str, Any], roo
             "dask_worker": worker}
 
 
+def local_cluster(workers: int) -> dict:
+    """A local Dask cluster of single-threaded worker processes, listening on 127.0.0.1 only."""
+    return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:8787"}
+
+
 def results_table(trials: list[dict], keys: list[str]) -> str:
     header = ["trial", *keys, SELECT_BY]
     rows = [[f"trial-{t['trial']:02d}", *(str(t["point"][k]) for k in keys), f"{t['metrics'][SELECT_BY]:.4f}"]
@@ -121,8 +127,7 @@ def results_table(trials: list[dict], keys: list[str]) -> str:
     return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in [header, *rows])
 
 
-@flow(name="kdflow-sweep", log_prints=True,
-      task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True}))
+@flow(name="kdflow-sweep", task_runner=DaskTaskRunner(cluster_kwargs=local_cluster(2)))
 def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None, overrides: list[str] | None = None,
           root: str = ".") -> dict:
     """Run the upstream stages (cached), then one distill trial per grid point; report the best."""
@@ -162,22 +167,39 @@ def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
         summary = {"grid": grid, "select_by": SELECT_BY, "trials": trials, "best": best, "command": command,
                    "mlflow_run_id": sweep_run.run_id}
         write_json(sweep_dir / "sweep.json", summary)
-    print(results_table(trials, list(grid)))
-    print(f"best: trial-{best['trial']:02d} ({SELECT_BY} {best['metrics'][SELECT_BY]:.4f})")
-    print(command)
-    logger.info("sweep of %d trials in %s; MLflow run %s", len(trials), sweep_dir, sweep_run.run_id)
+    logger.info("sweep of %d trials in %s; MLflow run %s\n%s\n%s", len(trials), sweep_dir, sweep_run.run_id,
+                results_table(trials, list(grid)), best_lines(summary))
     return summary
 
 
+def best_lines(summary: dict) -> str:
+    best = summary["best"]
+    return f"best: trial-{best['trial']:02d} ({SELECT_BY} {best['metrics'][SELECT_BY]:.4f})\n{summary['command']}"
+
+
 def dask_runner(workers: int | None = None, address: str | None = None) -> DaskTaskRunner:
-    """A runner on the cluster at `address`, or on a local cluster of `workers` single-threaded processes."""
+    """A runner on the cluster at `address`, or on a local cluster of `workers` processes."""
     if address:
         return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers or 2, "threads_per_worker": 1, "processes": True})
+    return DaskTaskRunner(cluster_kwargs=local_cluster(workers or 2))
 
 
 def run_sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
               overrides: list[str] | None = None, root: str = ".", workers: int | None = None,
               dask_address: str | None = None) -> dict:
-    return sweep.with_options(task_runner=dask_runner(workers, dask_address))(
-        params_path=params_path, grid=grid, overrides=overrides, root=root)
+    """The sweep flow on the chosen cluster."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    run = sweep.with_options(task_runner=dask_runner(workers, dask_address))
+    arguments = dict(params_path=params_path, grid=grid, overrides=overrides, root=root)
+    if PREFECT_API_URL.value():
+        return run(**arguments)
+    # Without a server, Prefect starts a temporary one in the flow's process, and would start another in every
+    # Dask worker. Start it first and hand its address to the workers in the settings Prefect ships with each task.
+    # (A remote cluster cannot reach it: set PREFECT_API_URL to a real server for --dask-address.)
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        return run(**arguments)

@@ -80,10 +80,13 @@ def sweep(params_path: str, root: str, overrides: tuple[str, ...], grid_options:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     _prefect_defaults()
-    from flows.sweep import run_sweep
+    from flows.sweep import best_lines, results_table, run_sweep
 
-    run_sweep(params_path=params_path, grid=grid, overrides=list(overrides), root=root, workers=workers,
-              dask_address=dask_address)
+    summary = run_sweep(params_path=params_path, grid=grid, overrides=list(overrides), root=root, workers=workers,
+                        dask_address=dask_address)
+    click.echo("\n" + results_table(summary["trials"], list(summary["grid"])) + "\n")
+    click.echo(best_lines(summary))
+    click.echo(f"trials: {Path(summary['best']['trial_dir']).parent}; MLflow: sweep run {summary['mlflow_run_id']}")
 
 
 @app.command()

@@ -10,23 +10,29 @@ from kdflow.artifacts import read_json
 
 pytestmark = pytest.mark.slow
 
-GRID = {"distill.temperature": [2.0, 8.0], "distill.alpha": [0.5]}
+GRID = {"distill.temperature": [2, 8], "distill.alpha": [0.5]}
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, tiny_params, write_params, prefect_server):
-    from flows.sweep import run_sweep
+    """`kdflow sweep` through click on a fresh tiny project; its sweep.json and what it printed."""
+    from click.testing import CliRunner
+
+    from kdflow.cli import app
 
     root = tmp_path_factory.mktemp("sweep-project")
     params_path = write_params(root, tiny_params)
-    summary = run_sweep(params_path=str(params_path), grid=GRID, root=str(root), workers=2)
-    return root, summary
+    result = CliRunner().invoke(app, ["sweep", "--params", str(params_path), "--root", str(root), "--workers", "2",
+                                      "--grid", "distill.temperature=2,8", "--grid", "distill.alpha=0.5"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    (summary_path,) = (root / "sweeps").glob("*/sweep.json")
+    return root, read_json(summary_path), result.output
 
 
 def test_each_trial_writes_its_own_students_and_metrics_and_leaves_the_project_outputs_alone(swept):
-    root, summary = swept
-    assert [t["point"] for t in summary["trials"]] == [{"distill.temperature": 2.0, "distill.alpha": 0.5},
-                                                      {"distill.temperature": 8.0, "distill.alpha": 0.5}]
+    root, summary, _ = swept
+    assert [t["point"] for t in summary["trials"]] == [{"distill.temperature": 2, "distill.alpha": 0.5},
+                                                      {"distill.temperature": 8, "distill.alpha": 0.5}]
     for trial in summary["trials"]:
         directory = root / "sweeps" / summary["mlflow_run_id"] / f"trial-{trial['trial']:02d}"
         assert trial["trial_dir"] == str(directory)
@@ -45,19 +51,20 @@ def test_each_trial_writes_its_own_students_and_metrics_and_leaves_the_project_o
 
 
 def test_best_trial_is_the_argmax_and_its_command_reproduces_its_point(swept):
-    root, summary = swept
+    root, summary, output = swept
     scores = [t["metrics"]["student_distilled_val_accuracy"] for t in summary["trials"]]
     best = scores.index(max(scores))
     assert summary["best"]["trial"] == best
     temperature = GRID["distill.temperature"][best]
     assert summary["command"] == f"kdflow run -S distill.temperature={temperature} -S distill.alpha=0.5"
-    assert read_json(root / "sweeps" / summary["mlflow_run_id"] / "sweep.json")["command"] == summary["command"]
+    assert output.rstrip().splitlines()[-2] == summary["command"]
+    assert f"best: trial-0{best} (student_distilled_val_accuracy {max(scores):.4f})" in output
 
 
 def test_mlflow_holds_a_sweep_run_with_nested_trials_and_their_distill_runs(swept):
     from mlflow.tracking import MlflowClient
 
-    root, summary = swept
+    root, summary, _ = swept
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("kdflow")
     runs = client.search_runs([experiment.experiment_id], max_results=500)
@@ -75,11 +82,11 @@ def test_mlflow_holds_a_sweep_run_with_nested_trials_and_their_distill_runs(swep
     for index, temperature in enumerate(GRID["distill.temperature"]):
         trial = nested[f"trial-{index:02d}"]
         assert trial.info.status == "FINISHED"
-        assert trial.data.params["distill.temperature"] == str(temperature)
+        assert trial.data.params["distill.temperature"] == str(temperature)  # the grid point as given
         assert trial.data.metrics["student_distilled_val_accuracy"] == pytest.approx(
             summary["trials"][index]["metrics"]["student_distilled_val_accuracy"])
         (stage,) = children[trial.info.run_id]
-        assert stage.info.run_name == "distill" and stage.data.params["distill.temperature"] == str(temperature)
+        assert stage.info.run_name == "distill" and stage.data.params["distill.temperature"] == str(float(temperature))
         models = {r.info.run_name: r for r in children[stage.info.run_id]}
         assert set(models) == {"student_distilled", "student_hard_labels", "student_scratch"}
-        assert models["student_distilled"].data.params["temperature"] == str(temperature)
+        assert models["student_distilled"].data.params["temperature"] == str(float(temperature))
