@@ -9,7 +9,6 @@ does), prints a table and writes benchmarks/results/cached_rerun.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -41,10 +40,13 @@ def main() -> None:
     parser.add_argument("--params", default=str(REPO_ROOT / "params.yaml"))
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "cached_rerun.json"))
     args = parser.parse_args()
+    sys.path.insert(0, str(REPO_ROOT))
+    from kdflow.artifacts import write_json
+
     with tempfile.TemporaryDirectory(prefix="kdflow-bench-") as directory:
         root = Path(directory)
         shutil.copy(args.params, root / "params.yaml")
-        # A private PREFECT_HOME, so the temporary server starts from an empty database both times.
+        # A private PREFECT_HOME: the runs leave the user's Prefect database alone (the cache lives under root).
         os.environ["PREFECT_HOME"] = str(root / ".prefect-home")
         cold, cold_stages = timed_run(root)
         warm, warm_stages = timed_run(root)
@@ -56,8 +58,7 @@ def main() -> None:
     result = {"params": str(args.params), "cold_s": round(cold, 2), "cached_s": round(warm, 2),
               "cold_stages": cold_stages, "cached_stages": warm_stages, "ratio": round(warm / cold, 3),
               "cpus": os.cpu_count(), "python": platform.python_version()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -11,7 +11,6 @@ start. Prints a table and writes benchmarks/results/sweep_workers.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,7 +29,7 @@ def bench_params(epochs: int) -> dict:
     params["data"]["transfer"]["size"] = 10000
     params["train_teacher"]["model"]["channels"] = [16, 16]
     params["train_teacher"]["train"]["epochs"] = 3
-    params["distill"]["max_param_ratio"] = 1.0
+    params["distill"]["max_param_ratio"] = 10.0  # the small teacher is no bigger than the default student
     params["distill"]["train"].update(epochs=epochs, patience=0)
     return params
 
@@ -46,6 +45,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from flows.sweep import run_sweep
+    from kdflow.artifacts import write_json
 
     timings = []
     with tempfile.TemporaryDirectory(prefix="kdflow-sweep-bench-") as directory:
@@ -66,8 +66,7 @@ def main() -> None:
         print(f"{row['workers']:>7}  {row['trials']:>6}  {row['wall_s']:>8.1f}  {base / row['wall_s']:>7.2f}x")
     result = {"grid": GRID, "distill_epochs": args.epochs, "timings": timings, "cpus": os.cpu_count(),
               "python": platform.python_version()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 
