@@ -23,6 +23,7 @@ from kdflow.artifacts import read_json, tree_digest
 from kdflow.config import dump_params, load_params, validate
 from kdflow.layout import ProjectPaths
 from kdflow.sources import raw_files, resolve
+from flows.retries import STAGE_RETRIES, STAGE_RETRY_DELAYS, STAGE_RETRY_JITTER, retry_on_transient
 from tasks import distill, evaluate, finetune, prepare, soft_labels, train_teacher
 
 STAGES = {
@@ -35,6 +36,10 @@ STAGES = {
 }
 CODE_ROOT = Path(kdflow.__file__).resolve().parent.parent
 CODE_DIRS = ("kdflow", "models", "tasks", "flows")
+
+
+class StageFailed(RuntimeError):
+    """A stage that failed for good: a deterministic error, or a transient one that outlasted its retries."""
 
 
 def stage_graph(root: Path) -> dict[str, dict]:
@@ -74,12 +79,32 @@ def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return f"{stage}-" + hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
 
 
-@task(task_run_name="{stage}", persist_result=True, cache_key_fn=stage_cache_key, result_serializer="json")
+@task(task_run_name="{stage}", persist_result=True, cache_key_fn=stage_cache_key, result_serializer="json",
+      retries=STAGE_RETRIES, retry_delay_seconds=STAGE_RETRY_DELAYS, retry_jitter_factor=STAGE_RETRY_JITTER,
+      retry_condition_fn=retry_on_transient)
 def run_stage(stage: str, params: dict[str, Any], root: str, parent_run_id: str | None) -> dict:
     """The stage's metrics and the digests of the outputs it wrote, to validate a later cache hit."""
     paths = ProjectPaths.at(root)
     metrics = STAGES[stage](validate(params), paths, parent_run_id)
     return {"metrics": metrics, "outputs": output_digests(paths.root, stage)}
+
+
+def run_cached_stage(stage: str, arguments: tuple, refresh: bool) -> bool:
+    """Run `stage` as a task unless cached (or `refresh`); True when it came from the cache.
+
+    `arguments` are run_stage's (params, root, parent_run_id). A stage that fails for good raises StageFailed
+    naming it, with the stage's own error as the cause.
+    """
+    root = Path(arguments[1])
+    storage = root / ".kdflow" / "prefect"
+    state = run_stage.with_options(refresh_cache=refresh, result_storage=storage)(stage, *arguments, return_state=True)
+    if state.name == "Cached" and state.result()["outputs"] != output_digests(root, stage):
+        get_run_logger().info("%s: cached, but its outputs on disk changed or are missing; rerunning", stage)
+        state = run_stage.with_options(refresh_cache=True, result_storage=storage)(stage, *arguments, return_state=True)
+    if state.is_failed():
+        error = state.result(raise_on_failure=False)
+        raise StageFailed(f"stage '{stage}' failed: {type(error).__name__}: {error}") from error
+    return state.name == "Cached"
 
 
 @flow(name="kdflow-pipeline", log_prints=True)
@@ -94,23 +119,13 @@ def pipeline(params_path: str = "params.yaml", overrides: list[str] | None = Non
     if unknown:
         raise ValueError(f"--force names unknown stages {sorted(unknown)}; stages: {', '.join(STAGES)}")
     logger.info(tracking.check_tracking(paths.root))  # a served run checks its tracking server too
-    storage = paths.root / ".kdflow" / "prefect"
     ran, cached = [], []
     with tracking.start_run(paths.root, "pipeline", tags={"kdflow.runner": "prefect"}) as parent:
         parent.log_params(params.model_dump(mode="json"))
         parent.client.log_text(parent.run_id, dump_params(params), "params.yaml")
         arguments = (params.model_dump(mode="json"), str(paths.root), parent.run_id)
         for stage in STAGES:
-            state = run_stage.with_options(refresh_cache=stage in forced, result_storage=storage)(
-                stage, *arguments, return_state=True
-            )
-            if state.name == "Cached" and state.result()["outputs"] != output_digests(paths.root, stage):
-                logger.info("%s: cached, but its outputs on disk changed or are missing; rerunning", stage)
-                state = run_stage.with_options(refresh_cache=True, result_storage=storage)(
-                    stage, *arguments, return_state=True
-                )
-            (cached if state.name == "Cached" else ran).append(stage)
-            state.result()
+            (cached if run_cached_stage(stage, arguments, stage in forced) else ran).append(stage)
         parent.set_tags({"kdflow.stages_run": ",".join(ran) or "-", "kdflow.stages_cached": ",".join(cached) or "-"})
         summary = read_json(paths.summary)
         parent.log_metrics({f"{m}.test_accuracy": v["test_accuracy"] for m, v in summary["models"].items()})

@@ -49,14 +49,14 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     except (ConfigError, TrackingUnreachable) as exc:
         raise click.ClickException(str(exc)) from None
     _prefect_defaults()
-    from flows.pipeline import pipeline
+    from flows.pipeline import StageFailed, pipeline
 
     try:
         result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force))
-    except CheckpointError as exc:
-        raise click.ClickException(checkpoint_failure(exc, ProjectPaths.at(root))) from None
-    except ConfigError as exc:  # a data file params.yaml names is bad: kdflow.sources.DataError
-        raise click.ClickException(str(exc)) from None
+    except StageFailed as exc:  # names the stage; a bad checkpoint also says how to rebuild it
+        cause = exc.__cause__
+        message = checkpoint_failure(cause, ProjectPaths.at(root)) if isinstance(cause, CheckpointError) else str(exc)
+        raise click.ClickException(message) from None
     click.echo("\n" + text_table(result["summary"]) + "\n")
     for line in comparison_lines(result["summary"]):
         click.echo(line)
@@ -107,6 +107,41 @@ def lr_find(stage: str, params_path: str, root: str, overrides: tuple[str, ...],
     if found["suggested_train_lr"] != found["suggested_lr"]:
         click.echo(f"  under train.lr_scaling that is train.lr = {found['suggested_train_lr']:.3g}")
     click.echo(f"plot: {found['plot']}\nMLflow: run {found['mlflow_run_id']} (lr_find:{stage})")
+
+
+@app.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
+              help="The params file.")
+@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Project root; trials are written under sweeps/ there.")
+@click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a params key for every trial. Repeatable.")
+@click.option("--grid", "grid_options", multiple=True, metavar="KEY=V1,V2,...",
+              help="A distill.* key and its values (a YAML list for list values). Repeatable; "
+                   "default: distill.temperature=1,2,4,8 x distill.alpha=0.5,1.0.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Worker processes of the local Dask cluster.")
+@click.option("--dask-address", default=None, metavar="tcp://HOST:PORT",
+              help="Run the trials on this Dask scheduler instead of a local cluster.")
+def sweep(params_path: str, root: str, overrides: tuple[str, ...], grid_options: tuple[str, ...], workers: int,
+          dask_address: str | None) -> None:
+    """Map the distill stage over a grid on Dask; print the best trial and its `kdflow run -S` line."""
+    from flows.sweep import assignments, grid_points, parse_grid_option
+
+    try:
+        grid = dict(parse_grid_option(option) for option in grid_options) or None
+        for point in grid_points(grid) if grid else [{}]:
+            load_params(params_path, [*overrides, *assignments(point)])  # fail before Prefect starts a server
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    _prefect_defaults()
+    from flows.sweep import best_lines, results_table, run_sweep
+
+    summary = run_sweep(params_path=params_path, grid=grid, overrides=list(overrides), root=root, workers=workers,
+                        dask_address=dask_address)
+    click.echo("\n" + results_table(summary["trials"], list(summary["grid"])) + "\n")
+    click.echo(best_lines(summary))
+    click.echo(f"trials: {Path(summary['best']['trial_dir']).parent}; MLflow: sweep run {summary['mlflow_run_id']}")
 
 
 @app.command()

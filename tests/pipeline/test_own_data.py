@@ -62,15 +62,16 @@ def test_flow_runs_on_a_csv_and_a_new_version_reruns_from_prepare(tmp_path, own_
 
 def test_flow_stops_on_a_bad_file_with_its_message(tmp_path, own_data_params, write_params, write_image_csv,
                                                     prefect_server):
-    from flows.pipeline import pipeline
+    from flows.pipeline import StageFailed, pipeline
     from kdflow.sources import DataError
 
     write_image_csv(tmp_path / RAW, rows_per_class=30)
     params = {**own_data_params, "data": {**own_data_params["data"],
                                           "source": {**own_data_params["data"]["source"], "label": "digits"}}}
-    with pytest.raises(DataError, match=r"data/raw/digits.csv: no column 'digits' \(data.source.label\); "
-                                        r"did you mean 'digit'\?"):
+    with pytest.raises(StageFailed, match=r"stage 'prepare' failed: DataError: data/raw/digits.csv: no column "
+                                          r"'digits' \(data.source.label\); did you mean 'digit'\?") as caught:
         pipeline(params_path=str(write_params(tmp_path, params)), root=str(tmp_path))
+    assert isinstance(caught.value.__cause__, DataError)
     assert not (tmp_path / "data" / "prepared").exists()
 
 

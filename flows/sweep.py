@@ -1,0 +1,205 @@
+"""A hyperparameter sweep: the `distill` stage mapped over a grid, trials fanned out on Prefect's Dask task runner.
+
+The upstream stages (prepare, train_teacher, soft_labels) run first through the pipeline's cached tasks, so a
+sweep after `kdflow run` starts straight with the trials. Each trial is a Prefect task that runs `tasks.distill`
+with its grid point applied, in a Dask worker process: it reads the project's data, teacher and soft labels, and
+writes its students, metrics and curves under `sweeps/<sweep run id>/trial-NN/`, leaving the pipeline's own
+outputs alone. In MLflow, the sweep is one run `sweep` with a nested run per trial (its grid point as params,
+the distill stage and its models nested below). The best trial by the distilled student's validation accuracy
+is reported, with the `kdflow run -S ...` line that reproduces it in the pipeline.
+
+Workers get plain data (params as a dict, paths as strings), never tensors. On a remote cluster
+(`dask_address`) the workers must see the project directory at the same path and reach the MLflow store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task, unmapped
+from prefect_dask import DaskTaskRunner
+
+from flows.pipeline import run_cached_stage
+from flows.retries import STAGE_RETRIES, STAGE_RETRY_DELAYS, STAGE_RETRY_JITTER, retry_on_transient
+from kdflow import tracking
+from kdflow.artifacts import write_json
+from kdflow.config import ConfigError, load_params, validate
+from kdflow.layout import ProjectPaths
+
+UPSTREAM = ("prepare", "train_teacher", "soft_labels")
+DEFAULT_GRID = {"distill.temperature": [1.0, 2.0, 4.0, 8.0], "distill.alpha": [0.5, 1.0]}
+SELECT_BY = "student_distilled_val_accuracy"  # from the distill stage's metrics; higher is better
+
+
+class TrialFailed(RuntimeError):
+    """A trial that failed for good; names the trial and its grid point."""
+
+
+@dataclass(frozen=True)
+class TrialPaths(ProjectPaths):
+    """Reads the project's data, teacher and soft labels; writes this trial's students, metrics and curves.
+
+    MLflow's store is found from `root`, so every trial logs into the project's store.
+    """
+
+    trial_dir: Path
+
+    @property
+    def students_dir(self) -> Path:
+        return self.trial_dir / "artifacts" / "students"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.trial_dir / "metrics"
+
+    def curve(self, model: str) -> Path:
+        return self.trial_dir / "plots" / "curves" / f"{model}.csv"
+
+
+def parse_grid_option(option: str) -> tuple[str, list]:
+    """`distill.temperature=1,2,4` or `distill.student.hidden=[[32],[64,64]]` -> (key, values)."""
+    key, sep, text = option.partition("=")
+    key = key.strip()
+    if not sep or not key or not text.strip():
+        raise ConfigError(f"--grid '{option}': expected KEY=V1,V2,... e.g. distill.temperature=1,2,4,8")
+    values = yaml.safe_load(text) if text.lstrip().startswith("[") else [yaml.safe_load(v) for v in text.split(",")]
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"--grid '{option}': no values; expected KEY=V1,V2,...")
+    return key, values
+
+
+def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, the last key varying fastest."""
+    for key in grid:
+        if not key.startswith("distill."):
+            raise ConfigError(
+                f"--grid '{key}': a sweep varies the distill stage only (keys 'distill.*'); the upstream stages "
+                "run once with the project's params. Change other keys with -S"
+            )
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def assignments(point: dict[str, Any]) -> list[str]:
+    """A grid point as `-S` assignments, in the form load_params and `kdflow run -S` read back."""
+    return [f"{key}={json.dumps(value)}" for key, value in point.items()]
+
+
+@task(task_run_name="trial-{index}", retries=STAGE_RETRIES, retry_delay_seconds=STAGE_RETRY_DELAYS,
+      retry_jitter_factor=STAGE_RETRY_JITTER, retry_condition_fn=retry_on_transient)
+def distill_trial(index: int, point: dict[str, Any], params: dict[str, Any], root: str, trial_dir: str,
+                  sweep_run_id: str) -> dict:
+    """One grid point through `tasks.distill`, in its own directory and nested MLflow run."""
+    import torch
+
+    from tasks import distill
+
+    # One trial per worker process: more intra-op threads would only fight the other workers for the cores.
+    torch.set_num_threads(1)
+    from distributed import get_worker
+
+    paths = TrialPaths(Path(root), Path(trial_dir))
+    worker = get_worker().address  # which Dask worker ran the trial, for the record
+    with tracking.start_run(paths.root, f"trial-{index:02d}", sweep_run_id,
+                            tags={"kdflow.sweep_trial": index, "kdflow.dask_worker": worker}) as trial:
+        trial.log_params(point)
+        metrics = distill.run(validate(params), paths, trial.run_id)
+        trial.log_metrics(metrics)
+    return {"trial": index, "point": point, "metrics": metrics, "trial_dir": trial_dir, "mlflow_run_id": trial.run_id,
+            "dask_worker": worker}
+
+
+def local_cluster(workers: int) -> dict:
+    """A local Dask cluster of single-threaded worker processes, listening on 127.0.0.1 only."""
+    return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:8787"}
+
+
+def results_table(trials: list[dict], keys: list[str]) -> str:
+    header = ["trial", *keys, SELECT_BY]
+    rows = [[f"trial-{t['trial']:02d}", *(str(t["point"][k]) for k in keys), f"{t['metrics'][SELECT_BY]:.4f}"]
+            for t in trials]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in [header, *rows])
+
+
+@flow(name="kdflow-sweep", task_runner=DaskTaskRunner(cluster_kwargs=local_cluster(2)))
+def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None, overrides: list[str] | None = None,
+          root: str = ".") -> dict:
+    """Run the upstream stages (cached), then one distill trial per grid point; report the best."""
+    logger = get_run_logger()
+    grid = grid or DEFAULT_GRID
+    overrides = overrides or []
+    points = grid_points(grid)
+    params = load_params(params_path, overrides)
+    # Every point is validated before anything runs, so a bad value fails the sweep at once, naming the key.
+    trial_params = [load_params(params_path, [*overrides, *assignments(p)]).model_dump(mode="json") for p in points]
+    paths = ProjectPaths.at(root)
+    with tracking.start_run(paths.root, "sweep", tags={"kdflow.runner": "prefect-dask"}) as sweep_run:
+        sweep_run.log_params({"grid": json.dumps(grid), "trials": len(points), "select_by": SELECT_BY})
+        arguments = (params.model_dump(mode="json"), str(paths.root), sweep_run.run_id)
+        for stage in UPSTREAM:
+            run_cached_stage(stage, arguments, refresh=False)
+        sweep_dir = paths.root / "sweeps" / sweep_run.run_id
+        futures = distill_trial.map(
+            index=list(range(len(points))), point=points, params=trial_params, root=unmapped(str(paths.root)),
+            trial_dir=[str(sweep_dir / f"trial-{i:02d}") for i in range(len(points))],
+            sweep_run_id=unmapped(sweep_run.run_id),
+        )
+        trials = []
+        for index, future in enumerate(futures):
+            future.wait()
+            state = future.state
+            if state.is_failed():
+                error = state.result(raise_on_failure=False)
+                raise TrialFailed(f"sweep trial-{index:02d} ({', '.join(assignments(points[index]))}) failed: "
+                                  f"{type(error).__name__}: {error}") from error
+            trials.append(future.result())
+        best = max(trials, key=lambda t: t["metrics"][SELECT_BY])  # ties: the first in grid order
+        command = "kdflow run " + " ".join(f"-S {a}" for a in assignments(best["point"]))
+        sweep_run.log_metrics({f"best_{SELECT_BY}": best["metrics"][SELECT_BY]})
+        sweep_run.set_tags({"kdflow.best_trial": f"trial-{best['trial']:02d}", "kdflow.best_command": command,
+                            "kdflow.best_run_id": best["mlflow_run_id"]})
+        summary = {"grid": grid, "select_by": SELECT_BY, "trials": trials, "best": best, "command": command,
+                   "mlflow_run_id": sweep_run.run_id}
+        write_json(sweep_dir / "sweep.json", summary)
+    logger.info("sweep of %d trials in %s; MLflow run %s\n%s\n%s", len(trials), sweep_dir, sweep_run.run_id,
+                results_table(trials, list(grid)), best_lines(summary))
+    return summary
+
+
+def best_lines(summary: dict) -> str:
+    best = summary["best"]
+    return f"best: trial-{best['trial']:02d} ({SELECT_BY} {best['metrics'][SELECT_BY]:.4f})\n{summary['command']}"
+
+
+def dask_runner(workers: int | None = None, address: str | None = None) -> DaskTaskRunner:
+    """A runner on the cluster at `address`, or on a local cluster of `workers` processes."""
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs=local_cluster(workers or 2))
+
+
+def run_sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
+              overrides: list[str] | None = None, root: str = ".", workers: int | None = None,
+              dask_address: str | None = None) -> dict:
+    """The sweep flow on the chosen cluster."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    run = sweep.with_options(task_runner=dask_runner(workers, dask_address))
+    arguments = dict(params_path=params_path, grid=grid, overrides=overrides, root=root)
+    if PREFECT_API_URL.value():
+        return run(**arguments)
+    # Without a server, Prefect starts a temporary one in the flow's process, and would start another in every
+    # Dask worker. Start it first and hand its address to the workers in the settings Prefect ships with each task.
+    # (A remote cluster cannot reach it: set PREFECT_API_URL to a real server for --dask-address.)
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        return run(**arguments)

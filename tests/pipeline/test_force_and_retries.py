@@ -1,0 +1,126 @@
+"""`kdflow run --force` through click, and the stage retry policy, on the tiny config with the real flow."""
+
+from __future__ import annotations
+
+import errno
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from kdflow.config import ConfigError
+
+pytestmark = pytest.mark.slow
+
+STAGE_ORDER = ["prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_params, write_params, prefect_server):
+    """A tiny project after one cold flow run, so every stage is cached."""
+    from flows.pipeline import pipeline
+
+    root = tmp_path_factory.mktemp("force-project")
+    params_path = write_params(root, tiny_params)
+    assert pipeline(params_path=str(params_path), root=str(root))["ran"] == STAGE_ORDER
+    return root, params_path
+
+
+def kdflow_run(root, params_path, *options) -> tuple[list[str], list[str]]:
+    """`kdflow run` through click's parser; the stages it ran and those from cache, as its last lines say."""
+    from kdflow.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--params", str(params_path), "--root", str(root), *options])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    line = re.search(r"^stages run: (.*); from cache: (.*)$", result.output, re.MULTILINE)
+    return [s for s in line.group(1).split(", ") if s != "none"], [s for s in line.group(2).split(", ") if s != "none"]
+
+
+def test_run_without_force_takes_every_stage_from_cache(project):
+    assert kdflow_run(*project) == ([], STAGE_ORDER)
+
+
+def test_force_with_stage_names_reruns_those_and_takes_upstream_from_cache(project):
+    ran, cached = kdflow_run(*project, "--force", "distill", "--force", "finetune")
+    assert ran[:2] == ["distill", "finetune"]
+    assert cached[:3] == ["prepare", "train_teacher", "soft_labels"]
+    # evaluate reruns only if the retrained checkpoints differ in their bytes (cache keys hash them).
+    assert ran + cached == ["distill", "finetune", "evaluate", "prepare", "train_teacher", "soft_labels"] or (
+        ran == ["distill", "finetune"] and cached[3:] == ["evaluate"])
+
+
+def test_force_without_a_value_reruns_every_stage(project):
+    # A bare --force followed by another option takes the flag value "all" instead of swallowing "-S".
+    assert kdflow_run(*project, "--force", "-S", "seed=42") == (STAGE_ORDER, [])
+
+
+def test_force_of_an_unknown_stage_is_an_error_naming_it(project):
+    from kdflow.cli import app
+
+    root, params_path = project
+    result = CliRunner().invoke(app, ["run", "--params", str(params_path), "--root", str(root), "--force", "distil"])
+    assert result.exit_code != 0
+    assert "--force names unknown stages ['distil']" in str(result.exception)
+
+
+def failing(stage_fn, errors: list[BaseException]):
+    """The stage function, raising `errors` one per call before it runs for real; counts its calls."""
+
+    def run(params, paths, parent_run_id):
+        run.calls += 1
+        if errors:
+            raise errors.pop(0)
+        return stage_fn(params, paths, parent_run_id)
+
+    run.calls = 0
+    return run
+
+
+def task_run_counts(flow_run_id) -> dict[str, int]:
+    """How many times Prefect ran each task of the flow run, as the server recorded it."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
+    return {run.name: run.run_count for run in runs}
+
+
+def test_a_transient_io_error_is_retried_and_the_flow_completes(project, monkeypatch):
+    from flows import pipeline as pipeline_module
+
+    root, params_path = project
+    stage = failing(pipeline_module.STAGES["evaluate"], [OSError(errno.EIO, "Input/output error", "summary.json")])
+    monkeypatch.setitem(pipeline_module.STAGES, "evaluate", stage)
+    state = pipeline_module.pipeline(params_path=str(params_path), root=str(root), force=["evaluate"],
+                                     return_state=True)
+    assert state.is_completed()
+    assert state.result()["ran"] == ["evaluate"]
+    assert stage.calls == 2
+    assert task_run_counts(state.state_details.flow_run_id)["evaluate"] == 2
+
+
+def test_a_lasting_io_error_fails_the_flow_naming_the_stage_after_the_retries(project, monkeypatch):
+    from flows import pipeline as pipeline_module
+    from flows.retries import STAGE_RETRIES
+
+    root, params_path = project
+    errors = [ConnectionResetError(errno.ECONNRESET, "Connection reset by peer") for _ in range(STAGE_RETRIES + 1)]
+    stage = failing(pipeline_module.STAGES["evaluate"], errors)
+    monkeypatch.setitem(pipeline_module.STAGES, "evaluate", stage)
+    with pytest.raises(pipeline_module.StageFailed, match=r"stage 'evaluate' failed: ConnectionResetError: .*reset"):
+        pipeline_module.pipeline(params_path=str(params_path), root=str(root), force=["evaluate"])
+    assert stage.calls == STAGE_RETRIES + 1
+
+
+@pytest.mark.parametrize("error", [ConfigError("params.yaml: bad key"), ValueError("bad data"),
+                                   FileNotFoundError(errno.ENOENT, "No such file", "teacher.pt")])
+def test_a_deterministic_error_fails_at_once(project, monkeypatch, error):
+    from flows import pipeline as pipeline_module
+
+    root, params_path = project
+    stage = failing(pipeline_module.STAGES["distill"], [error])
+    monkeypatch.setitem(pipeline_module.STAGES, "distill", stage)
+    with pytest.raises(pipeline_module.StageFailed, match=f"stage 'distill' failed: {type(error).__name__}"):
+        pipeline_module.pipeline(params_path=str(params_path), root=str(root), force=["distill"])
+    assert stage.calls == 1

@@ -1,0 +1,56 @@
+"""The sweep's grid: parsing --grid options, expanding points, and turning a point back into -S assignments."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from kdflow.config import ConfigError, load_params
+
+
+def test_grid_option_parses_comma_lists_and_yaml_lists():
+    from flows.sweep import parse_grid_option
+
+    assert parse_grid_option("distill.temperature=1,2.5,8") == ("distill.temperature", [1, 2.5, 8])
+    assert parse_grid_option("distill.student.hidden=[[32], [64, 64]]") == ("distill.student.hidden", [[32], [64, 64]])
+    for bad in ("distill.temperature", "distill.temperature=", "=1,2"):
+        with pytest.raises(ConfigError, match="expected KEY=V1,V2"):
+            parse_grid_option(bad)
+
+
+def test_grid_points_are_the_product_in_key_order():
+    from flows.sweep import grid_points
+
+    points = grid_points({"distill.temperature": [1, 2, 4], "distill.alpha": [0.5, 1.0]})
+    assert len(points) == 6
+    assert points[:3] == [{"distill.temperature": 1, "distill.alpha": 0.5},
+                          {"distill.temperature": 1, "distill.alpha": 1.0},
+                          {"distill.temperature": 2, "distill.alpha": 0.5}]
+
+
+def test_a_grid_over_an_upstream_key_is_refused():
+    from flows.sweep import grid_points
+
+    with pytest.raises(ConfigError, match=r"'train_teacher.train.lr': a sweep varies the distill stage only"):
+        grid_points({"train_teacher.train.lr": [0.1, 0.01]})
+
+
+def test_a_point_as_assignments_loads_back_to_the_same_values(tmp_path, tiny_params, write_params):
+    from flows.sweep import assignments
+
+    params_path = write_params(tmp_path, tiny_params)
+    point = {"distill.temperature": 2, "distill.alpha": 0.25, "distill.student.hidden": [16, 8]}
+    assert assignments(point) == ["distill.temperature=2", "distill.alpha=0.25", "distill.student.hidden=[16, 8]"]
+    params = load_params(params_path, assignments(point))
+    assert (params.distill.temperature, params.distill.alpha, params.distill.student.hidden) == (2.0, 0.25, [16, 8])
+
+
+def test_cli_rejects_a_misspelt_grid_key_before_starting_anything(tmp_path, tiny_params, write_params):
+    from kdflow.cli import app
+
+    params_path = write_params(tmp_path, tiny_params)
+    result = CliRunner().invoke(app, ["sweep", "--params", str(params_path), "--root", str(tmp_path),
+                                      "--grid", "distill.temprature=1,2"])
+    assert result.exit_code == 1
+    assert "unknown key 'distill.temprature'" in result.output
+    assert not (tmp_path / "sweeps").exists() and not (tmp_path / "mlflow.db").exists()
