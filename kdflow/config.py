@@ -68,6 +68,8 @@ class TrainSpec(Section):
     monitor: Literal["val_loss", "val_accuracy"] = Field("val_loss", description="what early stopping and the kept checkpoint follow")
     patience: int = Field(10, ge=0, description="epochs without improvement of `monitor` before stopping; 0 never stops")
     min_delta: float = Field(0.0, ge=0.0)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else the CPU")
+    bf16: bool = Field(False, description="bfloat16 autocast for the forward pass and loss")
 
 
 # --- data --------------------------------------------------------------------------------------------------
