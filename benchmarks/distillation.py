@@ -79,7 +79,7 @@ def run(args) -> dict:
                 "scratch": mean_ci(scratch.values()),
                 "gap_closed": mean_ci([(distilled[s] - scratch[s]) / (teacher_accuracy - scratch[s]) for s in seeds]),
                 "soft_minus_hard": mean_ci([distilled[s] - hard[s] for s in seeds]),
-                "per_seed": {"distilled": distilled, "hard_labels": hard},
+                "per_seed": {"distilled": distilled, "hard_labels": hard, "scratch": scratch},
             }
             diff = row["soft_minus_hard"]
             row["soft_beats_hard"] = diff["mean"] - diff["ci95"] > 0
