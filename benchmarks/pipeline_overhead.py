@@ -148,7 +148,7 @@ def dvc_noop(root: Path) -> dict:
 
 
 def run(args) -> dict:
-    params = load_overridden(quick_overrides() if args.quick else [])
+    params = load_overridden([*(quick_overrides() if args.quick else []), *args.overrides])
     smaller = params.model_copy(update={"data": params.data.model_copy(
         update={"transfer": params.data.transfer.model_copy(update={"size": params.data.transfer.size // 10})})})
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +190,7 @@ def run(args) -> dict:
               for stage, ratio in scale.items()],
         ]),
     ])
-    payload = {"params_transfer_size": params.data.transfer.size, "cold": cold, "warm": warm, "dvc": dvc,
+    payload = {"overrides": args.overrides, "params_transfer_size": params.data.transfer.size, "cold": cold, "warm": warm, "dvc": dvc,
                "small_transfer": small, "scale": scale, "measured": measured, "targets": targets}
     write_results(args.results_dir, "pipeline_overhead", args.quick, payload, markdown)
     return payload
@@ -198,6 +198,8 @@ def run(args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     cli = parser("pipeline_overhead", __doc__.splitlines()[0])
+    cli.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a params key of the measured run, as `kdflow run -S` does")
     return run(cli.parse_args(argv))
 
 
