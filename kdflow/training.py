@@ -7,6 +7,7 @@ gradient descent, "full" (or any size >= the set) is full-batch gradient descent
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -112,6 +113,8 @@ def fit(
     x, targets = x.to(device), [t.to(device) for t in targets]
     if val is not None:
         val = (val[0].to(device), val[1].to(device))
+    # A disabled torch.autocast still costs its enter and exit every step; a small model notices.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if spec.bf16 else contextlib.nullcontext()
     num_samples = len(x)
     batch_size = resolve_batch_size(spec.batch_size, num_samples)
     optimizer = make_optimizer(spec, param_groups if param_groups is not None else model.parameters())
@@ -134,12 +137,12 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         for start in range(0, num_samples, batch_size):
             stop = start + batch_size
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.bf16):
+            with autocast:
                 loss = loss_fn(model(x_epoch[start:stop]), [t[start:stop] for t in targets_epoch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach().float() * (min(stop, num_samples) - start)
+            loss_sum.add_(loss.detach(), alpha=min(stop, num_samples) - start)
         record = {"train_loss": loss_sum.item() / num_samples, "lr": optimizer.param_groups[-1]["lr"]}
         if scheduler is not None:
             scheduler.step()
