@@ -102,7 +102,7 @@ def run(args) -> dict:
                    "measured": at_target[0]["gap_closed"] if at_target else None,
                    "met": bool(at_target) and at_target[0]["gap_closed"]["mean"] >= TARGET_GAP_CLOSED},
     }
-    write_results(args.results_dir, "distillation", args.quick, payload, markdown)
+    write_results(args, "distillation", payload, markdown)
     return payload
 
 

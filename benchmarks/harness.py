@@ -30,6 +30,8 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
     cli.add_argument("--threads", type=int, default=1,
                      help="torch intra-op threads (default 1: these models are too small to gain from more, and "
                           "on a shared machine extra threads spin-wait)")
+    # The commit the run starts from: the code may change while a long run goes on.
+    cli.set_defaults(commit=git_commit(REPO_ROOT))
     return cli
 
 
@@ -71,10 +73,11 @@ def machine() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def write_results(results_dir: Path, name: str, quick: bool, payload: dict, markdown: str) -> Path:
+def write_results(args: argparse.Namespace, name: str, payload: dict, markdown: str) -> Path:
     """`<name>.json` (`<name>.quick.json` for a smoke run) with the commit and machine it came from."""
-    path = Path(results_dir) / f"{name}{'.quick' if quick else ''}.json"
-    write_json(path, {"benchmark": name, "quick": quick, "commit": git_commit(REPO_ROOT), "machine": machine(),
+    quick = args.quick
+    path = Path(args.results_dir) / f"{name}{'.quick' if quick else ''}.json"
+    write_json(path, {"benchmark": name, "quick": quick, "commit": args.commit, "machine": machine(),
                       **payload, "table": markdown})
     print(markdown)
     print(f"\nwrote {path}")

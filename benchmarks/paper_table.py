@@ -66,7 +66,7 @@ def run(args) -> dict:
     )
     payload = {"split": {"train": len(y), "test": len(y_test)}, "seeds": list(seeds),
                "train": train.model_dump(mode="json"), "models": models}
-    write_results(args.results_dir, "paper_table", args.quick, payload, markdown)
+    write_results(args, "paper_table", payload, markdown)
     return payload
 
 

@@ -194,7 +194,7 @@ def run(args) -> dict:
     ])
     payload = {"overrides": args.overrides, "params_transfer_size": params.data.transfer.size, "cold": cold, "warm": warm, "dvc": dvc,
                "small_transfer": small, "scale": scale, "measured": measured, "targets": targets}
-    write_results(args.results_dir, "pipeline_overhead", args.quick, payload, markdown)
+    write_results(args, "pipeline_overhead", payload, markdown)
     return payload
 
 

@@ -218,7 +218,7 @@ def run(args) -> dict:
     payload = {"device": str(device), "samples": samples, "epochs": epochs, "batch_size": BATCH, "rounds": rounds,
                "training": training, "lightning": "measured" if "lightning" in training else "skipped: not installed",
                "soft_labels": soft, "soft_labels_peak_memory": {"chunk_size": memory_chunk, "runs": memory}, "ratios": ratios, "targets": targets}
-    write_results(args.results_dir, f"throughput_{device.type}", args.quick, payload, markdown)
+    write_results(args, f"throughput_{device.type}", payload, markdown)
     return payload
 
 

@@ -77,7 +77,7 @@ def run(args) -> dict:
                "finetune": params.finetune.model_dump(mode="json"),
                "results": {str(count): r for count, r in results.items()},
                "target": {"labels_per_class": targets, "met": bool(targets) and all(results[c]["intervals_apart"] for c in targets)}}
-    write_results(args.results_dir, "transfer", args.quick, payload, markdown)
+    write_results(args, "transfer", payload, markdown)
     return payload
 
 
