@@ -55,11 +55,16 @@ def read_json(source: str | Path) -> Any:
     return json.loads(Path(source).read_text())
 
 
+# Row groups bound what a streaming reader (soft_labels) decodes at once; one group per file made its peak
+# memory grow with the transfer set.
+PARQUET_ROW_GROUP_ROWS = 16384
+
+
 def write_parquet(target: str | Path, frame: pd.DataFrame) -> Path:
     """Parquet without the pandas index or a creation timestamp, so equal frames give equal bytes."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     with atomic_path(target) as temporary:
-        pq.write_table(table, temporary, compression="zstd")
+        pq.write_table(table, temporary, compression="zstd", row_group_size=PARQUET_ROW_GROUP_ROWS)
     return Path(target)
 
 

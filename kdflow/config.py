@@ -102,6 +102,8 @@ class TrainSpec(Section):
         "none", description="lr_effective = lr * (batch/reference_batch_size), or its square root; none keeps lr")
     reference_batch_size: int = Field(128, gt=0, description="the batch size `lr` was tuned for, under lr_scaling")
     resume_every: int = Field(1, ge=0, description="epochs between resumable training-state checkpoints; 0 never")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else the CPU")
+    bf16: bool = Field(False, description="bfloat16 autocast for the forward pass and loss")
 
 
 # --- data --------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ gradient descent, "full" (or any size >= the set) is full-batch gradient descent
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -50,6 +51,15 @@ def lr_scale(spec: TrainSpec, batch_size: int) -> float:
 
 def effective_lr(spec: TrainSpec, num_samples: int) -> float:
     return spec.lr * lr_scale(spec, resolve_batch_size(spec.batch_size, num_samples))
+
+
+def resolve_device(setting: str) -> torch.device:
+    """`auto` is CUDA when a GPU is visible, else the CPU; asking for CUDA without one is an error."""
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
 
 
 def make_optimizer(spec: TrainSpec, param_groups) -> torch.optim.Optimizer:
@@ -103,6 +113,9 @@ def fit(
 ) -> FitResult:
     """Train `model` in place on (x, targets) and leave it at its best validation epoch.
 
+    Model and tensors move once to `spec.device`; no batch is copied between devices, and the model goes back
+    to the device it came from afterwards (checkpoints stay loadable anywhere).
+
     With `val`, early stopping watches `spec.monitor` with `spec.patience` and the best epoch's weights are kept;
     without it, the last epoch is kept.
     `on_epoch(epoch, record)` receives each epoch's `train_loss`, `val_loss`, `val_accuracy` and `lr`.
@@ -110,6 +123,14 @@ def fit(
     With `resume`, the training state is saved every `resume.every` epochs, and a saved state with the same
     fingerprint is continued from (its epochs' records are replayed through `on_epoch`); the caller removes it.
     """
+    device = resolve_device(spec.device)
+    home = next(model.parameters(), torch.empty(0)).device
+    model.to(device)
+    x, targets = x.to(device), [t.to(device) for t in targets]
+    if val is not None:
+        val = (val[0].to(device), val[1].to(device))
+    # A disabled torch.autocast still costs its enter and exit every step; a small model notices.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if spec.bf16 else contextlib.nullcontext()
     num_samples = len(x)
     batch_size = resolve_batch_size(spec.batch_size, num_samples)
     optimizer = make_optimizer(spec, param_groups if param_groups is not None else model.parameters())
@@ -150,17 +171,18 @@ def fit(
             before_epoch(epoch)
         started = time.perf_counter()
         model.train()
-        order = torch.randperm(num_samples, generator=shuffle).to(x.device)
+        order = torch.randperm(num_samples, generator=shuffle).to(device)
         x_epoch = x[order]
         targets_epoch = [t[order] for t in targets]
-        loss_sum = torch.zeros((), device=x.device)
+        loss_sum = torch.zeros((), device=device)
         for start in range(0, num_samples, batch_size):
             stop = start + batch_size
-            loss = loss_fn(model(x_epoch[start:stop]), [t[start:stop] for t in targets_epoch])
+            with autocast:
+                loss = loss_fn(model(x_epoch[start:stop]), [t[start:stop] for t in targets_epoch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * (min(stop, num_samples) - start)
+            loss_sum.add_(loss.detach(), alpha=min(stop, num_samples) - start)
         record = {"train_loss": loss_sum.item() / num_samples, "lr": optimizer.param_groups[-1]["lr"]}
         if scheduler is not None:
             scheduler.step()
@@ -200,5 +222,6 @@ def fit(
         result.best_epoch = len(result.history)
     else:
         model.load_state_dict(best_state)
+    model.to(home)
     model.eval()
     return result
