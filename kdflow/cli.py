@@ -79,14 +79,18 @@ def serve(cron: str, name: str, params_path: str, root: str) -> None:
               help="Project root holding mlflow.db (ignored when MLFLOW_TRACKING_URI is set).")
 def lineage(run_id: str, root: str) -> None:
     """Print the chain of runs behind RUN_ID: data -> teacher -> soft labels -> student -> target model."""
+    from mlflow.exceptions import MlflowException
+
     from kdflow import lineage as runs_lineage
-    from kdflow.tracking import _client
+    from kdflow.tracking import _client, tracking_uri
 
     client, _ = _client(Path(root).resolve())
     try:
         chain = runs_lineage.chain(client, run_id)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    except MlflowException:
+        raise click.ClickException(f"run {run_id} not found at {tracking_uri(Path(root).resolve())}") from None
     click.echo(runs_lineage.format_chain(client, chain))
 
 
