@@ -80,7 +80,8 @@ def test_exp_run_shows_the_new_temperature_in_exp_show_metrics_diff_and_plots(dv
         diff = json.loads(run([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], repo))
         summary = diff["metrics/summary.json"]
         assert summary["models.student_distilled.test_nll"]["diff"] != 0
-        assert not any(key.startswith("models.teacher.") for key in summary), "the teacher did not change"
+        teacher_changes = {key for key in summary if key.startswith("models.teacher.")}
+        assert teacher_changes <= {"models.teacher.latency_ms"}, "the teacher did not change, only its timing may"
         readable = run([sys.executable, "-m", "dvc", "metrics", "diff"], repo)
         assert "models.student_distilled.test_nll" in readable
 

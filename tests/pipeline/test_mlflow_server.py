@@ -167,12 +167,9 @@ def test_teacher_student_and_target_are_registered_with_signature_and_example(pr
         champion = client.get_model_version_by_alias(registered, "champion")
         assert str(champion.version) == "1"
         assert champion.run_id == runs_named(client, experiment_id, model_name)[0].info.run_id
-        mlflow.set_tracking_uri(mlflow_server)
-        try:
-            info = mlflow.models.get_model_info(f"models:/{registered}/1")
-            loaded = mlflow.pytorch.load_model(f"models:/{registered}@champion")
-        finally:
-            mlflow.set_tracking_uri(None)
+        # MLflow's loaders resolve models:/ through the process-wide URI: MLFLOW_TRACKING_URI, the server, here.
+        info = mlflow.models.get_model_info(f"models:/{registered}/1")
+        loaded = mlflow.pytorch.load_model(f"models:/{registered}@champion")
         assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 40)
         assert info.saved_input_example_info is not None
         model, _ = load_model(paths.checkpoint(model_name))
