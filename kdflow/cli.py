@@ -1,4 +1,4 @@
-"""`kdflow`: run the pipeline through Prefect, or serve it on a schedule."""
+"""`kdflow`: run the pipeline through Prefect, serve it on a schedule, or trace a run's lineage."""
 
 from __future__ import annotations
 
@@ -161,6 +161,27 @@ def serve(cron: str, name: str, params_path: str, root: str) -> None:
     pipeline.serve(name=name, cron=cron, parameters={
         "params_path": str(Path(params_path).resolve()), "root": str(Path(root).resolve()),
     })
+
+
+@app.command()
+@click.argument("run_id")
+@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Project root holding mlflow.db (ignored when MLFLOW_TRACKING_URI is set).")
+def lineage(run_id: str, root: str) -> None:
+    """Print the chain of runs behind RUN_ID: data -> teacher -> soft labels -> student -> target model."""
+    from mlflow.exceptions import MlflowException
+
+    from kdflow import lineage as runs_lineage
+    from kdflow.tracking import _client, tracking_uri
+
+    client, _ = _client(Path(root).resolve())
+    try:
+        chain = runs_lineage.chain(client, run_id)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    except MlflowException:
+        raise click.ClickException(f"run {run_id} not found at {tracking_uri(Path(root).resolve())}") from None
+    click.echo(runs_lineage.format_chain(client, chain))
 
 
 if __name__ == "__main__":

@@ -40,14 +40,25 @@ STAGE_PARAMS = {
 
 @contextlib.contextmanager
 def stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: str | None, inputs: Sequence[Path]):
-    """The stage's MLflow run: its params sections, seed, and the md5 of every input file as tags."""
-    from kdflow import tracking
+    """The stage's MLflow run: its params sections, seed, the md5 of every input file and the ids of the runs
+    that wrote them as tags (see kdflow.lineage); its model runs carry the same lineage tags."""
+    from kdflow import lineage, tracking
 
-    tags = {"kdflow.stage": stage}
-    tags.update({f"kdflow.input.{p.relative_to(paths.root).as_posix()}.md5": file_digest(p) for p in inputs})
-    with tracking.start_run(paths.root, stage, parent_run_id, tags) as tracked:
+    inputs_md5 = lineage.input_tags(paths.root, list(inputs))
+    with tracking.start_run(paths.root, stage, parent_run_id, {"kdflow.stage": stage, **inputs_md5}) as tracked:
+        upstream = lineage.upstream_tags(tracked.client, tracked.experiment_id,
+                                         {lineage.relative(paths.root, p): file_digest(p) for p in inputs})
+        tracked.set_tags(upstream)
+        tracked.inherited_tags = {**inputs_md5, **upstream}
         tracked.log_params({"seed": params.seed, **{s: params.section(s) for s in STAGE_PARAMS[stage]}})
         yield tracked
+
+
+def record_outputs(tracked, paths: ProjectPaths, files: Sequence[Path]) -> None:
+    """Tag the md5 of files a stage wrote for later stages to read, so their runs can name this one upstream."""
+    from kdflow import lineage
+
+    tracked.set_tags(lineage.output_tags(paths.root, list(files)))
 
 
 def write_curve(path: Path, history: list[dict[str, float]]) -> None:
@@ -109,6 +120,7 @@ def train_model(
                           "kdflow.resumed_from_epoch": result.resumed_from_epoch})
         tracked.log_artifact(checkpoint, "checkpoint")
         tracked.log_artifact(paths.curve(name), "curves")
+    record_outputs(stage_tracked, paths, [checkpoint])
     if resume is not None:
         resume.remove()
     return result

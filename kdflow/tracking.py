@@ -102,6 +102,7 @@ class TrackedRun:
         self.run_id = run_id
         self.root = root
         self.experiment_id = experiment_id
+        self.inherited_tags: dict[str, str] = {}  # lineage tags every child run carries too
 
     def log_params(self, params: dict[str, Any], prefix: str = "") -> None:
         from mlflow.entities import Param
@@ -126,7 +127,9 @@ class TrackedRun:
 
     @contextlib.contextmanager
     def child(self, name: str, tags: dict[str, Any] | None = None) -> Iterator["TrackedRun"]:
-        with _run(self.client, self.experiment_id, self.root, name, self.run_id, tags) as run:
+        with _run(self.client, self.experiment_id, self.root, name, self.run_id,
+                  {**self.inherited_tags, **(tags or {})}) as run:
+            run.inherited_tags = self.inherited_tags
             yield run
 
 

@@ -2,6 +2,7 @@
 
 Test metrics land in each model's own MLflow run (found by its checkpoint's md5), so the compare view lines up
 teacher, students and target models; the summary, the Markdown report and the plots go to the evaluate run.
+Teacher, distilled student and fine-tuned target model are then registered (kdflow.registry): champion or challenger.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def comparisons(models: dict) -> dict:
 
 
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
-    from kdflow import tracking
+    from kdflow import registry, tracking
 
     spec = params.evaluate
     card = read_json(paths.dataset_card)
@@ -46,6 +47,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         tests = {task: load_split(paths.split(f"{task}_test"), input_shape) for task in ("source", "target")}
         teacher_logits = None
         models: dict[str, dict] = {}
+        candidates: list[registry.Candidate] = []
         for name in MODELS:
             checkpoint = paths.checkpoint(name)
             model, meta = load_model(checkpoint)
@@ -60,12 +62,21 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
                 metrics["test_agreement"] = agreement(logits, teacher_logits)
             models[name] = {"task": task_of(name), **metrics}
 
-            run_id = tracking.find_model_run(tracked, file_digest(checkpoint))
+            checkpoint_md5 = file_digest(checkpoint)
+            run_id = tracking.find_model_run(tracked, checkpoint_md5)
             if run_id is None:  # trained outside this tracking store: record the evaluation on its own
                 with tracked.child(name, tags={"kdflow.model": name}) as model_run:
                     model_run.log_metrics(metrics)
+                    run_id = model_run.run_id
             else:
                 tracking.TrackedRun(tracked.client, run_id, paths.root, tracked.experiment_id).log_metrics(metrics)
+            if name in registry.REGISTERED_MODELS:
+                candidates.append(registry.Candidate(name, model, test.x, test.y, run_id, checkpoint_md5,
+                                                     file_digest(paths.split(f"{task_of(name)}_test"))))
+
+        decisions = [registry.register(tracked.client, tracking.tracking_uri(paths.root), c) for c in candidates]
+        registry.log_decisions(tracked, decisions)
+        print("\n".join(registry.describe(d) for d in decisions))
 
         summary = {"models": models, "comparisons": comparisons(models)}
         write_json(paths.summary, summary)

@@ -19,7 +19,7 @@ from kdflow.checkpoints import load_model
 from kdflow.config import Params
 from kdflow.datasets import feature_columns
 from kdflow.layout import ProjectPaths
-from kdflow.stage import stage_main, stage_run
+from kdflow.stage import record_outputs, stage_main, stage_run
 
 SETS_TO_LABEL = ("transfer", "source_train")
 
@@ -68,6 +68,8 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         tracked.set_tags({"kdflow.teacher_checkpoint_md5": manifest["teacher_checkpoint_md5"]})
         tracked.log_metrics(metrics)
         tracked.log_artifact(paths.soft_labels_dir / "manifest.json")
+        record_outputs(tracked, paths, [*(logits_path(paths, name) for name in SETS_TO_LABEL),
+                                        paths.soft_labels_dir / "manifest.json"])
     return metrics
 
 

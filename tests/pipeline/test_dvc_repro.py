@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -42,11 +43,15 @@ def dvc_repo(tmp_path_factory, tiny_params, write_params):
     shutil.copy(REPO_ROOT / ".gitignore", repo / ".gitignore")
     write_params(repo, tiny_params)
     run(["git", "init", "-q"], repo)
+    for key, value in (("user.name", "kdflow tests"), ("user.email", "tests@kdflow.invalid")):
+        run(["git", "config", key, value], repo)  # `dvc exp run` commits experiments
     run([sys.executable, "-m", "dvc", "init", "-q"], repo)
     run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], repo)
     run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=kdflow tests", "-c", "user.email=tests@kdflow.invalid", "commit", "-qm", "tiny"], repo)
+    run(["git", "commit", "-qm", "tiny"], repo)
     first = run([sys.executable, "-m", "dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)  # dvc.lock, metrics and curves: the baseline experiments compare against
+    run(["git", "commit", "-qm", "baseline results"], repo)
     return repo, first
 
 
@@ -62,6 +67,62 @@ def test_repro_runs_every_stage_then_nothing(dvc_repo):
     second = run([sys.executable, "-m", "dvc", "repro"], repo)
     assert stages_run(second) == []
     assert "Data and pipelines are up to date" in second
+
+
+def test_exp_run_shows_the_new_temperature_in_exp_show_metrics_diff_and_plots(dvc_repo, tmp_path):
+    repo, _ = dvc_repo
+    output = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "distill.temperature=8"], repo)
+    assert stages_run(output) == ["distill", "finetune", "evaluate"]
+    try:
+        shown = json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo))
+        temperatures = [rev["data"]["params"]["params.yaml"]["data"]["distill"]["temperature"]
+                        for baseline in shown for rev in [baseline, *(e["revs"][0] for e in baseline.get("experiments") or [])]]
+        assert 4.0 in temperatures and 8 in temperatures, temperatures
+
+        diff = json.loads(run([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], repo))
+        summary = diff["metrics/summary.json"]
+        assert summary["models.student_distilled.test_nll"]["diff"] != 0
+        teacher_changes = {key for key in summary if key.startswith("models.teacher.")}
+        assert teacher_changes <= {"models.teacher.latency_ms"}, "the teacher did not change, only its timing may"
+        readable = run([sys.executable, "-m", "dvc", "metrics", "diff"], repo)
+        assert "models.student_distilled.test_nll" in readable
+
+        run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
+        html = (tmp_path / "plots" / "index.html").read_text()
+        curve = (repo / "plots" / "curves" / "student_distilled.csv").read_text().splitlines()
+        last_val_accuracy = curve[-1].split(",")[3]
+        assert "Validation accuracy" in html and "student_distilled.csv" in html
+        assert last_val_accuracy in html, "the curve's data is not in the page"
+    finally:  # back to the committed baseline for the tests below
+        run(["git", "reset", "-q", "--hard"], repo)
+        run([sys.executable, "-m", "dvc", "checkout", "--force"], repo)
+
+
+def test_push_then_pull_into_a_fresh_clone_restores_every_output_byte_for_byte(dvc_repo, tmp_path):
+    repo, _ = dvc_repo
+    remote = tmp_path / "remote"
+    run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote)], repo)
+    run(["git", "commit", "-qam", "local DVC remote"], repo)
+    run([sys.executable, "-m", "dvc", "push"], repo)
+    assert any(p.is_file() for p in remote.rglob("*"))
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    assert not (clone / "data" / "prepared").exists()
+    run([sys.executable, "-m", "dvc", "pull"], clone)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    outs = {out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+    assert {"data/prepared", "artifacts/teacher", "artifacts/soft_labels", "artifacts/students", "reports"} <= outs
+    for out in outs:
+        files = sorted(p.relative_to(repo) for p in (repo / out).rglob("*") if p.is_file()) \
+            if (repo / out).is_dir() else [Path(out)]
+        assert files, out
+        for relative in files:
+            assert (clone / relative).read_bytes() == (repo / relative).read_bytes(), relative
+        pulled = sorted(p.relative_to(clone) for p in (clone / out).rglob("*") if p.is_file()) \
+            if (clone / out).is_dir() else [Path(out)]
+        assert pulled == files, out
+    assert "Data and pipelines are up to date" in run([sys.executable, "-m", "dvc", "status"], clone)
 
 
 def test_changing_temperature_reruns_distill_and_downstream_only(dvc_repo):

@@ -1,0 +1,100 @@
+"""Lineage between MLflow runs: which run wrote each file a run read, found by the files' md5 (DVC's digest).
+
+A stage run tags the md5 of every file it reads (`kdflow.input.<path>.md5`) and writes
+(`kdflow.output.<path>.md5`), and the id of the stage run that wrote each of its inputs
+(`kdflow.upstream.<stage>`). Model runs inherit their stage's input and upstream tags. Following the upstream
+tags from the target model gives the chain data -> teacher -> soft labels -> student -> target model, across
+pipeline runs too: a stage skipped as cached points at the earlier run that wrote the files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdflow.artifacts import file_digest
+
+STAGE_STEPS = {"prepare": "data", "train_teacher": "teacher", "soft_labels": "soft labels", "distill": "student",
+               "finetune": "target model", "evaluate": "evaluation"}
+INPUT_PREFIX, OUTPUT_PREFIX, UPSTREAM_PREFIX, DIGEST_SUFFIX = "kdflow.input.", "kdflow.output.", "kdflow.upstream.", ".md5"
+
+
+def relative(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def input_tags(root: Path, files: list[Path]) -> dict[str, str]:
+    return {f"{INPUT_PREFIX}{relative(root, p)}{DIGEST_SUFFIX}": file_digest(p) for p in files}
+
+
+def output_tags(root: Path, files: list[Path]) -> dict[str, str]:
+    return {f"{OUTPUT_PREFIX}{relative(root, p)}{DIGEST_SUFFIX}": file_digest(p) for p in files}
+
+
+def _files(tags: dict[str, str], prefix: str) -> dict[str, str]:
+    """{path: md5} from a run's input or output tags."""
+    return {key[len(prefix):-len(DIGEST_SUFFIX)]: value for key, value in tags.items()
+            if key.startswith(prefix) and key.endswith(DIGEST_SUFFIX)}
+
+
+def upstream_tags(client, experiment_id: str, inputs: dict[str, str]) -> dict[str, str]:
+    """`kdflow.upstream.<stage>: run id` for the newest stage run that wrote each input with this very digest."""
+    upstream: dict[str, str] = {}
+    for path, digest in sorted(inputs.items()):
+        found = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{OUTPUT_PREFIX}{path}{DIGEST_SUFFIX}` = '{digest}'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+        if found:
+            upstream[UPSTREAM_PREFIX + found[0].data.tags["kdflow.stage"]] = found[0].info.run_id
+    return upstream
+
+
+def _upstream_ids(run) -> list[str]:
+    return [value for key, value in run.data.tags.items() if key.startswith(UPSTREAM_PREFIX)]
+
+
+def chain(client, run_id: str) -> list:
+    """The stage runs upstream of `run_id`, in pipeline order, and the run's own stage run last."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    start = client.get_run(run_id)
+    if "kdflow.stage" not in start.data.tags and MLFLOW_PARENT_RUN_ID in start.data.tags:
+        start = client.get_run(start.data.tags[MLFLOW_PARENT_RUN_ID])  # a model run: its stage's run
+    if "kdflow.stage" not in start.data.tags:
+        raise ValueError(f"run {run_id} is neither a kdflow stage run nor a model run; pass one of those "
+                         "(e.g. the target_finetuned run)")
+    found = {start.info.run_id: start}
+    pending = _upstream_ids(start)
+    while pending:
+        upstream_id = pending.pop()
+        if upstream_id not in found:
+            found[upstream_id] = client.get_run(upstream_id)
+            pending.extend(_upstream_ids(found[upstream_id]))
+    order = list(STAGE_STEPS)
+    return sorted(found.values(), key=lambda run: order.index(run.data.tags["kdflow.stage"]))
+
+
+def format_chain(client, runs: list) -> str:
+    """One block per step: the stage run, its commit, the files it read (and which run wrote them), its models."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    writers = {(path, digest): run for run in runs for path, digest in _files(run.data.tags, OUTPUT_PREFIX).items()}
+    lines = [" -> ".join(STAGE_STEPS[run.data.tags["kdflow.stage"]] for run in runs)]
+    for run in runs:
+        tags = run.data.tags
+        lines.append(f"\n{STAGE_STEPS[tags['kdflow.stage']]}: {tags['kdflow.stage']} run {run.info.run_id} "
+                     f"(git {tags.get('mlflow.source.git.commit', 'unknown')})")
+        for path, digest in sorted(_files(tags, INPUT_PREFIX).items()):
+            writer = writers.get((path, digest))
+            source = f" <- {writer.data.tags['kdflow.stage']} run {writer.info.run_id}" if writer else ""
+            lines.append(f"  in   {path}  md5 {digest}{source}")
+        for path, digest in sorted(_files(tags, OUTPUT_PREFIX).items()):
+            lines.append(f"  out  {path}  md5 {digest}")
+        models = client.search_runs(
+            [run.info.experiment_id],
+            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run.info.run_id}' and tags.`kdflow.model` != ''",
+        )
+        for model in sorted(models, key=lambda m: m.data.tags["kdflow.model"]):
+            lines.append(f"  model {model.data.tags['kdflow.model']} run {model.info.run_id}  "
+                         f"checkpoint md5 {model.data.tags.get('kdflow.checkpoint_md5', '-')}")
+    return "\n".join(lines)

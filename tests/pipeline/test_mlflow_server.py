@@ -1,0 +1,280 @@
+"""A real `mlflow server` (SQL backend, local artifact root) on 127.0.0.1: the tiny pipeline logs there through
+MLFLOW_TRACKING_URI; the tests read it back over REST and in the UI, and check the registry and lineage."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kdflow.checkpoints import load_model, save_model
+from kdflow.config import load_params
+from kdflow.datasets import load_split
+from kdflow.layout import MODELS, ProjectPaths
+from tasks import evaluate
+
+pytestmark = pytest.mark.slow
+
+GIT = ["git", "-c", "user.name=kdflow tests", "-c", "user.email=tests@kdflow.invalid"]
+STAGES = ["prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` on a free local port: SQLite backend, artifacts served from a local folder."""
+    home = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(home / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{home / 'db.sqlite'}", "--artifacts-destination", str(home / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own group: the server forks workers
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).read() == b"OK":
+                break
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError(f"mlflow server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_params, write_params, prefect_server, mlflow_server):
+    """One cold run of the tiny pipeline (the Prefect flow) logging to the server, in a git repository."""
+    from flows.pipeline import pipeline
+
+    root = tmp_path_factory.mktemp("server-project")
+    params_path = write_params(root, tiny_params)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([*GIT, "add", "params.yaml"], cwd=root, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "tiny"], cwd=root, check=True)
+    environment = pytest.MonkeyPatch()
+    environment.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    result = pipeline(params_path=str(params_path), root=str(root))
+    yield root, load_params(params_path), ProjectPaths.at(root), result
+    environment.undo()
+
+
+def rest(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
+    """One MLflow REST call: GET with a query string, or POST with a JSON body."""
+    address = f"{url}/api/2.0/mlflow/{endpoint}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    request = urllib.request.Request(address, data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def client_for(url):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=url)
+    return client, client.get_experiment_by_name("kdflow").experiment_id
+
+
+def runs_named(client, experiment_id, name):
+    return client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{name}'",
+                              order_by=["attributes.start_time DESC"])
+
+
+def test_the_pipeline_logs_to_the_server_and_rest_reads_it_back(project, mlflow_server):
+    root, _, _, result = project
+    assert not (root / "mlflow.db").exists(), "the run went to the local store, not the server"
+    experiment = rest(mlflow_server, "experiments/get-by-name", experiment_name="kdflow")["experiment"]
+    runs = rest(mlflow_server, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 500})["runs"]
+    by_id = {run["info"]["run_id"]: run for run in runs}
+    tags = {run_id: {t["key"]: t["value"] for t in run["data"].get("tags", [])} for run_id, run in by_id.items()}
+    parent_id = result["mlflow_run_id"]
+    assert by_id[parent_id]["info"]["run_name"] == "pipeline"
+    stage_ids = {by_id[i]["info"]["run_name"]: i for i in by_id if tags[i].get("mlflow.parentRunId") == parent_id}
+    assert set(stage_ids) == set(STAGES)
+    model_ids = {tags[i]["kdflow.model"]: i for i in by_id if "kdflow.model" in tags[i]}
+    assert set(model_ids) == set(MODELS)
+    for name, run_id in model_ids.items():
+        assert tags[run_id]["mlflow.parentRunId"] == stage_ids[
+            {"teacher": "train_teacher", "target_finetuned": "finetune", "target_scratch": "finetune"}.get(name, "distill")]
+        metric_names = {m["key"] for m in by_id[run_id]["data"]["metrics"]}
+        assert {"test_accuracy", "test_macro_f1", "test_nll", "test_ece", "parameters", "latency_ms",
+                "train_loss", "val_loss", "val_accuracy"} <= metric_names, name
+    for registered, model in [("kdflow-teacher", "teacher"), ("kdflow-student", "student_distilled"),
+                              ("kdflow-target", "target_finetuned")]:
+        described = rest(mlflow_server, "registered-models/get", name=registered)["registered_model"]
+        assert {"alias": "champion", "version": "1"} in described["aliases"]
+        version = rest(mlflow_server, "registered-models/alias", name=registered, alias="champion")["model_version"]
+        assert version["run_id"] == model_ids[model] and version["source"].startswith("models:/")
+    evaluate_tags = tags[stage_ids["evaluate"]]
+    assert evaluate_tags["registry.kdflow-target.decision"] == "champion: no champion yet"
+
+
+@pytest.mark.browser
+def test_the_ui_compare_page_shows_the_model_runs_and_their_test_accuracy(project, mlflow_server, tmp_path):
+    """Headless Chromium renders the React UI's run-compare page for the pipeline's model runs."""
+    chromium = shutil.which("chromium")
+    if chromium is None and os.environ.get("CI") != "true":  # CI installs it and must run this test
+        pytest.skip("Debian's chromium is not installed: apt-get install -y chromium (.ci/run does)")
+    assert chromium, "Debian's chromium is not installed: apt-get install -y chromium (.ci/run does)"
+    client, experiment_id = client_for(mlflow_server)
+    model_runs = {name: runs_named(client, experiment_id, name)[0].info.run_id for name in MODELS}
+    page = (f"{mlflow_server}/#/compare-runs?runs={json.dumps(list(model_runs.values()))}"
+            f"&experiments={json.dumps([experiment_id])}")
+    rendered = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-default-apps", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=20000", "--dump-dom", page],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert rendered.returncode == 0, rendered.stderr[-2000:]
+    dom = rendered.stdout
+    for name in MODELS:
+        assert f">{name}<" in dom, f"run {name} is not on the compare page"
+    assert "test_accuracy" in dom
+
+
+def test_teacher_student_and_target_are_registered_with_signature_and_example(project, mlflow_server):
+    import mlflow
+    import mlflow.pytorch
+
+    _, _, paths, _ = project
+    client, experiment_id = client_for(mlflow_server)
+    for registered, model_name, test_split in [("kdflow-teacher", "teacher", "source_test"),
+                                               ("kdflow-student", "student_distilled", "source_test"),
+                                               ("kdflow-target", "target_finetuned", "target_test")]:
+        champion = client.get_model_version_by_alias(registered, "champion")
+        assert str(champion.version) == "1"
+        assert champion.run_id == runs_named(client, experiment_id, model_name)[0].info.run_id
+        # MLflow's loaders resolve models:/ through the process-wide URI: MLFLOW_TRACKING_URI, the server, here.
+        info = mlflow.models.get_model_info(f"models:/{registered}/1")
+        loaded = mlflow.pytorch.load_model(f"models:/{registered}@champion")
+        assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 40)
+        assert info.saved_input_example_info is not None
+        model, _ = load_model(paths.checkpoint(model_name))
+        test = load_split(paths.split(test_split), (40,))
+        torch.testing.assert_close(loaded(test.x), model(test.x))
+
+
+def test_every_run_carries_commit_input_digests_and_upstream_run_ids(project, mlflow_server):
+    from kdflow.artifacts import file_digest
+
+    root, _, paths, _ = project
+    client, experiment_id = client_for(mlflow_server)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    stage_runs = {name: runs_named(client, experiment_id, name)[-1]
+                  for name in ("prepare", "train_teacher", "soft_labels", "distill", "finetune")}
+    ids = {name: run.info.run_id for name, run in stage_runs.items()}
+    for run in client.search_runs([experiment_id], max_results=500):
+        assert run.data.tags["mlflow.source.git.commit"].startswith(head), run.info.run_name
+    distill_tags = stage_runs["distill"].data.tags
+    assert distill_tags["kdflow.upstream.soft_labels"] == ids["soft_labels"]
+    assert distill_tags["kdflow.upstream.train_teacher"] == ids["train_teacher"]
+    assert distill_tags["kdflow.upstream.prepare"] == ids["prepare"]
+    assert distill_tags["kdflow.input.artifacts/soft_labels/transfer.parquet.md5"] == \
+        stage_runs["soft_labels"].data.tags["kdflow.output.artifacts/soft_labels/transfer.parquet.md5"]
+    assert stage_runs["soft_labels"].data.tags["kdflow.input.artifacts/teacher/teacher.pt.md5"] == \
+        runs_named(client, experiment_id, "teacher")[-1].data.tags["kdflow.checkpoint_md5"]
+    target_run = runs_named(client, experiment_id, "target_finetuned")[-1]
+    assert target_run.data.tags["kdflow.upstream.distill"] == ids["distill"]
+    assert target_run.data.tags["kdflow.input.data/prepared/target_train.parquet.md5"] == \
+        file_digest(paths.split("target_train"))
+    assert not any(key.startswith("kdflow.upstream.") for key in stage_runs["prepare"].data.tags)
+
+
+def test_lineage_command_prints_the_chain_from_data_to_target_model(project, mlflow_server):
+    from kdflow.cli import app
+
+    root, _, _, _ = project
+    client, experiment_id = client_for(mlflow_server)
+    target_run = runs_named(client, experiment_id, "target_finetuned")[-1]
+    output = CliRunner().invoke(app, ["lineage", target_run.info.run_id, "--root", str(root)])
+    assert output.exit_code == 0, output.output
+    lines = output.output.splitlines()
+    assert lines[0] == "data -> teacher -> soft labels -> student -> target model"
+    for step, stage in [("data", "prepare"), ("teacher", "train_teacher"), ("soft labels", "soft_labels"),
+                        ("student", "distill"), ("target model", "finetune")]:
+        run_id = runs_named(client, experiment_id, stage)[-1].info.run_id
+        assert any(line.startswith(f"{step}: {stage} run {run_id}") for line in lines), (step, lines)
+    distill_id = runs_named(client, experiment_id, "distill")[-1].info.run_id
+    assert any("artifacts/students/student_distilled.pt" in line and line.endswith(f"<- distill run {distill_id}")
+               for line in lines)
+    assert any(line.strip().startswith(f"model target_finetuned run {target_run.info.run_id}") for line in lines)
+
+    unknown = CliRunner().invoke(app, ["lineage", "0" * 32, "--root", str(root)])
+    assert unknown.exit_code == 1 and f"run {'0' * 32} not found" in unknown.output
+
+
+def constant_predictor(paths: ProjectPaths, digit_index: int) -> None:
+    """Overwrite the fine-tuned target model with one that always predicts `digit_index` (zero weights, one bias)."""
+    model, meta = load_model(paths.checkpoint("target_finetuned"))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        model.head.bias[digit_index] = 1.0
+    save_model(paths.checkpoint("target_finetuned"), model, meta["spec"], tuple(meta["input_shape"]),
+               meta["class_names"])
+
+
+def test_champion_moves_only_to_a_version_that_beats_it_on_the_target_test_set(project, mlflow_server):
+    _, params, paths, _ = project
+    client, experiment_id = client_for(mlflow_server)
+    labels = load_split(paths.split("target_test")).y.numpy()
+    shares = np.bincount(labels) / len(labels)  # a constant predictor's accuracy is its class's share
+    rarest, commonest = int(shares.argmin()), int(shares.argmax())
+    assert shares[rarest] < shares[commonest]
+
+    def evaluate_with(digit_index):
+        constant_predictor(paths, digit_index)
+        evaluate.run(params, paths)
+        evaluate_run = runs_named(client, experiment_id, "evaluate")[0]
+        version = evaluate_run.data.tags["registry.kdflow-target.version"]
+        return evaluate_run, version, evaluate_run.data.tags["registry.kdflow-target.decision"], evaluate_run.data.metrics
+
+    def alias(name):
+        return str(client.get_model_version_by_alias("kdflow-target", name).version)
+
+    # An operator retires the trained champion; the next version takes the title unopposed.
+    client.delete_registered_model_alias("kdflow-target", "champion")
+    _, weak, decision, metrics = evaluate_with(rarest)
+    assert decision == "champion: no champion yet" and alias("champion") == weak
+    assert metrics["registry.kdflow-target.candidate_test_accuracy"] == pytest.approx(shares[rarest])
+    assert "registry.kdflow-target.champion_test_accuracy" not in metrics
+
+    _, strong, decision, metrics = evaluate_with(commonest)
+    assert decision == f"champion: beats champion v{weak}" and alias("champion") == strong
+    assert metrics["registry.kdflow-target.candidate_test_accuracy"] == pytest.approx(shares[commonest])
+    assert metrics["registry.kdflow-target.champion_test_accuracy"] == pytest.approx(shares[rarest])
+    assert client.get_model_version("kdflow-target", strong).tags["kdflow.decision"] == decision
+
+    evaluate_run, worse, decision, metrics = evaluate_with(rarest)
+    assert decision == f"challenger: does not beat champion v{strong}"
+    assert alias("champion") == strong and alias("challenger") == worse
+    assert metrics["registry.kdflow-target.candidate_test_accuracy"] == pytest.approx(shares[rarest])
+    assert metrics["registry.kdflow-target.champion_test_accuracy"] == pytest.approx(shares[commonest])
+    # teacher and student were re-registered unchanged on every evaluation: a tie is not a win, v1 stays champion
+    assert str(client.get_model_version_by_alias("kdflow-teacher", "champion").version) == "1"
+    assert evaluate_run.data.tags["registry.kdflow-teacher.decision"] == "challenger: does not beat champion v1"
