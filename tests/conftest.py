@@ -52,7 +52,7 @@ def write_params():
     return write
 
 
-def make_image_frame(rows_per_class: int = 40, classes: int = 10, seed: int = 0) -> "pd.DataFrame":
+def make_image_frame(rows_per_class: int = 40, classes: int = 10, seed: int = 0):
     """8x8 image-like rows (a noisy prototype per class), columns pixel_0..pixel_63 and `digit`, as a user's
     own CSV would hold them; made with numpy so the tests need no dataset download."""
     import numpy as np
