@@ -124,6 +124,8 @@ def project_copy(root: Path, params_text: str) -> Path:
         shutil.copytree(REPO_ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO_ROOT / name, root / name)
+    (root / "data" / "raw").mkdir(parents=True)  # prepare depends on the folder of users' raw files
+    shutil.copy(REPO_ROOT / "data" / "raw" / "README.md", root / "data" / "raw" / "README.md")
     (root / "params.yaml").write_text(params_text)
     return root
 

@@ -16,6 +16,18 @@ os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
+
+@pytest.fixture(autouse=True)
+def _undo_offline_mode():
+    """`kdflow run --offline` sets KDFLOW_OFFLINE for its process; in-process CLI tests must not leak it."""
+    before = os.environ.get("KDFLOW_OFFLINE")
+    yield
+    if before is None:
+        os.environ.pop("KDFLOW_OFFLINE", None)
+    else:
+        os.environ["KDFLOW_OFFLINE"] = before
+
+
 TINY_OVERRIDES = {
     "data": {"source": {"num_samples": 1000}, "transfer": {"size": 500},
              "target_labels_per_class": 5, "target_val_per_class": 5},
