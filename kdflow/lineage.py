@@ -22,8 +22,9 @@ def relative(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def input_tags(root: Path, files: list[Path]) -> dict[str, str]:
-    return {f"{INPUT_PREFIX}{relative(root, p)}{DIGEST_SUFFIX}": file_digest(p) for p in files}
+def input_tags(digests: dict[str, str]) -> dict[str, str]:
+    """Tags naming each input's md5, from {path relative to the project: md5}."""
+    return {f"{INPUT_PREFIX}{path}{DIGEST_SUFFIX}": digest for path, digest in digests.items()}
 
 
 def output_tags(root: Path, files: list[Path]) -> dict[str, str]:

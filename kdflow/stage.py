@@ -44,10 +44,10 @@ def stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: st
     that wrote them as tags (see kdflow.lineage); its model runs carry the same lineage tags."""
     from kdflow import lineage, tracking
 
-    inputs_md5 = lineage.input_tags(paths.root, list(inputs))
+    digests = {lineage.relative(paths.root, p): file_digest(p) for p in inputs}  # hashed once, used twice
+    inputs_md5 = lineage.input_tags(digests)
     with tracking.start_run(paths.root, stage, parent_run_id, {"kdflow.stage": stage, **inputs_md5}) as tracked:
-        upstream = lineage.upstream_tags(tracked.client, tracked.experiment_id,
-                                         {lineage.relative(paths.root, p): file_digest(p) for p in inputs})
+        upstream = lineage.upstream_tags(tracked.client, tracked.experiment_id, digests)
         tracked.set_tags(upstream)
         tracked.inherited_tags = {**inputs_md5, **upstream}
         tracked.log_params({"seed": params.seed, **{s: params.section(s) for s in STAGE_PARAMS[stage]}})
