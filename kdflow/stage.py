@@ -139,6 +139,16 @@ def checkpoint_failure(exc: CheckpointError, paths: ProjectPaths) -> str:
             f"(`dvc repro -f {producer}` or `kdflow run --force {producer}`)")
 
 
+def missing_input(exc: FileNotFoundError, stage: str, paths: ProjectPaths) -> str | None:
+    """For an upstream output that is not there: which stage writes it, and how to run that stage."""
+    producer = paths.producer(exc.filename) if exc.filename else None
+    if producer is None or producer == stage:
+        return None
+    return (f"stage '{stage}' needs {exc.filename}, which does not exist\n"
+            f"fix: the stage '{producer}' writes it: run that stage first (`dvc repro {producer}`), "
+            "or the whole pipeline (`dvc repro` or `kdflow run`)")
+
+
 def stage_main(stage: str, run: StageFn, argv: list[str] | None = None) -> None:
     """`python -m tasks.<stage> [--params params.yaml] [--root .] [-S key=value ...]`."""
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=f"Run the {stage} stage.")
@@ -158,4 +168,9 @@ def stage_main(stage: str, run: StageFn, argv: list[str] | None = None) -> None:
         sys.exit(f"error: {exc}")
     except CheckpointError as exc:
         sys.exit(f"error: {checkpoint_failure(exc, paths)}")
+    except FileNotFoundError as exc:
+        message = missing_input(exc, stage, paths)
+        if message is None:
+            raise
+        sys.exit(f"error: {message}")
     print(json.dumps(metrics, indent=2, sort_keys=True))

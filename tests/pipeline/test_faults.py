@@ -170,6 +170,19 @@ def test_a_stage_refuses_a_bad_checkpoint_naming_the_file_and_the_fix(project_co
     assert stage == "distill" or not written.exists()  # finetune has not run in the trained project
 
 
+def test_a_stage_run_before_its_upstream_names_the_missing_file_and_the_stage_that_writes_it(
+        tmp_path, tiny_params, write_params, monkeypatch) -> None:
+    monkeypatch.setenv("KDFLOW_OFFLINE", "1")
+    write_params(tmp_path, tiny_params)
+    card = ProjectPaths.at(tmp_path).dataset_card
+    with pytest.raises(SystemExit) as caught:
+        stage_main("soft_labels", __import__("tasks.soft_labels", fromlist=["run"]).run, ["--root", str(tmp_path)])
+    assert str(caught.value.code) == (
+        f"error: stage 'soft_labels' needs {card}, which does not exist\n"
+        "fix: the stage 'prepare' writes it: run that stage first (`dvc repro prepare`), "
+        "or the whole pipeline (`dvc repro` or `kdflow run`)")
+
+
 # --- 11. MLflow server reachability ---------------------------------------------------------------------
 
 
