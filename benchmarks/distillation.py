@@ -6,9 +6,9 @@ same initial weights per seed, kdflow.training.fit with kdflow.losses.kd_loss (a
 on source_train plus the first N transfer samples. Baselines per seed: the student from scratch on the source
 labels, and on the teacher's hard (argmax) labels over the same samples. Accuracy is on source_test.
 
-`gap closed` = (distilled − scratch) / (teacher − scratch), per seed. The full run trains each student for
-`--epochs` (20, not the stage's 60: 48 distilled students on a shared 2-core machine; cosine schedule and
-early stopping as the stage has them).
+`gap closed` = (distilled − scratch) / (teacher − scratch), per seed. Every student trains with the stage's own
+settings (params.yaml's distill.train: epochs, cosine schedule, early stopping); `--epochs` shortens that for a
+look at the trend.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def run(args) -> dict:
     sizes = (0, 500, 2000) if args.quick else SIZES
     temperatures = (1.0, 4.0) if args.quick else TEMPERATURES
     seeds = range(2 if args.quick else args.seeds)
-    train = params.distill.train.model_copy(update={"epochs": 2 if args.quick else args.epochs, "device": "cpu"})
+    epochs = 2 if args.quick else args.epochs or params.distill.train.epochs
+    train = params.distill.train.model_copy(update={"epochs": epochs, "device": "cpu"})
     paths = workspace(params, ["prepare", "train_teacher", "soft_labels"], args.work_dir)
 
     shape = tuple(read_json(paths.dataset_card)["input_shape"])
@@ -109,7 +110,7 @@ def run(args) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     cli = parser("distillation", __doc__.splitlines()[0])
     cli.add_argument("--seeds", type=int, default=3)
-    cli.add_argument("--epochs", type=int, default=20)
+    cli.add_argument("--epochs", type=int, default=None, help="student epochs (default: the stage's)")
     args = cli.parse_args(argv)
     with torch_threads(args.threads):
         return run(args)
