@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import time
 import urllib.error
@@ -18,6 +19,7 @@ from typing import Any, Iterator
 
 DEFAULT_EXPERIMENT = "kdflow"
 PARENT_RUN_ENV = "KDFLOW_PARENT_RUN_ID"
+HOST_TAG, PID_TAG = "kdflow.host", "kdflow.pid"  # which process owns a run, to close it if that process dies
 OFFLINE_ENV = "KDFLOW_OFFLINE"  # set by `kdflow run --offline`; honoured by `python -m tasks.<stage>` (dvc repro)
 
 
@@ -151,7 +153,8 @@ def _client(root: Path):
 def _run(client, experiment_id: str, root: Path, name: str, parent_id: str | None, tags: dict | None):
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    all_tags = {"mlflow.source.git.commit": git_commit(root), **(tags or {})}
+    all_tags = {"mlflow.source.git.commit": git_commit(root), HOST_TAG: socket.gethostname(), PID_TAG: os.getpid(),
+                **(tags or {})}
     if parent_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
     created = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
@@ -169,8 +172,35 @@ def start_run(root: Path, name: str, parent_run_id: str | None = None, tags: dic
     """A run in the project's experiment; nested under `parent_run_id` or, failing that, `$KDFLOW_PARENT_RUN_ID`."""
     client, experiment_id = _client(root)
     parent = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
+    if parent is None:
+        close_orphaned_runs(client, experiment_id)
     with _run(client, experiment_id, root, name, parent, tags) as run:
         yield run
+
+
+def close_orphaned_runs(client, experiment_id: str) -> list[str]:
+    """Mark KILLED the runs this machine's processes left RUNNING when they died (SIGKILL skips all cleanup)."""
+    host = socket.gethostname()
+    running = client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+        max_results=1000)
+    orphaned = [run.info.run_id for run in running if not _process_alive(int(run.data.tags.get(PID_TAG, "0")))]
+    for run_id in orphaned:
+        client.set_tag(run_id, "kdflow.closed_because", "its process ended without closing the run")
+        client.set_terminated(run_id, "KILLED")
+    return orphaned
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # no pid recorded: not ours to judge
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def find_model_run(run: TrackedRun, checkpoint_md5: str) -> str | None:

@@ -106,6 +106,12 @@ def test_teacher_killed_mid_training_resumes_to_the_uninterrupted_numbers(projec
                              filter_string="tags.`kdflow.model` = 'teacher' and attributes.status = 'FINISHED'")[0]
     assert run.data.tags["kdflow.resumed_from_epoch"] == str(saved_epoch)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == list(range(1, EPOCHS + 1))
+    # The killed process's stage and model runs were left RUNNING; the next run on this machine closed them.
+    experiment = client.get_experiment_by_name("kdflow").experiment_id
+    assert client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'") == []
+    closed = client.search_runs([experiment], filter_string="attributes.status = 'KILLED'")
+    assert sorted(r.info.run_name for r in closed) == ["teacher", "train_teacher"]
+    assert {r.data.tags["kdflow.pid"] for r in closed} == {str(victim.pid)}
 
 
 # --- 9. nothing half-written ----------------------------------------------------------------------------------
