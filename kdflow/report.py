@@ -51,11 +51,13 @@ def text_table(summary: dict) -> str:
 
 def comparison_lines(summary: dict) -> list[str]:
     c = summary["comparisons"]
+    gap = (f"closes {c['teacher_scratch_gap_closed']:.0%} of the teacher-scratch gap"
+           if c["teacher_vs_scratch_points"] > 0 else
+           f"no teacher-scratch gap to close (teacher {c['teacher_vs_scratch_points']:+.1f} points vs scratch)")
     return [
         f"distillation: student {c['distilled_vs_scratch_points']:+.1f} points vs scratch, "
         f"{c['distilled_vs_hard_labels_points']:+.1f} vs hard labels; "
-        f"closes {c['teacher_scratch_gap_closed']:.0%} of the teacher-scratch gap "
-        f"with {c['student_teacher_param_ratio']:.0%} of the teacher's parameters",
+        f"{gap} with {c['student_teacher_param_ratio']:.0%} of the teacher's parameters",
         f"transfer: fine-tuned {c['finetuned_vs_scratch_points']:+.1f} points vs target model from scratch",
     ]
 

@@ -30,7 +30,9 @@ def comparisons(models: dict) -> dict:
     return {
         "distilled_vs_scratch_points": accuracy["student_distilled"] - accuracy["student_scratch"],
         "distilled_vs_hard_labels_points": accuracy["student_distilled"] - accuracy["student_hard_labels"],
-        "teacher_scratch_gap_closed": (accuracy["student_distilled"] - accuracy["student_scratch"]) / gap if gap else 0.0,
+        "teacher_vs_scratch_points": gap,
+        # A share of nothing when the teacher is no better than the student from scratch (a tiny config).
+        "teacher_scratch_gap_closed": (accuracy["student_distilled"] - accuracy["student_scratch"]) / gap if gap > 0 else 0.0,
         "student_teacher_param_ratio": models["student_distilled"]["parameters"] / models["teacher"]["parameters"],
         "finetuned_vs_scratch_points": accuracy["target_finetuned"] - accuracy["target_scratch"],
     }
