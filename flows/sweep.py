@@ -187,19 +187,14 @@ def dask_runner(workers: int | None = None, address: str | None = None) -> DaskT
 def run_sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
               overrides: list[str] | None = None, root: str = ".", workers: int | None = None,
               dask_address: str | None = None) -> dict:
-    """The sweep flow on the chosen cluster."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """The sweep flow on the chosen cluster.
+
+    Its Dask workers must talk to the flow's Prefect server: without PREFECT_API_URL each would start a temporary
+    one of its own, so a temporary server is started here and its address shipped with every task's settings.
+    (A remote cluster cannot reach it: set PREFECT_API_URL to a real server for --dask-address.)
+    """
+    from flows.server import PrefectApi
 
     run = sweep.with_options(task_runner=dask_runner(workers, dask_address))
-    arguments = dict(params_path=params_path, grid=grid, overrides=overrides, root=root)
-    if PREFECT_API_URL.value():
-        return run(**arguments)
-    # Without a server, Prefect starts a temporary one in the flow's process, and would start another in every
-    # Dask worker. Start it first and hand its address to the workers in the settings Prefect ships with each task.
-    # (A remote cluster cannot reach it: set PREFECT_API_URL to a real server for --dask-address.)
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
-    with temporary_settings({PREFECT_API_URL: server.api_url}):
-        return run(**arguments)
+    with PrefectApi.start().settings():
+        return run(params_path=params_path, grid=grid, overrides=overrides, root=root)

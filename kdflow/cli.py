@@ -49,10 +49,19 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     except (ConfigError, TrackingUnreachable) as exc:
         raise click.ClickException(str(exc)) from None
     _prefect_defaults()
+    from flows.server import PrefectApi
+
+    # Prefect's temporary server starts in the background while the stages import and MLflow's store opens
+    # (a fresh project's store creates its tables: seconds).
+    api = PrefectApi.start()
     from flows.pipeline import StageFailed, pipeline
+    from kdflow.tracking import _client
+
+    _client(Path(root).resolve())
 
     try:
-        result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force))
+        with api.settings():
+            result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force))
     except StageFailed as exc:  # names the stage; a bad checkpoint also says how to rebuild it
         cause = exc.__cause__
         message = checkpoint_failure(cause, ProjectPaths.at(root)) if isinstance(cause, CheckpointError) else str(exc)
@@ -135,10 +144,14 @@ def sweep(params_path: str, root: str, overrides: tuple[str, ...], grid_options:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     _prefect_defaults()
+    from flows.server import PrefectApi
+
+    api = PrefectApi.start()
     from flows.sweep import best_lines, results_table, run_sweep
 
-    summary = run_sweep(params_path=params_path, grid=grid, overrides=list(overrides), root=root, workers=workers,
-                        dask_address=dask_address)
+    with api.settings():
+        summary = run_sweep(params_path=params_path, grid=grid, overrides=list(overrides), root=root,
+                            workers=workers, dask_address=dask_address)
     click.echo("\n" + results_table(summary["trials"], list(summary["grid"])) + "\n")
     click.echo(best_lines(summary))
     click.echo(f"trials: {Path(summary['best']['trial_dir']).parent}; MLflow: sweep run {summary['mlflow_run_id']}")
