@@ -7,7 +7,9 @@ however large the transfer set grows.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -22,10 +24,23 @@ from kdflow.layout import ProjectPaths
 from kdflow.stage import record_outputs, stage_main, stage_run
 
 SETS_TO_LABEL = ("transfer", "source_train")
+T = TypeVar("T")
 
 
 def logits_path(paths: ProjectPaths, split: str) -> Path:
     return paths.soft_labels_dir / f"{split}.parquet"
+
+
+def read_ahead(chunks: Iterator[T]) -> Iterator[T]:
+    """The items of `chunks`, each next one produced in a background thread while the caller works on this one.
+
+    Decoding Parquet and the teacher's forward pass both release the GIL, so reading overlaps inference.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        pending = pool.submit(next, chunks, None)
+        while (chunk := pending.result()) is not None:
+            pending = pool.submit(next, chunks, None)
+            yield chunk
 
 
 @torch.inference_mode()
@@ -35,12 +50,17 @@ def write_logits(teacher: torch.nn.Module, source: Path, target: Path, input_sha
     schema = pa.schema([("sample_id", pa.string())] + [(f"logit_{k}", pa.float32()) for k in range(num_classes)])
     reader = pq.ParquetFile(source)
     features = feature_columns(reader.schema_arrow.names)
-    rows = 0
-    with atomic_path(target) as temporary, pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
+
+    def decoded() -> Iterator[tuple[pa.Array, np.ndarray]]:
         for batch in reader.iter_batches(batch_size=chunk_size, columns=["sample_id", *features]):
             x = np.stack([batch.column(name).to_numpy() for name in features], axis=1).astype(np.float32)
+            yield batch.column("sample_id").cast(pa.string()), x
+
+    rows = 0
+    with atomic_path(target) as temporary, pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
+        for sample_ids, x in read_ahead(decoded()):
             logits = teacher(torch.from_numpy(x).reshape(len(x), *input_shape)).numpy()
-            columns = [batch.column("sample_id").cast(pa.string())] + [pa.array(logits[:, k]) for k in range(num_classes)]
+            columns = [sample_ids] + [pa.array(logits[:, k]) for k in range(num_classes)]
             writer.write_table(pa.Table.from_arrays(columns, schema=schema))
             rows += len(x)
         if rows == 0:
