@@ -3,7 +3,8 @@
 Without `PREFECT_API_URL`, Prefect starts a temporary server (a subprocess that imports Prefect's server and
 migrates its database) at a flow's first call, and the run waits for it. `PrefectApi.start()` starts it at once
 in a background thread, so its start-up overlaps what the caller does meanwhile (importing torch, MLflow and
-the stages); `settings()` waits for it and points Prefect, and any Dask worker it ships settings to, at it.
+the stages); `settings()` waits for it, points Prefect, and any Dask worker it ships settings to, at it, and
+stops it on the way out.
 This module imports nothing heavy itself: it is imported before the stages are.
 """
 
@@ -17,7 +18,7 @@ from typing import Iterator
 class PrefectApi:
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
-        self._url: str | None = None
+        self._server = None  # prefect's SubprocessASGIServer, once started
         self._error: BaseException | None = None
 
     @classmethod
@@ -35,22 +36,32 @@ class PrefectApi:
         try:
             from prefect.server.api.server import SubprocessASGIServer
 
-            server = SubprocessASGIServer()  # Prefect's own: stopped when this process exits
-            server.start()
-            self._url = server.api_url
+            self._server = SubprocessASGIServer()
+            self._server.start()
         except BaseException as exc:  # re-raised in the caller's thread by settings()
             self._error = exc
 
     @contextlib.contextmanager
     def settings(self) -> Iterator[None]:
-        """Inside: Prefect talks to this API (waits for a temporary server to answer its health check)."""
+        """Inside: Prefect talks to this API (waits for a temporary server to answer its health check; stops it
+        after)."""
         if self._thread is None:
             yield
             return
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         self._thread.join()
-        if self._error is not None:
-            raise self._error
-        with temporary_settings({PREFECT_API_URL: self._url}):
-            yield
+        try:
+            if self._error is not None:
+                raise self._error
+            with temporary_settings({PREFECT_API_URL: self._server.api_url}):
+                yield
+        finally:
+            if self._server is not None:
+                from prefect.events.worker import EventsWorker
+                from prefect.logging.handlers import APILogWorker
+
+                # Send the run's queued logs and events while the server still takes them.
+                APILogWorker.drain_all(timeout=5)
+                EventsWorker.drain_all(timeout=5)
+                self._server.stop()

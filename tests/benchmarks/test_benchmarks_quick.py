@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from benchmarks import distillation, paper_table, pipeline_overhead, throughput, transfer
+from benchmarks import distillation, paper_table, pipeline_overhead, sweep_workers, throughput, transfer
 from benchmarks.harness import mean_ci
 
 
@@ -103,3 +103,14 @@ def test_pipeline_overhead(dirs):
     assert 0 < payload["measured"]["overhead_share"] < 1
     assert set(payload["cold"]["compute_seconds"]) == set(stages)
     assert payload["small_transfer"]["stage_seconds"].keys() == {"soft_labels", "distill"}
+
+
+@pytest.mark.slow
+def test_sweep_workers(dirs):
+    payload = sweep_workers.main(dirs)
+    written(dirs, "sweep_workers")
+    timings = payload["timings"]
+    assert [t["workers"] for t in timings] == [1, 2] and all(t["trials"] == 4 for t in timings)
+    assert timings[0]["dask_workers_used"] == 1
+    assert timings[1]["speed_up"] == pytest.approx(timings[0]["wall_seconds"] / timings[1]["wall_seconds"])
+    assert payload["target"]["met"] == (timings[1]["wall_seconds"] < timings[0]["wall_seconds"])
