@@ -7,7 +7,8 @@ import sys
 
 from benchmarks.harness import RESULTS_DIR
 
-ORDER = ("paper_table", "distillation", "transfer", "throughput_cpu", "throughput_cuda", "pipeline_overhead")
+ORDER = ("paper_table", "distillation", "transfer", "throughput_cpu", "throughput_cuda", "pipeline_overhead",
+         "sweep_workers")
 
 
 def section() -> str:

@@ -1,67 +1,105 @@
 """The Prefect API a run talks to: `PREFECT_API_URL` when set, else a temporary local server, started early.
 
-Without `PREFECT_API_URL`, Prefect starts a temporary server (a subprocess that imports Prefect's server and
-migrates its database) at a flow's first call, and the run waits for it. `PrefectApi.start()` starts it at once
-in a background thread, so its start-up overlaps what the caller does meanwhile (importing torch, MLflow and
-the stages); `settings()` waits for it, points Prefect, and any Dask worker it ships settings to, at it, and
-stops it on the way out.
-This module imports nothing heavy itself: it is imported before the stages are.
+Without `PREFECT_API_URL`, Prefect would start a temporary server at the flow's first call, and the run would wait
+for it (about 12 s here: Prefect imports its server code in this process, then a subprocess imports it again).
+`PrefectApi.start()` instead starts `prefect server start` (API only, on 127.0.0.1, no scheduler: nothing is
+scheduled on it) at once, as a process of its own, and the caller goes on (importing torch, MLflow and the
+stages) while it comes up; `settings()` waits for its health check, points Prefect (and any Dask worker it ships
+settings to) at it, and stops it on the way out. On Linux it also stops if this process dies.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
 from typing import Iterator
+
+STOP_TIMEOUT_S = 10
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _stop_with_parent() -> None:
+    """In the server's process before exec (Linux): SIGTERM when the process that started it dies, even killed."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 class PrefectApi:
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._server = None  # prefect's SubprocessASGIServer, once started
-        self._error: BaseException | None = None
+    def __init__(self, server: subprocess.Popen | None = None, port: int | None = None, log=None) -> None:
+        self._server, self._port, self._log = server, port, log
 
     @classmethod
     def start(cls) -> "PrefectApi":
         """The configured server, or a temporary one starting now in the background."""
         from prefect.settings import PREFECT_API_URL
 
-        api = cls()
-        if not PREFECT_API_URL.value():
-            api._thread = threading.Thread(target=api._start_temporary, name="prefect-temporary-server", daemon=True)
-            api._thread.start()
-        return api
+        if PREFECT_API_URL.value():
+            return cls()
+        port = _free_port()
+        log = tempfile.TemporaryFile(mode="w+")  # its errors, for the message if it fails to start
+        command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+                   "--no-ui", "--no-scheduler", "--no-late-runs", "--analytics-off", "--log-level", "ERROR"]
+        server = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                  preexec_fn=_stop_with_parent if sys.platform == "linux" else None)
+        return cls(server, port, log)
 
-    def _start_temporary(self) -> None:
-        try:
-            from prefect.server.api.server import SubprocessASGIServer
+    def _wait_healthy(self) -> str:
+        from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
-            self._server = SubprocessASGIServer()
-            self._server.start()
-        except BaseException as exc:  # re-raised in the caller's thread by settings()
-            self._error = exc
+        url = f"http://127.0.0.1:{self._port}/api"
+        deadline = time.monotonic() + PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+        while time.monotonic() < deadline and self._server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    return url
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.1)
+        self._log.seek(0)
+        errors = self._log.read()[-2000:]
+        state = (f"exited with code {self._server.returncode}" if self._server.poll() is not None else
+                 f"did not answer within {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value():.0f} s "
+                 "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
+        raise RuntimeError(f"Prefect's temporary server on 127.0.0.1:{self._port} {state}; set PREFECT_API_URL to "
+                           f"a running server instead.\n{errors}")
 
     @contextlib.contextmanager
     def settings(self) -> Iterator[None]:
-        """Inside: Prefect talks to this API (waits for a temporary server to answer its health check; stops it
-        after)."""
-        if self._thread is None:
+        """Inside: Prefect talks to this API (waits for a temporary server to answer; stops it after)."""
+        if self._server is None:
             yield
             return
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        self._thread.join()
         try:
-            if self._error is not None:
-                raise self._error
-            with temporary_settings({PREFECT_API_URL: self._server.api_url}):
-                yield
-        finally:
-            if self._server is not None:
-                from prefect.events.worker import EventsWorker
-                from prefect.logging.handlers import APILogWorker
+            with temporary_settings({PREFECT_API_URL: self._wait_healthy()}):
+                try:
+                    yield
+                finally:
+                    from prefect.events.worker import EventsWorker
+                    from prefect.logging.handlers import APILogWorker
 
-                # Send the run's queued logs and events while the server still takes them.
-                APILogWorker.drain_all(timeout=5)
-                EventsWorker.drain_all(timeout=5)
-                self._server.stop()
+                    # Send the run's queued logs and events while the server still takes them.
+                    APILogWorker.drain_all(timeout=5)
+                    EventsWorker.drain_all(timeout=5)
+        finally:
+            self._server.terminate()
+            try:
+                self._server.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._server.kill()
+                self._server.wait()
+            self._log.close()
+

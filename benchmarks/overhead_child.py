@@ -1,0 +1,90 @@
+"""The measured process of benchmarks.pipeline_overhead: it imports nothing at the top, so that, like `kdflow run`,
+it starts Prefect's server before torch and the stages load."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+
+def instrument() -> dict:
+    """Wrap the stage functions and the compute inside them with timers; returns the timings being filled."""
+    import flows.pipeline
+    import kdflow.stage
+    import tasks.evaluate
+    import tasks.prepare
+    import tasks.soft_labels
+
+    timings = {"stage_seconds": {}, "compute_seconds": defaultdict(float)}
+    current = {"stage": None}
+
+    def timed_compute(module, name):
+        original = getattr(module, name)
+
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                timings["compute_seconds"][current["stage"]] += time.perf_counter() - started
+        setattr(module, name, wrapper)
+
+    def timed_stage(stage, original):
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
+            current["stage"] = stage
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                timings["stage_seconds"][stage] = time.perf_counter() - started
+        return wrapper
+
+    for module, name in [(tasks.prepare, "build_splits"), (kdflow.stage, "fit"), (tasks.soft_labels, "write_logits"),
+                         (tasks.evaluate, "predict_logits"), (tasks.evaluate, "latency_ms_per_sample")]:
+        timed_compute(module, name)
+    for stage, run in list(flows.pipeline.STAGES.items()):
+        flows.pipeline.STAGES[stage] = timed_stage(stage, run)
+    return timings
+
+
+def child(root: str, stages: str) -> None:
+    """In a fresh process: the whole flow (`stages` "flow"), Prefect's server alone ("prefect") or the named stages
+    directly; JSON timings on stdout.
+
+    The flow is started as `kdflow run` starts it: Prefect's temporary server first, then the stages' imports.
+    """
+    from kdflow.cli import _prefect_defaults
+    from flows.server import PrefectApi
+
+    _prefect_defaults()
+    if stages == "prefect":  # the server's start alone, nothing of the project's
+        with PrefectApi.start().settings():
+            print("KDFLOW-BENCH {}")
+        return
+    api = PrefectApi.start() if stages == "flow" else None
+    import torch
+
+    if os.environ.get("KDFLOW_BENCH_THREADS"):  # else torch's default, as `kdflow run` has it
+        torch.set_num_threads(int(os.environ["KDFLOW_BENCH_THREADS"]))
+    timings = instrument()
+    from flows.pipeline import STAGES, pipeline
+    from kdflow import tracking
+    from kdflow.config import load_params
+    from kdflow.layout import ProjectPaths
+
+    tracking._client(Path(root).resolve())  # as `kdflow run` does; for the stages, not in the first timed one
+    if stages == "flow":
+        with api.settings():
+            result = pipeline(params_path=str(Path(root) / "params.yaml"), root=root)
+        timings.update(ran=result["ran"], cached=result["cached"])
+    else:
+        params = load_params(Path(root) / "params.yaml")
+        for stage in stages.split(","):
+            STAGES[stage](params, ProjectPaths.at(root), None)
+    print("KDFLOW-BENCH " + json.dumps(timings))
