@@ -57,12 +57,19 @@ def write_logits(teacher: torch.nn.Module, source: Path, target: Path, input_sha
             yield batch.column("sample_id").cast(pa.string()), x
 
     rows = 0
-    with atomic_path(target) as temporary, pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
+    # Chunks are written in a background thread too (compressing releases the GIL), one at a time, in order.
+    with (atomic_path(target) as temporary, pq.ParquetWriter(temporary, schema, compression="zstd") as writer,
+          ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind") as write_behind):
+        written = None
         for sample_ids, x in read_ahead(decoded()):
             logits = teacher(torch.from_numpy(x).reshape(len(x), *input_shape)).numpy()
             columns = [sample_ids] + [pa.array(logits[:, k]) for k in range(num_classes)]
-            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+            if written is not None:
+                written.result()  # one chunk in flight: memory stays flat, a write error surfaces here
+            written = write_behind.submit(writer.write_table, pa.Table.from_arrays(columns, schema=schema))
             rows += len(x)
+        if written is not None:
+            written.result()
         if rows == 0:
             writer.write_table(schema.empty_table())
     return rows
