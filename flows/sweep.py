@@ -42,7 +42,8 @@ class TrialFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class TrialPaths(ProjectPaths):
-    """Reads the project's data, teacher and soft labels; writes this trial's students, metrics and curves.
+    """Reads the project's data, teacher and soft labels; writes this trial's students, metrics, curves and resume
+    state.
 
     MLflow's store is found from `root`, so every trial logs into the project's store.
     """
@@ -59,6 +60,10 @@ class TrialPaths(ProjectPaths):
 
     def curve(self, model: str) -> Path:
         return self.trial_dir / "plots" / "curves" / f"{model}.csv"
+
+    def resume_state(self, model: str) -> Path:
+        # Trials train in parallel, and their students share names: each keeps its own resume state.
+        return self.trial_dir / ".kdflow" / "resume" / f"{model}.pt"
 
 
 def parse_grid_option(option: str) -> tuple[str, list]:

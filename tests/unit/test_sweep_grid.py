@@ -54,3 +54,18 @@ def test_cli_rejects_a_misspelt_grid_key_before_starting_anything(tmp_path, tiny
     assert result.exit_code == 1
     assert "unknown key 'distill.temprature'" in result.output
     assert not (tmp_path / "sweeps").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_each_trial_writes_its_students_and_resume_state_in_its_own_directory(tmp_path) -> None:
+    """Trials run in parallel and train students of the same names: nothing they write may be shared."""
+    from flows.sweep import TrialPaths
+    from kdflow.layout import ProjectPaths
+
+    project = ProjectPaths.at(tmp_path)
+    trials = [TrialPaths(project.root, project.root / "sweeps" / "run" / f"trial-{i:02d}") for i in range(2)]
+    for model in ("student_distilled", "student_scratch"):
+        written = [(t.checkpoint(model), t.curve(model), t.resume_state(model)) for t in trials]
+        for trial, paths in zip(trials, written):
+            assert all(path.is_relative_to(trial.trial_dir) for path in paths)
+        assert not set(written[0]) & set(written[1])
+    assert trials[0].dataset_card == project.dataset_card  # the project's data, read by every trial
