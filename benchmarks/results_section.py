@@ -14,8 +14,8 @@ ORDER = ("paper_table", "distillation", "transfer", "throughput_cpu", "throughpu
 def section() -> str:
     parts = ["## Results", "",
              "The benchmarks under `benchmarks/` (`python -m benchmarks.<name>`, `--quick` for a smoke run) run the "
-             "project's own stages and training loop; mean ± 95 % confidence interval over the seeds listed. "
-             "Each table names the commit and machine its JSON in `benchmarks/results/` records."]
+             "project's\nown stages and training loop; mean ± 95 % confidence interval over the seeds listed. Each "
+             "table names the commit\nand machine its JSON in `benchmarks/results/` records."]
     for name in ORDER:
         path = RESULTS_DIR / f"{name}.json"
         if not path.exists():
