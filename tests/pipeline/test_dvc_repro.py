@@ -139,14 +139,20 @@ def test_changing_temperature_reruns_distill_and_downstream_only(dvc_repo):
     assert "student_distilled" in metrics
 
 
-def test_prefect_flow_writes_the_same_files_and_numbers_as_dvc(dvc_repo, tmp_path, tiny_params, write_params,
-                                                                prefect_server):
-    """One logic, two runners: same params, same Parquet bytes and the same test metrics (latency aside)."""
-    from flows.pipeline import pipeline
-
+def test_kdflow_run_writes_the_same_files_and_numbers_as_dvc(dvc_repo, tmp_path, write_params):
+    """One logic, two runners, each in a process of its own as users start them: same Parquet bytes, same test
+    metrics (latency aside). Run inside the test process instead, after some sixty other tests, the flow once
+    trained a teacher that differed from dvc's in the last bits (cause not found; see the team note)."""
     repo, _ = dvc_repo
     params = yaml.safe_load((repo / "params.yaml").read_text())  # as the previous test left it
-    pipeline(params_path=str(write_params(tmp_path, params)), root=str(tmp_path))
+    params_path = write_params(tmp_path, params)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / ".prefect-home")}  # its own temporary Prefect server
+    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-m", "kdflow", "run", "--params", str(params_path), "--root", str(tmp_path)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "stages run: prepare, train_teacher, soft_labels, distill, finetune, evaluate" in done.stdout
     for split in SPLITS:
         relative = Path("data", "prepared", f"{split}.parquet")
         assert (tmp_path / relative).read_bytes() == (repo / relative).read_bytes(), split
