@@ -17,18 +17,28 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+# The options several commands share; each command says what its root and its overrides are for.
+params_option = click.option("--params", "params_path", default="params.yaml", show_default=True,
+                             type=click.Path(dir_okay=False), help="The params file.")
+
+
+def root_option(help: str):
+    return click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False), help=help)
+
+
+def overrides_option(help: str):
+    return click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help=help)
+
+
 @click.group()
 def app() -> None:
     """Distil a big model into a small, fast one for a new task: Prefect runs it, MLflow tracks it, DVC versions it."""
 
 
 @app.command()
-@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
-              help="The params file.")
-@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False),
-              help="Project root: data/, artifacts/, metrics/, reports/ and mlflow.db live here.")
-@click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a params key for this run, as `dvc exp run -S` does. Repeatable.")
+@params_option
+@root_option("Project root: data/, artifacts/, metrics/, reports/ and mlflow.db live here.")
+@overrides_option("Override a params key for this run, as `dvc exp run -S` does. Repeatable.")
 @click.option("--force", "force", multiple=True, is_flag=False, flag_value="all", metavar="[STAGE]",
               help="Rerun STAGE even if cached; without a value, every stage. Repeatable.")
 @click.option("--offline", is_flag=True,
@@ -78,10 +88,9 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
 
 @app.command("lr-find")
 @click.argument("stage", type=click.Choice(["train_teacher", "distill", "finetune"]))
-@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False),
-              help="Project root; the stage's inputs must exist (run the stages before it first).")
-@click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a params key.")
+@params_option
+@root_option("Project root; the stage's inputs must exist (run the stages before it first).")
+@overrides_option("Override a params key.")
 @click.option("--min-lr", default=1e-6, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--max-lr", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--steps", default=100, show_default=True, type=click.IntRange(min=2), help="Mini-batches swept.")
@@ -119,12 +128,9 @@ def lr_find(stage: str, params_path: str, root: str, overrides: tuple[str, ...],
 
 
 @app.command()
-@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
-              help="The params file.")
-@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False),
-              help="Project root; trials are written under sweeps/ there.")
-@click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a params key for every trial. Repeatable.")
+@params_option
+@root_option("Project root; trials are written under sweeps/ there.")
+@overrides_option("Override a params key for every trial. Repeatable.")
 @click.option("--grid", "grid_options", multiple=True, metavar="KEY=V1,V2,...",
               help="A distill.* key and its values (a YAML list for list values). Repeatable; "
                    "default: distill.temperature=1,2,4,8 x distill.alpha=0.5,1.0.")
@@ -160,8 +166,8 @@ def sweep(params_path: str, root: str, overrides: tuple[str, ...], grid_options:
 @app.command()
 @click.option("--cron", required=True, help='Cron schedule, e.g. "0 3 * * *".')
 @click.option("--name", default="kdflow-scheduled", show_default=True, help="Deployment name.")
-@click.option("--params", "params_path", default="params.yaml", show_default=True)
-@click.option("--root", default=".", show_default=True)
+@params_option
+@root_option("Project root, where every scheduled run works.")
 def serve(cron: str, name: str, params_path: str, root: str) -> None:
     """Serve the pipeline flow on a cron schedule; unchanged stages come from the cache."""
     try:
@@ -178,8 +184,7 @@ def serve(cron: str, name: str, params_path: str, root: str) -> None:
 
 @app.command()
 @click.argument("run_id")
-@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False),
-              help="Project root holding mlflow.db (ignored when MLFLOW_TRACKING_URI is set).")
+@root_option("Project root holding mlflow.db (ignored when MLFLOW_TRACKING_URI is set).")
 def lineage(run_id: str, root: str) -> None:
     """Print the chain of runs behind RUN_ID: data -> teacher -> soft labels -> student -> target model."""
     from mlflow.exceptions import MlflowException
