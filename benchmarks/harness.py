@@ -8,7 +8,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 from pathlib import Path
 from typing import Sequence
 
@@ -32,19 +31,9 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
                      help="torch intra-op threads (default 1: these models are too small to gain from more, and "
                           "on a shared machine extra threads spin-wait)")
     # The commit the run starts from: the code may change while a long run goes on.
-    cli.set_defaults(commit=code_commit())
+    # Earlier results under benchmarks/results/ do not make it dirty.
+    cli.set_defaults(commit=git_commit(REPO_ROOT, ignore=(RESULTS_DIR.relative_to(REPO_ROOT).as_posix(),)))
     return cli
-
-
-def code_commit() -> str:
-    """HEAD, with `-dirty` when a tracked file differs from it; earlier results under benchmarks/results/ do not count."""
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                            f":(exclude){RESULTS_DIR.relative_to(REPO_ROOT).as_posix()}"],
-                           cwd=REPO_ROOT, capture_output=True, text=True)
-    head = git_commit(REPO_ROOT).removesuffix("-dirty")
-    if head == "unknown" or (dirty.returncode == 0 and not dirty.stdout.strip()):
-        return head
-    return f"{head}-dirty"
 
 
 @contextlib.contextmanager

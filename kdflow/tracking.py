@@ -74,13 +74,16 @@ def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
 
 
-def git_commit(root: Path) -> str:
+def git_commit(root: Path, ignore: tuple[str, ...] = ()) -> str:
+    """HEAD, with `-dirty` when a tracked file differs from it; changes under `ignore` (paths from the repository
+    root) do not count."""
+    excluded = [f":(top,exclude){path}" for path in ignore]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", *excluded],
+                               cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
