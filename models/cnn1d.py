@@ -4,14 +4,32 @@ from torch import nn
 
 
 class GlobalPool(nn.Module):
-    """Max or mean over the length axis: with circular padding it makes the features shift-invariant."""
+    """Max or mean over the spatial axes `dims`: with circular padding it makes the features shift-invariant."""
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, dims: tuple[int, ...] = (-1,)):
         super().__init__()
-        self.mode = mode
+        self.mode, self.dims = mode, dims
 
     def forward(self, x):
-        return x.amax(dim=-1) if self.mode == "max" else x.mean(dim=-1)
+        return x.amax(dim=self.dims) if self.mode == "max" else x.mean(dim=self.dims)
+
+
+def dense_block(pool: str, channels: int, spatial_size: int, spatial_dims: tuple[int, ...], hidden: int,
+                dropout: float) -> tuple[nn.Sequential, int]:
+    """The backbone's last block, after the convolutions: flatten (channels x spatial_size features) or a global
+    pool (channels), an optional dense ReLU layer, dropout; and the width the head gets."""
+    if pool == "flatten":
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = channels * spatial_size
+    else:
+        layers = [GlobalPool(pool, spatial_dims)]
+        width = channels
+    if hidden:
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers), width
 
 
 class CNN1D(nn.Module):
@@ -42,18 +60,8 @@ class CNN1D(nn.Module):
             blocks.append(nn.Sequential(conv, nn.ReLU()))
             in_channels = out_channels
             length = (length + 2 * (kernel_size // 2) - kernel_size) // stride + 1
-        if pool == "flatten":
-            dense: list[nn.Module] = [nn.Flatten()]
-            width = in_channels * length
-        else:
-            dense = [GlobalPool(pool)]
-            width = in_channels
-        if hidden:
-            dense += [nn.Linear(width, hidden), nn.ReLU()]
-            width = hidden
-        if dropout:
-            dense.append(nn.Dropout(dropout))
-        blocks.append(nn.Sequential(*dense))
+        dense, width = dense_block(pool, in_channels, length, (-1,), hidden, dropout)
+        blocks.append(dense)
         self.backbone = nn.Sequential(*blocks)
         self.head = nn.Linear(width, num_classes)
 

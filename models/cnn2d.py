@@ -2,16 +2,7 @@ from __future__ import annotations
 
 from torch import nn
 
-
-class GlobalPool2d(nn.Module):
-    """Max or mean over height and width."""
-
-    def __init__(self, mode: str):
-        super().__init__()
-        self.mode = mode
-
-    def forward(self, x):
-        return x.amax(dim=(-2, -1)) if self.mode == "max" else x.mean(dim=(-2, -1))
+from models.cnn1d import dense_block
 
 
 class CNN2D(nn.Module):
@@ -41,18 +32,8 @@ class CNN2D(nn.Module):
             blocks.append(nn.Sequential(conv, nn.ReLU()))
             in_channels = out_channels
             height, width = ((size + 2 * (kernel_size // 2) - kernel_size) // stride + 1 for size in (height, width))
-        if pool == "flatten":
-            dense: list[nn.Module] = [nn.Flatten()]
-            features = in_channels * height * width
-        else:
-            dense = [GlobalPool2d(pool)]
-            features = in_channels
-        if hidden:
-            dense += [nn.Linear(features, hidden), nn.ReLU()]
-            features = hidden
-        if dropout:
-            dense.append(nn.Dropout(dropout))
-        blocks.append(nn.Sequential(*dense))
+        dense, features = dense_block(pool, in_channels, height * width, (-2, -1), hidden, dropout)
+        blocks.append(dense)
         self.backbone = nn.Sequential(*blocks)
         self.head = nn.Linear(features, num_classes)
 
