@@ -8,6 +8,8 @@ fails the flow at once instead of after the back-off.
 
 from __future__ import annotations
 
+import errno
+
 from prefect.tasks import exponential_backoff
 
 STAGE_RETRIES = 2
@@ -17,6 +19,10 @@ STAGE_RETRY_JITTER = 0.5
 
 # OSErrors that name a path problem the next attempt would meet again.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+# The same by errno, for the plain OSErrors that carry them: a read-only file system, no space or quota left, a
+# name too long, no permission. Seconds of back-off cure none of them.
+_PERMANENT_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
+                     errno.EFBIG, errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EEXIST}
 # MLflow error codes for "try again later" (HTTP 503, 429) and a locked or deadlocked database.
 _TRANSIENT_MLFLOW_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"}
 
@@ -24,7 +30,7 @@ _TRANSIENT_MLFLOW_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", 
 def is_transient(exc: BaseException) -> bool:
     """True for failures a retry may cure: I/O and connection errors, MLflow's 'unavailable' answers."""
     if isinstance(exc, OSError):  # also requests' ConnectionError and Timeout, socket and disk errors
-        return not isinstance(exc, _PERMANENT_OS_ERRORS)
+        return not isinstance(exc, _PERMANENT_OS_ERRORS) and exc.errno not in _PERMANENT_ERRNOS
     from mlflow.exceptions import MlflowException
 
     if isinstance(exc, MlflowException):

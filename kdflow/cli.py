@@ -45,10 +45,10 @@ def app() -> None:
               help="Track in the project's local mlflow.db, ignoring MLFLOW_TRACKING_URI (sets KDFLOW_OFFLINE=1).")
 def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[str, ...], offline: bool) -> None:
     """Run the whole pipeline once and print the results table."""
-    from kdflow.artifacts import CheckpointError
+    from kdflow.artifacts import ArtifactError, CheckpointError
     from kdflow.layout import ProjectPaths
     from kdflow.report import comparison_lines, text_table
-    from kdflow.stage import checkpoint_failure
+    from kdflow.stage import artifact_failure, checkpoint_failure
     from kdflow.tracking import OFFLINE_ENV, TrackingUnreachable, check_tracking, tracking_uri
 
     if offline:
@@ -58,6 +58,8 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
         load_params(params_path, overrides)  # fail before Prefect starts a server
     except (ConfigError, TrackingUnreachable) as exc:
         raise click.ClickException(str(exc)) from None
+    except ArtifactError as exc:  # a damaged mlflow.db
+        raise click.ClickException(artifact_failure(exc, ProjectPaths.at(root))) from None
     _prefect_defaults()
     from flows.server import PrefectApi
 
@@ -72,9 +74,14 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     try:
         with api.settings():
             result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force))
-    except StageFailed as exc:  # names the stage; a bad checkpoint also says how to rebuild it
-        cause = exc.__cause__
-        message = checkpoint_failure(cause, ProjectPaths.at(root)) if isinstance(cause, CheckpointError) else str(exc)
+    except StageFailed as exc:  # names the stage; a bad checkpoint or artifact also says how to rebuild it
+        cause, paths = exc.__cause__, ProjectPaths.at(root)
+        if isinstance(cause, CheckpointError):
+            message = checkpoint_failure(cause, paths)
+        elif isinstance(cause, ArtifactError):
+            message = artifact_failure(cause, paths)
+        else:
+            message = str(exc)
         raise click.ClickException(message) from None
     click.echo("\n" + text_table(result["summary"]) + "\n")
     for line in comparison_lines(result["summary"]):
@@ -98,10 +105,10 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
 def lr_find(stage: str, params_path: str, root: str, overrides: tuple[str, ...], min_lr: float, max_lr: float,
             steps: int, offline: bool) -> None:
     """Learning-rate range test on STAGE's model, data and loss: plot, suggestion, MLflow run `lr_find:STAGE`."""
-    from kdflow.artifacts import CheckpointError
+    from kdflow.artifacts import ArtifactError, CheckpointError
     from kdflow.layout import ProjectPaths
     from kdflow.lr_finder import lr_find as range_test
-    from kdflow.stage import checkpoint_failure
+    from kdflow.stage import artifact_failure, checkpoint_failure
     from kdflow.tracking import OFFLINE_ENV, TrackingUnreachable, check_tracking
 
     if offline:
@@ -120,6 +127,8 @@ def lr_find(stage: str, params_path: str, root: str, overrides: tuple[str, ...],
         raise click.ClickException(str(exc)) from None
     except CheckpointError as exc:
         raise click.ClickException(checkpoint_failure(exc, paths)) from None
+    except ArtifactError as exc:
+        raise click.ClickException(artifact_failure(exc, paths)) from None
     click.echo(f"{stage}: suggested learning rate {found['suggested_lr']:.3g} (steepest descent of the smoothed loss); "
                f"the loss is lowest at {found['min_loss_lr']:.3g}")
     if found["suggested_train_lr"] != found["suggested_lr"]:

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from kdflow.artifacts import ArtifactError, read_json
+from kdflow.layout import SPLITS
 from kdflow.losses import UNLABELLED
 
 FEATURE_PREFIX = "f"
@@ -46,10 +49,54 @@ def feature_columns(columns) -> list[str]:
     return [c for c in columns if c.startswith(FEATURE_PREFIX) and c[len(FEATURE_PREFIX) :].isdigit()]
 
 
+def _unreadable(path: str | Path, exc: Exception) -> ArtifactError:
+    first_line = (str(exc).splitlines() or [""])[0]
+    return ArtifactError(path, f"not a readable Parquet file ({type(exc).__name__}: {first_line})")
+
+
+def open_parquet(path: str | Path) -> pq.ParquetFile:
+    """The file, for streaming; a truncated or foreign file is an ArtifactError (a missing one stays
+    FileNotFoundError, which names the stage to run first)."""
+    try:
+        return pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(path, exc) from None
+
+
+def read_table(path: str | Path) -> pa.Table:
+    parquet = open_parquet(path)
+    try:
+        return parquet.read()
+    except (pa.ArrowException, OSError) as exc:  # a damaged page behind an intact footer
+        raise _unreadable(path, exc) from None
+
+
+def read_dataset_card(path: str | Path) -> dict:
+    """`prepare`'s dataset card, checked for what the stages read from it."""
+    card = read_json(path)
+    try:
+        valid = (all(isinstance(n, int) and n > 0 for n in card["input_shape"])
+                 and isinstance(card["source_classes"], list) and isinstance(card["target_classes"], list)
+                 and all(isinstance(card["splits"][name]["md5"], str) for name in SPLITS))
+    except (KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise ArtifactError(path, "not a dataset card (input_shape, source_classes, target_classes and every "
+                                  "split's md5 are missing or malformed)")
+    return card
+
+
 def load_split(path: str | Path, input_shape: tuple[int, ...] | None = None) -> Split:
-    frame = pq.read_table(path).to_pandas()
+    frame = read_table(path).to_pandas()
+    if "sample_id" not in frame:
+        raise ArtifactError(path, "not a kdflow split (no sample_id column)")
     features = frame[feature_columns(frame.columns)].to_numpy(dtype=np.float32)
     if input_shape is not None:
+        if features.shape[1] != int(np.prod(input_shape)):
+            raise ArtifactError(path, f"{features.shape[1]} features per row, not the {int(np.prod(input_shape))} "
+                                      f"of the dataset card's input shape {list(input_shape)}")
         features = features.reshape(len(features), *input_shape)
     labels = frame["label"].to_numpy(np.int64) if "label" in frame else np.full(len(frame), UNLABELLED)
     # torch.tensor copies: the arrays may be read-only views of Arrow memory.

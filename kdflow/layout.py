@@ -38,6 +38,15 @@ class ProjectPaths:
     def soft_labels_dir(self) -> Path:
         return self.root / "artifacts" / "soft_labels"
 
+    def soft_labels(self, split: str) -> Path:
+        """The teacher's logits for one split's samples."""
+        return self.soft_labels_dir / f"{split}.parquet"
+
+    @property
+    def soft_labels_manifest(self) -> Path:
+        """What the soft labels were made from (the teacher's and each split's md5) and their own md5s."""
+        return self.soft_labels_dir / "manifest.json"
+
     @property
     def students_dir(self) -> Path:
         return self.root / "artifacts" / "students"

@@ -1,40 +1,57 @@
 """Lineage between MLflow runs: which run wrote each file a run read, found by the files' md5 (DVC's digest).
 
-A stage run tags the md5 of every file it reads (`kdflow.input.<path>.md5`) and writes
-(`kdflow.output.<path>.md5`), and the id of the stage run that wrote each of its inputs
-(`kdflow.upstream.<stage>`). Model runs inherit their stage's input and upstream tags. Following the upstream
+A stage run tags the md5 of every file it reads (`kdflow.input.<key>.md5`) and writes
+(`kdflow.output.<key>.md5`), each beside the file's path (`kdflow.input.<key>.path`), and the id of the stage run
+that wrote each of its inputs (`kdflow.upstream.<stage>`). The key is a digest of the path, because MLflow's tag
+keys allow only some characters and a user's file may be named `digits (v2)'s.csv`. Model runs inherit their stage's input and upstream tags. Following the upstream
 tags from the target model gives the chain data -> teacher -> soft labels -> student -> target model, across
 pipeline runs too: a stage skipped as cached points at the earlier run that wrote the files.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from kdflow.artifacts import file_digest
 
 STAGE_STEPS = {"prepare": "data", "train_teacher": "teacher", "soft_labels": "soft labels", "distill": "student",
                "finetune": "target model", "evaluate": "evaluation"}
-INPUT_PREFIX, OUTPUT_PREFIX, UPSTREAM_PREFIX, DIGEST_SUFFIX = "kdflow.input.", "kdflow.output.", "kdflow.upstream.", ".md5"
+INPUT_PREFIX, OUTPUT_PREFIX, UPSTREAM_PREFIX = "kdflow.input.", "kdflow.output.", "kdflow.upstream."
+DIGEST_SUFFIX, PATH_SUFFIX = ".md5", ".path"
 
 
 def relative(root: Path, path: Path) -> str:
-    return path.relative_to(root).as_posix()
+    """The path as the project names it: relative to the root, or absolute when outside it (a user's data file)."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+
+
+def _file_key(prefix: str, path: str) -> str:
+    """`<prefix><sha1 of the path, 16 hex digits>`: a valid MLflow tag key whatever characters the path holds."""
+    return prefix + hashlib.sha1(path.encode()).hexdigest()[:16]
+
+
+def _file_tags(prefix: str, digests: dict[str, str]) -> dict[str, str]:
+    tags = {}
+    for path, digest in digests.items():
+        key = _file_key(prefix, path)
+        tags[key + DIGEST_SUFFIX], tags[key + PATH_SUFFIX] = digest, path
+    return tags
 
 
 def input_tags(digests: dict[str, str]) -> dict[str, str]:
-    """Tags naming each input's md5, from {path relative to the project: md5}."""
-    return {f"{INPUT_PREFIX}{path}{DIGEST_SUFFIX}": digest for path, digest in digests.items()}
+    """Tags naming each input's md5 and path, from {path relative to the project: md5}."""
+    return _file_tags(INPUT_PREFIX, digests)
 
 
 def output_tags(root: Path, files: list[Path]) -> dict[str, str]:
-    return {f"{OUTPUT_PREFIX}{relative(root, p)}{DIGEST_SUFFIX}": file_digest(p) for p in files}
+    return _file_tags(OUTPUT_PREFIX, {relative(root, p): file_digest(p) for p in files})
 
 
-def _files(tags: dict[str, str], prefix: str) -> dict[str, str]:
+def tagged_files(tags: dict[str, str], prefix: str) -> dict[str, str]:
     """{path: md5} from a run's input or output tags."""
-    return {key[len(prefix):-len(DIGEST_SUFFIX)]: value for key, value in tags.items()
-            if key.startswith(prefix) and key.endswith(DIGEST_SUFFIX)}
+    return {value: tags[key[:-len(PATH_SUFFIX)] + DIGEST_SUFFIX] for key, value in tags.items()
+            if key.startswith(prefix) and key.endswith(PATH_SUFFIX) and key[:-len(PATH_SUFFIX)] + DIGEST_SUFFIX in tags}
 
 
 def upstream_tags(client, experiment_id: str, inputs: dict[str, str]) -> dict[str, str]:
@@ -42,7 +59,7 @@ def upstream_tags(client, experiment_id: str, inputs: dict[str, str]) -> dict[st
     upstream: dict[str, str] = {}
     for path, digest in sorted(inputs.items()):
         found = client.search_runs(
-            [experiment_id], filter_string=f"tags.`{OUTPUT_PREFIX}{path}{DIGEST_SUFFIX}` = '{digest}'",
+            [experiment_id], filter_string=f"tags.`{_file_key(OUTPUT_PREFIX, path)}{DIGEST_SUFFIX}` = '{digest}'",
             order_by=["attributes.start_time DESC"], max_results=1,
         )
         if found:
@@ -79,17 +96,17 @@ def format_chain(client, runs: list) -> str:
     """One block per step: the stage run, its commit, the files it read (and which run wrote them), its models."""
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    writers = {(path, digest): run for run in runs for path, digest in _files(run.data.tags, OUTPUT_PREFIX).items()}
+    writers = {(path, digest): run for run in runs for path, digest in tagged_files(run.data.tags, OUTPUT_PREFIX).items()}
     lines = [" -> ".join(STAGE_STEPS[run.data.tags["kdflow.stage"]] for run in runs)]
     for run in runs:
         tags = run.data.tags
         lines.append(f"\n{STAGE_STEPS[tags['kdflow.stage']]}: {tags['kdflow.stage']} run {run.info.run_id} "
                      f"(git {tags.get('mlflow.source.git.commit', 'unknown')})")
-        for path, digest in sorted(_files(tags, INPUT_PREFIX).items()):
+        for path, digest in sorted(tagged_files(tags, INPUT_PREFIX).items()):
             writer = writers.get((path, digest))
             source = f" <- {writer.data.tags['kdflow.stage']} run {writer.info.run_id}" if writer else ""
             lines.append(f"  in   {path}  md5 {digest}{source}")
-        for path, digest in sorted(_files(tags, OUTPUT_PREFIX).items()):
+        for path, digest in sorted(tagged_files(tags, OUTPUT_PREFIX).items()):
             lines.append(f"  out  {path}  md5 {digest}")
         models = client.search_runs(
             [run.info.experiment_id],

@@ -112,13 +112,12 @@ def range_test(problem: Problem, seed: int, min_lr: float = 1e-6, max_lr: float 
 
 def stage_problem(stage: str, params: Params, paths: ProjectPaths) -> Problem:
     """The model, data and loss `stage` trains first: the teacher, the distilled student, the fine-tuned model."""
-    from kdflow.artifacts import read_json
-    from kdflow.checkpoints import load_model
-    from kdflow.datasets import load_split
+    from kdflow.checkpoints import expected_spec, load_model
+    from kdflow.datasets import load_split, read_dataset_card
     from kdflow.losses import kd_loss
     from models import build_model
 
-    card = read_json(paths.dataset_card)
+    card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
     torch.manual_seed(params.seed)
     if stage == "train_teacher":
@@ -137,9 +136,10 @@ def stage_problem(stage: str, params: Params, paths: ProjectPaths) -> Problem:
     if stage == "finetune":
         from tasks.finetune import SOURCE_MODEL, param_groups, transferred_model, unfreeze_schedule
 
-        source, meta = load_model(paths.checkpoint(SOURCE_MODEL))
+        arch = expected_spec(params, SOURCE_MODEL)
+        source, _ = load_model(paths.checkpoint(SOURCE_MODEL), arch)
         train = load_split(paths.split("target_train"), input_shape)
-        model, _ = transferred_model(params, source, meta["spec"], input_shape, len(card["target_classes"]))
+        model, _ = transferred_model(params, source, arch, input_shape, len(card["target_classes"]))
         hook = unfreeze_schedule(model, params.finetune)
         if hook is not None:
             hook(1)  # the first epoch's trainable blocks

@@ -4,21 +4,28 @@ The state file holds the model, optimiser and scheduler, the shuffle generator a
 the history, the best epoch's weights and score, the early-stopping counter, and which parameters were trainable
 (gradual unfreezing changes that between epochs). It is written atomically and loaded with weights_only=True.
 It is used only if its fingerprint (the model's settings, initial weights and data) matches the run's, so a
-changed param or input starts afresh rather than continuing someone else's training.
+changed param or input starts afresh rather than continuing someone else's training. A training holds an
+exclusive lock (`<state>.lock`, fcntl) from before it reads the state until it has removed it, so a second run
+of the same stage stops rather than resume from, or overwrite, the state of a run that is still alive; the
+kernel releases the lock when its holder dies, even by SIGKILL, so a killed run's state stays resumable.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from kdflow.artifacts import CheckpointError, load_checkpoint, save_checkpoint
+from kdflow.artifacts import ArtifactError, CheckpointError, load_checkpoint, save_checkpoint
 
 
 def _update_with_tensor(digest, tensor: torch.Tensor) -> None:
@@ -45,6 +52,25 @@ class ResumeFile:
     path: Path
     fingerprint: str
     every: int = 1
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the state's lock while training; an ArtifactError naming the holder if a live process has it."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise ArtifactError(self.path, f"in use by a training that is still running ({holder}); not resumed "
+                                               "from, nor touched",
+                                    "wait for that run to finish (or stop it) before running the stage again") from None
+            handle.truncate(0)
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            handle.flush()
+            yield  # closing the file releases the lock
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, or None when there is none, it belongs to other settings or it cannot be read."""

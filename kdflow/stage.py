@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from kdflow.artifacts import CheckpointError, file_digest, write_json, write_text
+from kdflow.artifacts import ArtifactError, CheckpointError, check_writable, file_digest, write_json, write_text
 from kdflow.checkpoints import save_model
 from kdflow.config import ConfigError, Params, TrainSpec, load_params
 from kdflow.layout import ProjectPaths
@@ -38,18 +38,34 @@ STAGE_PARAMS = {
 }
 
 
+def output_dirs(paths: ProjectPaths, stage: str) -> list[Path]:
+    """The folders `stage` writes into."""
+    trains = [paths.metrics_dir, paths.curve("-").parent, paths.resume_state("-").parent]
+    return {"prepare": [paths.prepared], "train_teacher": [paths.teacher_dir, *trains],
+            "soft_labels": [paths.soft_labels_dir], "distill": [paths.students_dir, *trains],
+            "finetune": [paths.target_dir, *trains], "evaluate": [paths.metrics_dir, paths.report_dir]}[stage]
+
+
 @contextlib.contextmanager
 def stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: str | None, inputs: Sequence[Path]):
     """The stage's MLflow run: its params sections, seed, the md5 of every input file and the ids of the runs
-    that wrote them as tags (see kdflow.lineage); its model runs carry the same lineage tags."""
-    from kdflow import lineage, tracking
+    that wrote them as tags (see kdflow.lineage); its model runs carry the same lineage tags.
 
-    digests = {lineage.relative(paths.root, p): file_digest(p) for p in inputs}  # hashed once, used twice
+    Before the run starts, the inputs must belong together (kdflow.consistency) and every folder the stage writes
+    must take a file: a stale input or a read-only folder fails now, not after the training.
+    """
+    from kdflow import consistency, lineage, tracking
+
+    digests = {lineage.relative(paths.root, p): file_digest(p) for p in inputs}  # hashed once, used thrice
+    consistency.check_inputs(paths, digests)
+    for directory in output_dirs(paths, stage):
+        check_writable(directory)
     inputs_md5 = lineage.input_tags(digests)
     with tracking.start_run(paths.root, stage, parent_run_id, {"kdflow.stage": stage, **inputs_md5}) as tracked:
         upstream = lineage.upstream_tags(tracked.client, tracked.experiment_id, digests)
         tracked.set_tags(upstream)
         tracked.inherited_tags = {**inputs_md5, **upstream}
+        tracked.input_digests = digests
         tracked.log_params({"seed": params.seed, **{s: params.section(s) for s in STAGE_PARAMS[stage]}})
         yield tracked
 
@@ -93,36 +109,42 @@ def train_model(
 ) -> FitResult:
     """Fit one model in its own nested MLflow run; write its checkpoint and curve; tag the checkpoint's md5.
 
-    Training resumes from `.kdflow/resume/<name>.pt` when a killed run of the same settings and inputs left one.
+    Training resumes from `.kdflow/resume/<name>.pt` when a killed run of the same settings and inputs left one;
+    a state a live run holds is an ArtifactError (see kdflow.resume).
     """
     from models import count_parameters
 
     settings = {"model": name, "arch": spec.model_dump(mode="json"), "train": train.model_dump(mode="json"),
                 "seed": seed, "train_samples": len(x), **(extra_params or {})}
     resume = None
-    if train.resume_every:
-        fingerprint = training_fingerprint(settings, model, [x, *targets, *val])
-        resume = ResumeFile(paths.resume_state(name), fingerprint, train.resume_every)
-    with stage_tracked.child(name, tags={"kdflow.model": name}) as tracked:
-        tracked.log_params({**{k: v for k, v in settings.items() if k != "model"},
-                            "lr_effective": effective_lr(train, len(x))})
-        result = fit(
-            model, x, targets, train, seed=seed, loss_fn=loss_fn, val=val, param_groups=param_groups,
-            before_epoch=before_epoch, on_epoch=lambda epoch, record: tracked.log_metrics(record, step=epoch),
-            description=name, resume=resume,
-        )
-        checkpoint = save_model(paths.checkpoint(name), model, spec, input_shape, class_names)
-        write_curve(paths.curve(name), result.history)
-        summary = {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-                   "epochs_run": len(result.history), "parameters": count_parameters(model)}
-        tracked.log_metrics(summary)
-        tracked.set_tags({"kdflow.checkpoint_md5": file_digest(checkpoint), "kdflow.stopped_early": result.stopped_early,
-                          "kdflow.resumed_from_epoch": result.resumed_from_epoch})
-        tracked.log_artifact(checkpoint, "checkpoint")
-        tracked.log_artifact(paths.curve(name), "curves")
-    record_outputs(stage_tracked, paths, [checkpoint])
-    if resume is not None:
-        resume.remove()
+    with contextlib.ExitStack() as holding:
+        if train.resume_every:
+            fingerprint = training_fingerprint(settings, model, [x, *targets, *val])
+            resume = ResumeFile(paths.resume_state(name), fingerprint, train.resume_every)
+            holding.enter_context(resume.held())  # until the state is removed: no other run may take it
+        with stage_tracked.child(name, tags={"kdflow.model": name}) as tracked:
+            tracked.log_params({**{k: v for k, v in settings.items() if k != "model"},
+                                "lr_effective": effective_lr(train, len(x))})
+            result = fit(
+                model, x, targets, train, seed=seed, loss_fn=loss_fn, val=val, param_groups=param_groups,
+                before_epoch=before_epoch, on_epoch=lambda epoch, record: tracked.log_metrics(record, step=epoch),
+                description=name, resume=resume,
+            )
+            # What it was trained from, so a later stage can tell a checkpoint of other inputs (kdflow.consistency).
+            checkpoint = save_model(paths.checkpoint(name), model, spec, input_shape, class_names,
+                                    extra={"inputs": stage_tracked.input_digests})
+            write_curve(paths.curve(name), result.history)
+            summary = {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                       "epochs_run": len(result.history), "parameters": count_parameters(model)}
+            tracked.log_metrics(summary)
+            tracked.set_tags({"kdflow.checkpoint_md5": file_digest(checkpoint),
+                              "kdflow.stopped_early": result.stopped_early,
+                              "kdflow.resumed_from_epoch": result.resumed_from_epoch})
+            tracked.log_artifact(checkpoint, "checkpoint")
+            tracked.log_artifact(paths.curve(name), "curves")
+        record_outputs(stage_tracked, paths, [checkpoint])
+        if resume is not None:
+            resume.remove()
     return result
 
 
@@ -137,6 +159,14 @@ def checkpoint_failure(exc: CheckpointError, paths: ProjectPaths) -> str:
         return str(exc)
     return (f"{exc}\nfix: the stage '{producer}' writes {exc.path}: delete the file and rerun it "
             f"(`dvc repro -f {producer}` or `kdflow run --force {producer}`)")
+
+
+def artifact_failure(exc: ArtifactError, paths: ProjectPaths) -> str:
+    """One line: the file, what is wrong with it, and the fix (by default, rerunning the stage that writes it)."""
+    producer = paths.producer(exc.path)
+    fix = exc.fix or (f"rerun the stage '{producer}', which writes it (`dvc repro {producer}` or `kdflow run`)"
+                      if producer else "replace or remove it and rerun")
+    return f"{exc}; fix: {fix}"
 
 
 def missing_input(exc: FileNotFoundError, stage: str, paths: ProjectPaths) -> str | None:
@@ -168,6 +198,8 @@ def stage_main(stage: str, run: StageFn, argv: list[str] | None = None) -> None:
         sys.exit(f"error: {exc}")
     except CheckpointError as exc:
         sys.exit(f"error: {checkpoint_failure(exc, paths)}")
+    except ArtifactError as exc:
+        sys.exit(f"error: {artifact_failure(exc, paths)}")
     except FileNotFoundError as exc:
         message = missing_input(exc, stage, paths)
         if message is None:

@@ -17,6 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
+from kdflow.artifacts import ArtifactError, process_alive
+
 DEFAULT_EXPERIMENT = "kdflow"
 PARENT_RUN_ENV = "KDFLOW_PARENT_RUN_ID"
 HOST_TAG, PID_TAG = "kdflow.host", "kdflow.pid"  # which process owns a run, to close it if that process dies
@@ -47,6 +49,8 @@ def check_tracking(root: Path, timeout_s: float = 5.0) -> str:
     than a stage that trains for minutes and then fails on its first log call.
     """
     uri = tracking_uri(root)
+    if uri.startswith("sqlite:///"):
+        check_sqlite_store(Path(uri[len("sqlite:///"):]))
     if offline():
         return f"offline ({OFFLINE_ENV}=1): MLflow runs go to the local store {uri}"
     if not uri.startswith(("http://", "https://")):
@@ -60,6 +64,24 @@ def check_tracking(root: Path, timeout_s: float = 5.0) -> str:
     except (urllib.error.URLError, OSError) as exc:
         raise _unreachable(root, uri, str(getattr(exc, "reason", exc))) from None
     return f"MLflow runs go to the tracking server {uri}"
+
+
+def check_sqlite_store(database: Path) -> None:
+    """A local store that exists must be a sound SQLite file: a damaged one would fail the stage's first log call
+    with a raw database error. None yet is fine (MLflow makes it)."""
+    import sqlite3
+
+    if not database.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+            verdict = connection.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        verdict = str(exc)
+    if verdict != "ok":
+        raise ArtifactError(database, f"not a readable MLflow store ({verdict}); nothing was run",
+                            f"move it aside (`mv {database} {database}.damaged`) and rerun: a new store is made, and "
+                            "the runs the damaged one held stay in that file")
 
 
 def _unreachable(root: Path, uri: str, reason: str) -> TrackingUnreachable:
@@ -108,6 +130,7 @@ class TrackedRun:
         self.root = root
         self.experiment_id = experiment_id
         self.inherited_tags: dict[str, str] = {}  # lineage tags every child run carries too
+        self.input_digests: dict[str, str] = {}  # a stage run's inputs, {path relative to the root: md5}
 
     def log_params(self, params: dict[str, Any], prefix: str = "") -> None:
         from mlflow.entities import Param
@@ -187,23 +210,11 @@ def close_orphaned_runs(client, experiment_id: str) -> list[str]:
     running = client.search_runs(
         [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
         max_results=1000)
-    orphaned = [run.info.run_id for run in running if not _process_alive(int(run.data.tags.get(PID_TAG, "0")))]
+    orphaned = [run.info.run_id for run in running if not process_alive(int(run.data.tags.get(PID_TAG, "0")))]
     for run_id in orphaned:
         client.set_tag(run_id, "kdflow.closed_because", "its process ended without closing the run")
         client.set_terminated(run_id, "KILLED")
     return orphaned
-
-
-def _process_alive(pid: int) -> bool:
-    if pid <= 0:
-        return True  # no pid recorded: not ours to judge
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def find_model_run(run: TrackedRun, checkpoint_md5: str) -> str | None:

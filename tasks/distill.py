@@ -9,13 +9,12 @@ All three share the architecture, the initial weights and the optimiser settings
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from kdflow.artifacts import read_json
-from kdflow.checkpoints import load_model
+from kdflow.artifacts import ArtifactError
+from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import Params
-from kdflow.datasets import Split, load_split
+from kdflow.datasets import Split, load_split, read_dataset_card, read_table
 from kdflow.layout import ProjectPaths
 from kdflow.losses import kd_loss
 from kdflow.stage import stage_main, stage_run, train_model, write_stage_metrics
@@ -29,10 +28,13 @@ class StudentTooLarge(ValueError):
 
 def teacher_logits_for(split: Split, path) -> torch.Tensor:
     """The stored logits of `split`'s samples, matched by sample_id."""
-    frame = pq.read_table(path).to_pandas().set_index("sample_id")
+    frame = read_table(path).to_pandas()
+    if "sample_id" not in frame:
+        raise ArtifactError(path, "not a soft-label file (no sample_id column)")
+    frame = frame.set_index("sample_id")
     missing = np.setdiff1d(split.sample_id, frame.index.to_numpy(dtype=str))
     if len(missing):
-        raise ValueError(f"{path}: no soft labels for {len(missing)} samples (e.g. {missing[0]}); rerun soft_labels")
+        raise ArtifactError(path, f"no soft labels for {len(missing)} samples (e.g. {missing[0]})")
     return torch.tensor(frame.loc[split.sample_id].to_numpy(np.float32))
 
 
@@ -47,13 +49,13 @@ def distillation_set(paths: ProjectPaths, input_shape: tuple[int, ...]):
 
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
     spec = params.distill
-    card = read_json(paths.dataset_card)
+    card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
     classes = card["source_classes"]
     inputs = [paths.split("source_val"), paths.checkpoint("teacher"),
               *(paths.split(s) for s in SETS_TO_LABEL), *(logits_path(paths, s) for s in SETS_TO_LABEL)]
     with stage_run(paths, "distill", params, parent_run_id, inputs) as tracked:
-        teacher, _ = load_model(paths.checkpoint("teacher"))
+        teacher, _ = load_model(paths.checkpoint("teacher"), expected_spec(params, "teacher"))
         sets, x, labels, logits = distillation_set(paths, input_shape)
         val = load_split(paths.split("source_val"), input_shape)
 

@@ -8,10 +8,10 @@ Teacher, distilled student and fine-tuned target model are then registered (kdfl
 from __future__ import annotations
 
 
-from kdflow.artifacts import file_digest, read_json, write_json, write_text
-from kdflow.checkpoints import load_model
+from kdflow.artifacts import file_digest, write_json, write_text
+from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import Params
-from kdflow.datasets import load_split
+from kdflow.datasets import load_split, read_dataset_card
 from kdflow.layout import MODELS, ProjectPaths
 from kdflow.metrics import agreement, classification_metrics, latency_ms_per_sample
 from kdflow.report import comparison_lines, markdown_table, plot_comparison, plot_learning_curves
@@ -42,7 +42,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     from kdflow import registry, tracking
 
     spec = params.evaluate
-    card = read_json(paths.dataset_card)
+    card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
     inputs = [paths.checkpoint(m) for m in MODELS] + [paths.split("source_test"), paths.split("target_test")]
     with stage_run(paths, "evaluate", params, parent_run_id, inputs) as tracked:
@@ -52,7 +52,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         candidates: list[registry.Candidate] = []
         for name in MODELS:
             checkpoint = paths.checkpoint(name)
-            model, meta = load_model(checkpoint)
+            model, meta = load_model(checkpoint, expected_spec(params, name))
             test = tests[task_of(name)]
             logits = predict_logits(model, test.x)
             metrics = classification_metrics(logits, test.y, len(meta["class_names"]), spec.ece_bins)

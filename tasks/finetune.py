@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from kdflow.artifacts import read_json, write_json
-from kdflow.checkpoints import load_model
+from kdflow.artifacts import write_json
+from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import FinetuneSpec, Params
-from kdflow.datasets import load_split
+from kdflow.datasets import load_split, read_dataset_card
 from kdflow.layout import ProjectPaths
 from kdflow.stage import stage_main, stage_run, train_model, write_stage_metrics
 from kdflow.transfer import TransferError, backbone_blocks, copy_matching_layers, set_trainable_blocks
@@ -55,14 +55,14 @@ def transferred_model(params: Params, source: torch.nn.Module, arch, input_shape
 
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
     spec = params.finetune
-    card = read_json(paths.dataset_card)
+    card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
     classes = card["target_classes"]
     source_checkpoint = paths.checkpoint(SOURCE_MODEL)
     inputs = [source_checkpoint, paths.split("target_train"), paths.split("target_val")]
     with stage_run(paths, "finetune", params, parent_run_id, inputs) as tracked:
-        source, meta = load_model(source_checkpoint)
-        arch = meta["spec"]
+        arch = expected_spec(params, SOURCE_MODEL)
+        source, _ = load_model(source_checkpoint, arch)
         train, val = load_split(paths.split("target_train"), input_shape), load_split(paths.split("target_val"), input_shape)
 
         try:

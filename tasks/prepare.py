@@ -167,7 +167,8 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     spec = params.data
     splits = build_splits(params, paths.root)  # every input checked before the stage writes or tracks anything
     raw = {path: file_digest(sources.resolve(paths.root, path)) for path in sources.raw_files(spec)}
-    with stage_run(paths, "prepare", params, parent_run_id, inputs=[]) as tracked:
+    inputs = [sources.resolve(paths.root, path) for path in raw]
+    with stage_run(paths, "prepare", params, parent_run_id, inputs) as tracked:
         card: dict = {
             "input_shape": [int(n) for n in splits["source_train"][1].shape[1:]],
             "source_classes": [str(d) for d in spec.source_classes],
@@ -191,7 +192,6 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         metrics = {f"rows_{name}": card["splits"][name]["rows"] for name in SPLITS}
         tracked.log_metrics(metrics)
         tracked.set_tags({f"kdflow.data.{name}.md5": card["splits"][name]["md5"] for name in SPLITS})
-        tracked.set_tags({f"kdflow.raw.{path}.md5": md5 for path, md5 in raw.items()})
         tracked.log_artifact(paths.dataset_card)
         record_outputs(tracked, paths, [paths.split(name) for name in SPLITS] + [paths.dataset_card])
     return metrics

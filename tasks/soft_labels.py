@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from kdflow.artifacts import atomic_path, file_digest, read_json, write_json
-from kdflow.checkpoints import load_model
+from kdflow.artifacts import atomic_path, file_digest, write_json
+from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import Params
-from kdflow.datasets import feature_columns
+from kdflow.datasets import feature_columns, open_parquet, read_dataset_card
 from kdflow.layout import ProjectPaths
 from kdflow.stage import record_outputs, stage_main, stage_run
 
@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 
 def logits_path(paths: ProjectPaths, split: str) -> Path:
-    return paths.soft_labels_dir / f"{split}.parquet"
+    return paths.soft_labels(split)
 
 
 def read_ahead(chunks: Iterator[T]) -> Iterator[T]:
@@ -48,7 +48,7 @@ def write_logits(teacher: torch.nn.Module, source: Path, target: Path, input_sha
                  num_classes: int, chunk_size: int) -> int:
     """Stream `source` through the teacher into `target` (sample_id, logit_0..K-1); returns the row count."""
     schema = pa.schema([("sample_id", pa.string())] + [(f"logit_{k}", pa.float32()) for k in range(num_classes)])
-    reader = pq.ParquetFile(source)
+    reader = open_parquet(source)
     features = feature_columns(reader.schema_arrow.names)
 
     def decoded() -> Iterator[tuple[pa.Array, np.ndarray]]:
@@ -76,11 +76,11 @@ def write_logits(teacher: torch.nn.Module, source: Path, target: Path, input_sha
 
 
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
-    card = read_json(paths.dataset_card)
+    card = read_dataset_card(paths.dataset_card)
     checkpoint = paths.checkpoint("teacher")
     inputs = [checkpoint, *(paths.split(name) for name in SETS_TO_LABEL)]
     with stage_run(paths, "soft_labels", params, parent_run_id, inputs) as tracked:
-        teacher, meta = load_model(checkpoint)
+        teacher, meta = load_model(checkpoint, expected_spec(params, "teacher"))
         num_classes = len(meta["class_names"])
         manifest = {"teacher_checkpoint_md5": file_digest(checkpoint), "files": {}}
         metrics = {}
@@ -91,12 +91,12 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
             manifest["files"][name] = {"rows": rows, "md5": file_digest(target),
                                        "input_md5": card["splits"][name]["md5"]}
             metrics[f"soft_label_rows_{name}"] = rows
-        write_json(paths.soft_labels_dir / "manifest.json", manifest)
+        write_json(paths.soft_labels_manifest, manifest)
         tracked.set_tags({"kdflow.teacher_checkpoint_md5": manifest["teacher_checkpoint_md5"]})
         tracked.log_metrics(metrics)
-        tracked.log_artifact(paths.soft_labels_dir / "manifest.json")
+        tracked.log_artifact(paths.soft_labels_manifest)
         record_outputs(tracked, paths, [*(logits_path(paths, name) for name in SETS_TO_LABEL),
-                                        paths.soft_labels_dir / "manifest.json"])
+                                        paths.soft_labels_manifest])
     return metrics
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from kdflow.artifacts import read_json
 from kdflow.config import Params
-from kdflow.datasets import load_split
+from kdflow.datasets import load_split, read_dataset_card
 from kdflow.layout import ProjectPaths
 from kdflow.stage import stage_main, stage_run, train_model, write_stage_metrics
 from models import build_model
@@ -14,7 +13,7 @@ from models import build_model
 
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
     spec = params.train_teacher
-    card = read_json(paths.dataset_card)
+    card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
     classes = card["source_classes"]
     inputs = [paths.split("source_train"), paths.split("source_val")]

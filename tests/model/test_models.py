@@ -206,7 +206,7 @@ def test_checkpoint_rebuilds_the_model(spec, user_nets, tmp_path) -> None:
     torch.manual_seed(0)
     model = build_model(spec, (1, 8, 8), 4).eval()
     path = save_model(tmp_path / "model.pt", model, spec, (1, 8, 8), ["a", "b", "c", "d"])
-    loaded, meta = load_model(path)
+    loaded, meta = load_model(path, spec)
     assert meta["spec"] == spec and type(loaded).__name__ == type(model).__name__
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():

@@ -8,14 +8,21 @@ kills a real stage process with SIGKILL.
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
 
-from kdflow.artifacts import load_checkpoint
-from kdflow.config import TrainSpec
+from kdflow.artifacts import ArtifactError, load_checkpoint
+from kdflow.checkpoints import save_model
+from kdflow.config import MLPSpec, TrainSpec
 from kdflow.resume import ResumeFile, training_fingerprint
 from kdflow.training import fit
+from tests.conftest import REPO_ROOT
 
 SPEC = TrainSpec(epochs=8, batch_size=16, optimizer="adam", lr=0.01, schedule="cosine", monitor="val_loss", patience=6)
 
@@ -137,3 +144,51 @@ def test_fingerprint_follows_settings_weights_and_data() -> None:
     with torch.no_grad():
         other[0].bias[0] += 1e-6
     assert base != training_fingerprint({"lr": 0.1}, other, [x, y])
+
+
+def test_a_resumed_model_is_saved_to_the_same_bytes_as_an_uninterrupted_one(tmp_path) -> None:
+    """DVC compares checkpoints by md5: the same weights must give the same file, however they were reached."""
+    reference_model, _, _ = train(None)
+    resume = ResumeFile(tmp_path / "state.pt", "fp")
+    with pytest.raises(Interrupted):
+        train(resume, stop_after=4)
+    resumed_model, result, _ = train(resume)
+    assert result.resumed_from_epoch == 3
+    spec = MLPSpec(arch="mlp")
+    straight = save_model(tmp_path / "straight" / "model.pt", reference_model, spec, (6,), ["a", "b"])
+    resumed = save_model(tmp_path / "resumed" / "model.pt", resumed_model, spec, (6,), ["a", "b"])
+    assert straight.read_bytes() == resumed.read_bytes()
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from kdflow.resume import ResumeFile
+with ResumeFile(Path(sys.argv[1]), "fp").held():
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_state_a_live_process_holds_is_neither_resumed_nor_touched(tmp_path) -> None:
+    resume = ResumeFile(tmp_path / "state.pt", "fp")
+    with pytest.raises(Interrupted):
+        train(resume, stop_after=4)
+    saved = resume.path.read_bytes()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(resume.path)], stdout=subprocess.PIPE, text=True,
+                              cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        with pytest.raises(ArtifactError) as caught:
+            with resume.held():
+                pytest.fail("took a state a live process holds")
+        assert str(caught.value) == (f"{resume.path}: in use by a training that is still running (pid {holder.pid} on "
+                                     f"{socket.gethostname()}); not resumed from, nor touched")
+        assert caught.value.fix == "wait for that run to finish (or stop it) before running the stage again"
+        assert resume.path.read_bytes() == saved
+    finally:
+        holder.kill()
+        holder.wait()
+    with resume.held():  # the kernel released the dead holder's lock: its state is resumable again
+        _, result, _ = train(resume)
+    assert result.resumed_from_epoch == 3

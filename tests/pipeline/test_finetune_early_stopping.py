@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kdflow.artifacts import read_json
-from kdflow.checkpoints import load_model
+from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import load_params
 from kdflow.datasets import load_split
 from kdflow.layout import ProjectPaths
@@ -26,7 +26,8 @@ def test_finetune_stops_early_and_logs_the_best_epoch(project_copy) -> None:
 
     root = project_copy()
     paths = ProjectPaths.at(root)
-    metrics = finetune.run(load_params(root / "params.yaml", OVERRIDES), paths)
+    params = load_params(root / "params.yaml", OVERRIDES)
+    metrics = finetune.run(params, paths)
 
     rows = paths.curve("target_finetuned").read_text().splitlines()[1:]
     val_losses = [float(row.split(",")[2]) for row in rows]
@@ -36,7 +37,7 @@ def test_finetune_stops_early_and_logs_the_best_epoch(project_copy) -> None:
     assert read_json(paths.stage_metrics("finetune"))["target_finetuned_best_epoch"] == best_epoch
 
     # The checkpoint holds the best epoch's weights, not the last epoch's.
-    model, meta = load_model(paths.checkpoint("target_finetuned"))
+    model, meta = load_model(paths.checkpoint("target_finetuned"), expected_spec(params, "target_finetuned"))
     val = load_split(paths.split("target_val"), tuple(meta["input_shape"]))
     assert evaluate_loss(model, val.x, val.y)[0] == pytest.approx(val_losses[best_epoch - 1], rel=1e-5)
 

@@ -19,10 +19,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdflow.checkpoints import load_model, save_model
+from kdflow.checkpoints import expected_spec, load_model, save_model
 from kdflow.config import load_params
 from kdflow.datasets import load_split
 from kdflow.layout import MODELS, ProjectPaths
+from kdflow.lineage import INPUT_PREFIX, OUTPUT_PREFIX, tagged_files
 from tasks import evaluate
 
 pytestmark = pytest.mark.slow
@@ -161,7 +162,7 @@ def test_teacher_student_and_target_are_registered_with_signature_and_example(pr
     import mlflow
     import mlflow.pytorch
 
-    _, _, paths, _ = project
+    _, params, paths, _ = project
     client, experiment_id = client_for(mlflow_server)
     for registered, model_name, test_split in [("kdflow-teacher", "teacher", "source_test"),
                                                ("kdflow-student", "student_distilled", "source_test"),
@@ -174,7 +175,7 @@ def test_teacher_student_and_target_are_registered_with_signature_and_example(pr
         loaded = mlflow.pytorch.load_model(f"models:/{registered}@champion")
         assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 40)
         assert info.saved_input_example_info is not None
-        model, _ = load_model(paths.checkpoint(model_name))
+        model, _ = load_model(paths.checkpoint(model_name), expected_spec(params, model_name))
         test = load_split(paths.split(test_split), (40,))
         torch.testing.assert_close(loaded(test.x), model(test.x))
 
@@ -194,13 +195,14 @@ def test_every_run_carries_commit_input_digests_and_upstream_run_ids(project, ml
     assert distill_tags["kdflow.upstream.soft_labels"] == ids["soft_labels"]
     assert distill_tags["kdflow.upstream.train_teacher"] == ids["train_teacher"]
     assert distill_tags["kdflow.upstream.prepare"] == ids["prepare"]
-    assert distill_tags["kdflow.input.artifacts/soft_labels/transfer.parquet.md5"] == \
-        stage_runs["soft_labels"].data.tags["kdflow.output.artifacts/soft_labels/transfer.parquet.md5"]
-    assert stage_runs["soft_labels"].data.tags["kdflow.input.artifacts/teacher/teacher.pt.md5"] == \
+    soft_labels_tags = stage_runs["soft_labels"].data.tags
+    assert tagged_files(distill_tags, INPUT_PREFIX)["artifacts/soft_labels/transfer.parquet"] == \
+        tagged_files(soft_labels_tags, OUTPUT_PREFIX)["artifacts/soft_labels/transfer.parquet"]
+    assert tagged_files(soft_labels_tags, INPUT_PREFIX)["artifacts/teacher/teacher.pt"] == \
         runs_named(client, experiment_id, "teacher")[-1].data.tags["kdflow.checkpoint_md5"]
     target_run = runs_named(client, experiment_id, "target_finetuned")[-1]
     assert target_run.data.tags["kdflow.upstream.distill"] == ids["distill"]
-    assert target_run.data.tags["kdflow.input.data/prepared/target_train.parquet.md5"] == \
+    assert tagged_files(target_run.data.tags, INPUT_PREFIX)["data/prepared/target_train.parquet"] == \
         file_digest(paths.split("target_train"))
     assert not any(key.startswith("kdflow.upstream.") for key in stage_runs["prepare"].data.tags)
 
@@ -228,9 +230,9 @@ def test_lineage_command_prints_the_chain_from_data_to_target_model(project, mlf
     assert unknown.exit_code == 1 and f"run {'0' * 32} not found" in unknown.output
 
 
-def constant_predictor(paths: ProjectPaths, digit_index: int) -> None:
+def constant_predictor(params, paths: ProjectPaths, digit_index: int) -> None:
     """Overwrite the fine-tuned target model with one that always predicts `digit_index` (zero weights, one bias)."""
-    model, meta = load_model(paths.checkpoint("target_finetuned"))
+    model, meta = load_model(paths.checkpoint("target_finetuned"), expected_spec(params, "target_finetuned"))
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.zero_()
@@ -248,7 +250,7 @@ def test_champion_moves_only_to_a_version_that_beats_it_on_the_target_test_set(p
     assert shares[rarest] < shares[commonest]
 
     def evaluate_with(digit_index):
-        constant_predictor(paths, digit_index)
+        constant_predictor(params, paths, digit_index)
         evaluate.run(params, paths)
         evaluate_run = runs_named(client, experiment_id, "evaluate")[0]
         version = evaluate_run.data.tags["registry.kdflow-target.version"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kdflow.checkpoints import load_model
+from kdflow.config import CNN2DSpec
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +48,8 @@ def test_flow_runs_on_a_csv_and_a_new_version_reruns_from_prepare(tmp_path, own_
     assert {name: card["splits"][name]["rows"] for name in card["splits"]} == {
         "source_train": 105, "source_val": 15, "source_test": 30, "target_train": 25, "target_val": 25,
         "target_test": 30, "transfer": 70}
-    teacher, meta = load_model(tmp_path / "artifacts/teacher/teacher.pt")
-    assert meta["spec"].arch == "cnn2d" and meta["input_shape"] == [1, 8, 8]
+    teacher, meta = load_model(tmp_path / "artifacts/teacher/teacher.pt", CNN2DSpec(arch="cnn2d", channels=[8, 8]))
+    assert meta["input_shape"] == [1, 8, 8]
     assert set(cold["summary"]["models"]) >= {"teacher", "student_distilled", "target_finetuned"}
     report = json.loads((tmp_path / "artifacts/target/transfer_report.json").read_text())
     assert report["copied"] and set(report["skipped"]) == {"head.weight", "head.bias"}

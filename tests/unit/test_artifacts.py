@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from kdflow.artifacts import (
+    ArtifactError,
     CheckpointError,
     atomic_path,
+    check_writable,
     file_digest,
     load_checkpoint,
     read_json,
@@ -22,7 +31,8 @@ from kdflow.artifacts import (
     write_text,
 )
 from kdflow.checkpoints import load_model, save_model
-from kdflow.config import CNN1DSpec, MLPSpec
+from kdflow.config import CNN1DSpec, CustomSpec, MLPSpec
+from kdflow.datasets import load_split, to_frame
 from models import build_model
 
 
@@ -165,7 +175,7 @@ def test_save_model_load_model_round_trip(tmp_path: Path, spec) -> None:
     torch.manual_seed(0)
     model = build_model(spec, (40,), 3)
     path = save_model(tmp_path / "m.pt", model, spec, (40,), ["5", "6", "7"], extra={"val_accuracy": 0.5})
-    loaded, payload = load_model(path)
+    loaded, payload = load_model(path, spec)
     assert not loaded.training
     assert payload["spec"] == spec
     assert payload["class_names"] == ["5", "6", "7"]
@@ -180,4 +190,117 @@ def test_save_model_load_model_round_trip(tmp_path: Path, spec) -> None:
 def test_load_model_of_a_plain_checkpoint(tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path / "c.pt", {"w": torch.ones(1)})
     with pytest.raises(CheckpointError, match="not a kdflow model checkpoint"):
-        load_model(path)
+        load_model(path, MLPSpec(arch="mlp"))
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_artifacts_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, mode: int) -> None:
+    previous = os.umask(umask)
+    try:
+        written = [write_text(tmp_path / "a.txt", "A"), save_checkpoint(tmp_path / "c.pt", {"w": torch.ones(1)}),
+                   write_parquet(tmp_path / "f.parquet", pd.DataFrame({"x": [1]}))]
+    finally:
+        os.umask(previous)
+    assert [stat.S_IMODE(path.stat().st_mode) for path in written] == [mode] * 3
+
+
+def test_a_write_is_synced_before_the_rename_and_the_folder_after(tmp_path: Path, monkeypatch) -> None:
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else f"fsync {os.fstat(fd).st_size} bytes")
+        real_fsync(fd)
+
+    def replace(source, target) -> None:
+        events.append(f"rename onto {Path(target).name}")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_text(tmp_path / "note.txt", "12345")
+    assert events == ["fsync 5 bytes", "rename onto note.txt", "fsync folder"]
+
+
+def test_only_dead_writers_temporaries_are_removed(tmp_path: Path) -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    live = tmp_path / f".note.txt.{os.getpid()}.live.tmp"  # this process: a writer still at work
+    dead = tmp_path / f".note.txt.{dead_pid}.dead.tmp"
+    other = tmp_path / f".other.txt.{dead_pid}.x.tmp"  # another target's: not this write's business
+    for path in (live, dead, other):
+        path.write_text("partial")
+    write_text(tmp_path / "note.txt", "done")
+    assert names(tmp_path) == sorted([live.name, other.name, "note.txt"])
+
+
+def test_equal_payloads_give_identical_checkpoint_bytes(tmp_path: Path) -> None:
+    """torch.save names the zip's records after the file it writes; a temporary's random name must not leak in."""
+    payload = {"state_dict": {"w": torch.arange(6.0).reshape(2, 3)}, "spec": {"arch": "mlp"}}
+    first = save_checkpoint(tmp_path / "a" / "model.pt", payload)
+    second = save_checkpoint(tmp_path / "b" / "other.pt", payload)
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_garbage_json_is_an_artifact_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "card.json"
+    path.write_text('{"input_shape": [40')
+    with pytest.raises(ArtifactError) as caught:
+        read_json(path)
+    assert str(caught.value) == (f"{path}: not valid JSON (Expecting ',' delimiter: line 1 column 20 (char 19))")
+    assert caught.value.path == path and caught.value.fix is None
+
+
+def test_a_folder_that_takes_no_file_fails_the_check_and_nothing_is_created(tmp_path: Path, monkeypatch) -> None:
+    def read_only(*args, dir=None, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", dir)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(ArtifactError) as caught:
+        check_writable(tmp_path / "artifacts" / "teacher")
+    assert str(caught.value) == f"{tmp_path / 'artifacts' / 'teacher'}: cannot write there (Read-only file system)"
+    assert caught.value.fix == "make the folder writable (or free space on its disk) and rerun"
+    assert names(tmp_path) == []
+
+
+def test_a_truncated_split_is_an_artifact_error_naming_the_file(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "source_train.parquet", to_frame(np.array(["a"]), np.ones((1, 4)), np.array([0])))
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(ArtifactError) as caught:
+        load_split(path, (4,))
+    assert str(caught.value).startswith(f"{path}: not a readable Parquet file (ArrowInvalid: ")
+    assert load_split(write_parquet(path, to_frame(np.array(["a"]), np.ones((1, 4)), np.array([0]))), (4,)).x.shape == (1, 4)
+
+
+def test_a_checkpoint_naming_a_custom_factory_never_builds_it(tmp_path: Path, monkeypatch) -> None:
+    """The file picks a factory and its keywords; loading must compare, not call (nor even import the module)."""
+    package = tmp_path / "attacker_nets.py"
+    package.write_text("from pathlib import Path\n\ndef make(**kwargs):\n    Path(kwargs['marker']).write_text('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = MLPSpec(arch="mlp", hidden=[8])
+    path = save_model(tmp_path / "teacher.pt", build_model(spec, (40,), 3), spec, (40,), ["0", "1", "2"])
+    payload = load_checkpoint(path)
+    payload["spec"] = {"arch": "custom", "factory": "attacker_nets:make", "options": {"marker": str(tmp_path / "ran")}}
+    torch.save(payload, path)
+
+    with pytest.raises(CheckpointError) as caught:
+        load_model(path, spec)
+    assert str(caught.value) == (
+        f"{path}: saved for the architecture {{'arch': 'custom', 'factory': 'attacker_nets:make', 'options': "
+        f"{{'marker': '{tmp_path / 'ran'}'}}}}, but params.yaml gives {{'arch': 'mlp', 'hidden': [8], 'dropout': 0.0}}; "
+        "it is not loaded (nor its spec built)")
+    assert not (tmp_path / "ran").exists() and "attacker_nets" not in sys.modules
+
+
+def test_a_checkpoint_of_the_expected_custom_spec_loads(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "user_nets.py").write_text(
+        "from torch import nn\n\nclass Net(nn.Module):\n    def __init__(self, width):\n        super().__init__()\n"
+        "        self.backbone = nn.Sequential(nn.Linear(40, width))\n        self.head = nn.Linear(width, 3)\n\n"
+        "    def forward(self, x):\n        return self.head(self.backbone(x))\n\n"
+        "def make(input_shape, num_classes, width):\n    return Net(width)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = CustomSpec(arch="custom", factory="user_nets:make", options={"width": 5})
+    path = save_model(tmp_path / "m.pt", build_model(spec, (40,), 3), spec, (40,), ["0", "1", "2"])
+    assert type(load_model(path, spec)[0]).__name__ == "Net"
+    with pytest.raises(CheckpointError, match="it is not loaded"):
+        load_model(path, CustomSpec(arch="custom", factory="user_nets:make", options={"width": 6}))

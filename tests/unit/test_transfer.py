@@ -197,23 +197,24 @@ def test_report_names_the_skipped_source_layers() -> None:
 def test_finetune_refuses_a_target_that_shares_no_layer(tmp_path, capsys) -> None:
     """A linear student has only a head; with the head re-initialised nothing would transfer: finetune says so,
     naming itself, the source and the target architectures, and writes no target model."""
-    from kdflow.artifacts import write_json, write_parquet
+    from kdflow.artifacts import file_digest, write_json, write_parquet
     from kdflow.checkpoints import save_model
     from kdflow.config import LinearSpec, validate
     from kdflow.datasets import to_frame
-    from kdflow.layout import ProjectPaths
+    from kdflow.layout import SPLITS, ProjectPaths
     from tasks import finetune
 
     paths = ProjectPaths.at(tmp_path)
-    write_json(paths.dataset_card, {"input_shape": [40], "source_classes": ["0", "1"], "target_classes": ["2", "3"]})
     rng = np.random.default_rng(0)
-    for split in ("target_train", "target_val"):
+    for split in SPLITS:
         write_parquet(paths.split(split), to_frame(np.array(["a", "b"]), rng.random((2, 40)), np.array([0, 1])))
+    write_json(paths.dataset_card, {"input_shape": [40], "source_classes": ["0", "1"], "target_classes": ["2", "3"],
+                                    "splits": {split: {"md5": file_digest(paths.split(split))} for split in SPLITS}})
     linear = LinearSpec(arch="linear")
     save_model(paths.checkpoint("student_distilled"), build_model(linear, INPUT_SHAPE, 2), linear, INPUT_SHAPE, ["0", "1"])
 
     with pytest.raises(TransferError) as caught:
-        finetune.run(validate({"finetune": {"reinit": ["head"]}}), paths)
+        finetune.run(validate({"distill": {"student": {"arch": "linear"}}, "finetune": {"reinit": ["head"]}}), paths)
     assert str(caught.value) == (
         "finetune: the target model shares no layer (same name and shape) with the source model: source "
         f"student_distilled (linear, {paths.checkpoint('student_distilled')}), target model (linear, finetune.reinit "
