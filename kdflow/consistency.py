@@ -10,15 +10,12 @@ stage to rerun, rather than training on a mix of versions.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from kdflow.artifacts import ArtifactError, file_digest, load_checkpoint, read_json
 from kdflow.datasets import read_dataset_card
 from kdflow.layout import MODELS, SPLITS, ProjectPaths
-
-
-def _name(paths: ProjectPaths, path: Path) -> str:
-    """A project file's name as digests key it: relative to the root (kdflow.lineage.relative)."""
-    return path.relative_to(paths.root).as_posix()
+from kdflow.lineage import relative
 
 
 def _current(paths: ProjectPaths, digests: dict[str, str], name: str) -> str | None:
@@ -34,7 +31,8 @@ def _stale(path: Path, made_from: str, recorded: str, now: str) -> ArtifactError
 
 
 def _check_splits(paths: ProjectPaths, digests: dict[str, str]) -> None:
-    read = {name: digests[_name(paths, paths.split(name))] for name in SPLITS if _name(paths, paths.split(name)) in digests}
+    names = {name: relative(paths.root, paths.split(name)) for name in SPLITS}
+    read = {name: digests[path] for name, path in names.items() if path in digests}
     if not read:
         return
     card = read_dataset_card(paths.dataset_card)
@@ -61,9 +59,10 @@ def _check_soft_labels(paths: ProjectPaths, digests: dict[str, str]) -> None:
     manifest_path = paths.soft_labels_manifest
     manifest = read_json(manifest_path)
     try:
-        made_from = {_name(paths, paths.checkpoint("teacher")): manifest["teacher_checkpoint_md5"]}
-        made_from.update({_name(paths, paths.split(name)): entry["input_md5"] for name, entry in manifest["files"].items()})
-        written = {_name(paths, paths.soft_labels(name)): entry["md5"] for name, entry in manifest["files"].items()}
+        files = manifest["files"].items()
+        made_from = {relative(paths.root, paths.checkpoint("teacher")): manifest["teacher_checkpoint_md5"],
+                     **{relative(paths.root, paths.split(name)): entry["input_md5"] for name, entry in files}}
+        written = {relative(paths.root, paths.soft_labels(name)): entry["md5"] for name, entry in files}
     except (KeyError, TypeError, AttributeError):
         raise ArtifactError(manifest_path, "not a soft-label manifest (teacher_checkpoint_md5 and each file's md5 "
                                            "and input_md5 are missing or malformed)") from None
@@ -78,12 +77,14 @@ def _check_soft_labels(paths: ProjectPaths, digests: dict[str, str]) -> None:
             raise _stale(manifest_path, name, recorded, now)
 
 
-def check_inputs(paths: ProjectPaths, digests: dict[str, str]) -> None:
-    """Raise ArtifactError for the first input (of {path relative to the root: md5 now}) made from other versions
-    of the files it came from; each named path is what the stage that writes it must rewrite."""
+def check_inputs(paths: ProjectPaths, inputs: Sequence[Path]) -> dict[str, str]:
+    """The inputs' md5s now, {path as kdflow.lineage names it: md5}; an ArtifactError for the first input made from
+    other versions of the files it came from, naming what the stage that writes it must rewrite."""
+    digests = {relative(paths.root, path): file_digest(path) for path in inputs}
     _check_splits(paths, digests)
     for model in MODELS:
-        if _name(paths, paths.checkpoint(model)) in digests:
+        if relative(paths.root, paths.checkpoint(model)) in digests:
             _check_checkpoint(paths, digests, paths.checkpoint(model))
     if any((paths.root / name).is_relative_to(paths.soft_labels_dir) for name in digests):
         _check_soft_labels(paths, digests)
+    return digests

@@ -113,6 +113,7 @@ def range_test(problem: Problem, seed: int, min_lr: float = 1e-6, max_lr: float 
 def stage_problem(stage: str, params: Params, paths: ProjectPaths) -> Problem:
     """The model, data and loss `stage` trains first: the teacher, the distilled student, the fine-tuned model."""
     from kdflow.checkpoints import expected_spec, load_model
+    from kdflow.consistency import check_inputs
     from kdflow.datasets import load_split, read_dataset_card
     from kdflow.losses import kd_loss
     from models import build_model
@@ -122,13 +123,16 @@ def stage_problem(stage: str, params: Params, paths: ProjectPaths) -> Problem:
     torch.manual_seed(params.seed)
     if stage == "train_teacher":
         spec = params.train_teacher
+        check_inputs(paths, [paths.split("source_train")])
         train = load_split(paths.split("source_train"), input_shape)
         model = build_model(spec.model, input_shape, len(card["source_classes"]))
         return Problem(model, train.x, [train.y], spec.train)
     if stage == "distill":
         from tasks.distill import distillation_set
+        from tasks.soft_labels import SETS_TO_LABEL, logits_path
 
         spec = params.distill
+        check_inputs(paths, [*(paths.split(s) for s in SETS_TO_LABEL), *(logits_path(paths, s) for s in SETS_TO_LABEL)])
         _, x, labels, logits = distillation_set(paths, input_shape)
         model = build_model(spec.student, input_shape, len(card["source_classes"]))
         return Problem(model, x, [logits, labels], spec.train,
@@ -137,6 +141,7 @@ def stage_problem(stage: str, params: Params, paths: ProjectPaths) -> Problem:
         from tasks.finetune import SOURCE_MODEL, param_groups, transferred_model, unfreeze_schedule
 
         arch = expected_spec(params, SOURCE_MODEL)
+        check_inputs(paths, [paths.checkpoint(SOURCE_MODEL), paths.split("target_train")])
         source, _ = load_model(paths.checkpoint(SOURCE_MODEL), arch)
         train = load_split(paths.split("target_train"), input_shape)
         model, _ = transferred_model(params, source, arch, input_shape, len(card["target_classes"]))

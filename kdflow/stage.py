@@ -56,8 +56,7 @@ def stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: st
     """
     from kdflow import consistency, lineage, tracking
 
-    digests = {lineage.relative(paths.root, p): file_digest(p) for p in inputs}  # hashed once, used thrice
-    consistency.check_inputs(paths, digests)
+    digests = consistency.check_inputs(paths, inputs)  # hashed once: checked, tagged, recorded in checkpoints
     for directory in output_dirs(paths, stage):
         check_writable(directory)
     inputs_md5 = lineage.input_tags(digests)
@@ -157,7 +156,7 @@ def checkpoint_failure(exc: CheckpointError, paths: ProjectPaths) -> str:
     producer = paths.producer(exc.path) if exc.path is not None else None
     if producer is None:
         return str(exc)
-    return (f"{exc}\nfix: the stage '{producer}' writes {exc.path}: delete the file and rerun it "
+    return (f"{exc}; fix: the stage '{producer}' writes {exc.path}: delete the file and rerun it "
             f"(`dvc repro -f {producer}` or `kdflow run --force {producer}`)")
 
 

@@ -34,7 +34,7 @@ def teacher_logits_for(split: Split, path) -> torch.Tensor:
     frame = frame.set_index("sample_id")
     missing = np.setdiff1d(split.sample_id, frame.index.to_numpy(dtype=str))
     if len(missing):
-        raise ArtifactError(path, f"no soft labels for {len(missing)} samples (e.g. {missing[0]})")
+        raise ArtifactError(path, f"no soft labels for {len(missing)} of the split's samples (e.g. {missing[0]})")
     return torch.tensor(frame.loc[split.sample_id].to_numpy(np.float32))
 
 

@@ -288,3 +288,223 @@ def test_reachable_tracking_server_takes_the_runs(tmp_path, tiny_params, write_p
     runs = client.search_runs([client.get_experiment_by_name("kdflow").experiment_id])
     assert [(r.info.run_name, r.info.status) for r in runs] == [("prepare", "FINISHED")]
     assert not (project / "mlflow.db").exists()
+
+
+# --- issue 14: nothing wrong, nothing lost, nothing run that should not be --------------------------------------
+
+
+def failed_stage(stage: str, root: Path, *overrides: str) -> str:
+    """Run a stage that must fail; its error, which must be one line, the last, and no traceback (MLflow may log
+    its store's creation before it)."""
+    done = subprocess.run(stage_command(stage, root, *overrides), cwd=REPO_ROOT, env=stage_env(),
+                          capture_output=True, text=True, timeout=STAGE_TIMEOUT_S)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.splitlines()
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    return lines[-1]
+
+
+def rerun_fix(stage: str) -> str:
+    return f"fix: rerun the stage '{stage}', which writes it (`dvc repro {stage}` or `kdflow run`)"
+
+
+def test_a_checkpoint_naming_a_custom_factory_runs_nothing_and_is_refused(project_copy) -> None:
+    """weights_only=True keeps objects out, not a spec: `logging:basicConfig(filename=...)` would open the file."""
+    from kdflow.config import load_params
+
+    root = project_copy()
+    paths = ProjectPaths.at(root)
+    path, marker = paths.checkpoint("teacher"), root / "chosen-by-the-file"
+    payload = load_checkpoint(path)
+    payload["spec"] = {"arch": "custom", "factory": "logging:basicConfig", "options": {"filename": str(marker)}}
+    torch.save(payload, path)
+
+    message = failed_stage("soft_labels", root)
+    expected = load_params(root / "params.yaml").train_teacher.model.model_dump(mode="json")
+    assert message == (
+        f"error: {path}: saved for the architecture {payload['spec']}, but params.yaml gives {expected}; it is not "
+        f"loaded (nor its spec built); fix: the stage 'train_teacher' writes {path}: delete the file and rerun it "
+        "(`dvc repro -f train_teacher` or `kdflow run --force train_teacher`)")
+    assert not marker.exists()
+
+
+def test_distill_after_the_teacher_was_retrained_names_the_stale_soft_labels(project_copy) -> None:
+    root = project_copy()
+    paths = ProjectPaths.at(root)
+    old_teacher = file_digest(paths.checkpoint("teacher"))
+    students = {p: p.read_bytes() for p in paths.students_dir.iterdir()}
+    run_stage("train_teacher", root, "train_teacher.train.epochs=1")
+    new_teacher = file_digest(paths.checkpoint("teacher"))
+    assert new_teacher != old_teacher
+
+    assert failed_stage("distill", root) == (
+        f"error: {paths.soft_labels_manifest}: made from artifacts/teacher/teacher.pt md5 {old_teacher}, which is "
+        f"now md5 {new_teacher}: stale; {rerun_fix('soft_labels')}")
+    assert {p: p.read_bytes() for p in paths.students_dir.iterdir()} == students
+
+
+def test_finetune_after_the_data_was_prepared_again_names_the_stale_student(project_copy) -> None:
+    root = project_copy()
+    paths = ProjectPaths.at(root)
+    old_val = file_digest(paths.split("source_val"))
+    run_stage("prepare", root, "data.val_fraction=0.2")
+    new_val = file_digest(paths.split("source_val"))
+    assert new_val != old_val
+
+    assert failed_stage("finetune", root) == (
+        f"error: {paths.checkpoint('student_distilled')}: made from data/prepared/source_val.parquet md5 {old_val}, "
+        f"which is now md5 {new_val}: stale; {rerun_fix('distill')}")
+    assert not paths.target_dir.exists()
+
+
+def test_soft_labels_missing_samples_are_one_line_from_the_command(project_copy) -> None:
+    import pyarrow.parquet as pq
+
+    from kdflow.artifacts import write_json, write_parquet
+
+    root = project_copy()
+    paths = ProjectPaths.at(root)
+    target = paths.soft_labels("transfer")
+    frame = pd.read_parquet(target)
+    write_parquet(target, frame.iloc[1:])
+    manifest = read_json(paths.soft_labels_manifest)
+    manifest["files"]["transfer"]["md5"] = file_digest(target)  # consistent with its manifest, yet short of rows
+    write_json(paths.soft_labels_manifest, manifest)
+    assert pq.read_metadata(target).num_rows == len(frame) - 1
+
+    assert failed_stage("distill", root) == (
+        f"error: {target}: no soft labels for 1 of the split's samples (e.g. {frame['sample_id'][0]}); "
+        f"{rerun_fix('soft_labels')}")
+
+
+def damage_soft_labels(paths: ProjectPaths) -> str:
+    target = paths.soft_labels("transfer")
+    recorded = read_json(paths.soft_labels_manifest)["files"]["transfer"]["md5"]
+    truncate(target)
+    return (f"error: {target}: md5 {file_digest(target)}, not the md5 {recorded} manifest.json records: changed or "
+            f"damaged since soft_labels wrote them; {rerun_fix('soft_labels')}")
+
+
+def damage_split(paths: ProjectPaths) -> str:
+    target = paths.split("source_train")
+    recorded = read_json(paths.dataset_card)["splits"]["source_train"]["md5"]
+    truncate(target)
+    return (f"error: {target}: md5 {file_digest(target)}, not the md5 {recorded} dataset_card.json records: changed "
+            f"or damaged since prepare wrote them; {rerun_fix('prepare')}")
+
+
+def garbage_card(paths: ProjectPaths) -> str:
+    paths.dataset_card.write_text("<html>not json</html>")
+    return (f"error: {paths.dataset_card}: not valid JSON (Expecting value: line 1 column 1 (char 0)); "
+            f"{rerun_fix('prepare')}")
+
+
+def wrong_card(paths: ProjectPaths) -> str:
+    paths.dataset_card.write_text('{"input_shape": "forty"}')
+    return (f"error: {paths.dataset_card}: not a dataset card (input_shape, source_classes, target_classes and every "
+            f"split's md5 are missing or malformed); {rerun_fix('prepare')}")
+
+
+def garbage_store(paths: ProjectPaths) -> str:
+    store = paths.root / "mlflow.db"
+    store.write_bytes(b"not a database " * 100)
+    return (f"error: {store}: not a readable MLflow store (file is not a database); nothing was run; fix: move it "
+            f"aside (`mv {store} {store}.damaged`) and rerun: a new store is made, and the runs the damaged one held "
+            "stay in that file")
+
+
+@pytest.mark.parametrize(("stage", "damage"), [
+    ("distill", damage_soft_labels), ("train_teacher", damage_split), ("soft_labels", garbage_card),
+    ("distill", wrong_card), ("distill", garbage_store),
+], ids=["truncated-soft-labels", "truncated-split", "garbage-card", "wrong-card", "garbage-mlflow-db"])
+def test_a_bad_artifact_is_one_line_naming_the_file_and_the_fix(project_copy, stage, damage) -> None:
+    root = project_copy()
+    paths = ProjectPaths.at(root)
+    checkpoints = {m: file_digest(paths.checkpoint(m)) for m in ("teacher", "student_distilled")}
+    expected = damage(paths)
+    assert failed_stage(stage, root) == expected
+    assert {m: file_digest(paths.checkpoint(m)) for m in checkpoints} == checkpoints  # nothing replaced
+
+
+def test_a_second_run_refuses_the_state_a_live_run_trains_from_and_leaves_it(project_copy) -> None:
+    import socket as sockets
+
+    root = project_copy()
+    state = ProjectPaths.at(root).resume_state("teacher")
+    first = start_stage("train_teacher", root, "train_teacher.train.epochs=2000", "train_teacher.train.patience=0")
+    try:
+        deadline = time.monotonic() + STAGE_TIMEOUT_S
+        while not state.exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
+            time.sleep(0.05)
+        message = failed_stage("train_teacher", root, "train_teacher.train.epochs=2000", "train_teacher.train.patience=0")
+        assert message == (
+            f"error: {state}: in use by a training that is still running (pid {first.pid} on {sockets.gethostname()}); "
+            "not resumed from, nor touched; fix: wait for that run to finish (or stop it) before running the stage again")
+        assert first.poll() is None and state.exists()
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_prepare_reads_a_file_whose_name_mlflow_keys_cannot_hold(tmp_path, tiny_params, write_params,
+                                                                 write_image_csv) -> None:
+    """`(`, `)` and `'` are not allowed in MLflow tag keys; the file's path must still reach its run and lineage."""
+    from mlflow.tracking import MlflowClient
+
+    from kdflow.lineage import INPUT_PREFIX, chain, format_chain, tagged_files
+
+    raw = "data/raw/digits (v2)'s.csv"
+    write_image_csv(tmp_path / raw, rows_per_class=30)
+    data = {**tiny_params["data"],
+            "source": {"kind": "file", "path": raw, "feature_prefix": "pixel_", "label": "digit", "reshape": [1, 8, 8]},
+            "transfer": {"kind": "file", "path": raw, "feature_prefix": "pixel_", "label": "digit"}}
+    teacher = {**tiny_params["train_teacher"], "model": {"arch": "cnn2d", "channels": [8, 8]}}
+    write_params(tmp_path, {**tiny_params, "data": data, "train_teacher": teacher})
+    run_stage("prepare", tmp_path)
+    run_stage("train_teacher", tmp_path)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("kdflow").experiment_id
+    (teacher_run,) = client.search_runs([experiment], filter_string="tags.`kdflow.model` = 'teacher'")
+    (prepare_run,) = client.search_runs([experiment], filter_string="tags.`kdflow.stage` = 'prepare'")
+    md5 = file_digest(tmp_path / raw)
+    assert tagged_files(prepare_run.data.tags, INPUT_PREFIX) == {raw: md5}
+    runs = chain(client, teacher_run.info.run_id)
+    assert [r.info.run_id for r in runs][0] == prepare_run.info.run_id
+    assert f"  in   {raw}  md5 {md5}" in format_chain(client, runs).splitlines()
+
+
+def refuse_writes_under(monkeypatch, directory: Path) -> None:
+    """Make `directory` read-only as far as new files go (the tests run as root, whom chmod does not stop)."""
+    import errno
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).resolve().is_relative_to(directory):
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize(("stage", "folder"), [("prepare", "data/prepared"), ("train_teacher", "artifacts/teacher")])
+def test_a_read_only_output_folder_stops_the_stage_before_it_writes_or_trains(project_copy, monkeypatch, stage,
+                                                                              folder) -> None:
+    import kdflow.stage
+
+    monkeypatch.setenv("KDFLOW_OFFLINE", "1")
+    root = project_copy()
+    directory = root / folder
+    before = {p: p.read_bytes() for p in directory.iterdir()}
+    refuse_writes_under(monkeypatch, directory)
+    monkeypatch.setattr(kdflow.stage, "fit", lambda *a, **k: pytest.fail("trained into a read-only folder"))
+    with pytest.raises(SystemExit) as caught:
+        stage_main(stage, __import__(f"tasks.{stage}", fromlist=["run"]).run, ["--root", str(root)])
+    assert str(caught.value.code) == (f"error: {directory}: cannot write there (Read-only file system); fix: make the "
+                                      "folder writable (or free space on its disk) and rerun")
+    assert {p: p.read_bytes() for p in directory.iterdir()} == before
+    assert not (root / "mlflow.db").exists()  # no run was even started

@@ -46,3 +46,27 @@ def test_lr_find_plots_suggests_and_logs(project_copy, monkeypatch, stage, overr
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(curve["losses"], nan_ok=True)
     assert {a.path for a in client.list_artifacts(run.info.run_id, "lr_find")} == {
         f"lr_find/{stage}.png", f"lr_find/{stage}.json"}
+
+
+def test_lr_find_refuses_soft_labels_of_another_teacher(project_copy) -> None:
+    """lr-find trains on the stage's inputs as the stage would: stale ones stop it the same way."""
+    from click.testing import CliRunner
+
+    from kdflow.artifacts import file_digest, load_checkpoint, save_checkpoint
+    from kdflow.cli import app
+    from kdflow.layout import ProjectPaths
+
+    root = project_copy()
+    paths = ProjectPaths.at(root)
+    old_teacher = file_digest(paths.checkpoint("teacher"))
+    payload = load_checkpoint(paths.checkpoint("teacher"))
+    payload["state_dict"] = {name: tensor + 1 for name, tensor in payload["state_dict"].items()}  # retrained
+    save_checkpoint(paths.checkpoint("teacher"), payload)
+    result = CliRunner().invoke(app, ["lr-find", "distill", "--root", str(root), "--params", str(root / "params.yaml"),
+                                      "--offline"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (
+        f"Error: {paths.soft_labels_manifest}: made from artifacts/teacher/teacher.pt md5 {old_teacher}, which is now "
+        f"md5 {file_digest(paths.checkpoint('teacher'))}: stale; fix: rerun the stage 'soft_labels', which writes it "
+        "(`dvc repro soft_labels` or `kdflow run`)")
+    assert not (root / "plots" / "lr_find").exists()
