@@ -18,7 +18,7 @@ import torch
 from benchmarks.harness import fmt, mean_ci, parser, table, torch_threads, write_results
 from benchmarks.workspace import load_overridden, quick_overrides, workspace
 from kdflow.artifacts import read_json
-from kdflow.checkpoints import load_model
+from kdflow.checkpoints import expected_spec, load_model
 from kdflow.datasets import load_split
 from kdflow.losses import kd_loss
 from kdflow.training import fit, predict_logits
@@ -50,7 +50,7 @@ def run(args) -> dict:
     val, test = load_split(paths.split("source_val"), shape), load_split(paths.split("source_test"), shape)
     source_logits = teacher_logits_for(source, logits_path(paths, "source_train"))
     transfer_logits = teacher_logits_for(transfer, logits_path(paths, "transfer"))
-    teacher, _ = load_model(paths.checkpoint("teacher"))
+    teacher, _ = load_model(paths.checkpoint("teacher"), expected_spec(params, "teacher"))
     teacher_accuracy = accuracy(teacher, test)
     classes = len(params.data.source_classes)
 

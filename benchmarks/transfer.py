@@ -14,7 +14,7 @@ import torch
 
 from benchmarks.harness import fmt, mean_ci, parser, table, torch_threads, write_results
 from benchmarks.workspace import load_overridden, quick_overrides, workspace
-from kdflow.checkpoints import load_model
+from kdflow.checkpoints import expected_spec, load_model
 from kdflow.training import fit, predict_logits
 from kdflow.transfer import copy_matching_layers
 from models import build_model
@@ -41,8 +41,8 @@ def run(args) -> dict:
     counts = (5, 10) if args.quick else LABELS_PER_CLASS
     seeds = range(2 if args.quick else args.seeds)
     paths = workspace(params, ["prepare", "train_teacher", "soft_labels", "distill"], args.work_dir)
-    source, meta = load_model(paths.checkpoint(SOURCE_MODEL))
-    arch = meta["spec"]
+    arch = expected_spec(params, SOURCE_MODEL)
+    source, _ = load_model(paths.checkpoint(SOURCE_MODEL), arch)
     classes = len(params.data.target_classes)
     results: dict[int, dict[str, dict]] = {}
     for count in counts:

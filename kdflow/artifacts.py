@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -56,10 +57,11 @@ def _fsync_directory(directory: Path) -> None:
 
 def _remove_dead_writers_temporaries(target: Path) -> None:
     """Remove temporaries of `target` left by writers that died; a live writer's is its own to finish."""
-    prefix = f".{target.name}."
-    for stale in target.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        pid = stale.name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and not process_alive(int(pid)):
+    # Exactly `.<name>.<pid>.<random>.tmp`: a longer name (`.<name>.1.<pid>.<random>.tmp`) is another target's.
+    own = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[^.]+\.tmp")
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        found = own.fullmatch(stale.name)
+        if found and not process_alive(int(found.group(1))):
             stale.unlink(missing_ok=True)
 
 

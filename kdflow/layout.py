@@ -66,6 +66,8 @@ class ProjectPaths:
         writers = {"prepare": self.prepared, "train_teacher": self.teacher_dir, "soft_labels": self.soft_labels_dir,
                    "distill": self.students_dir, "finetune": self.target_dir, "evaluate": self.report_dir}
         path = Path(path).resolve()
+        if path.parent == self.curve(path.stem).parent:  # a model's curve: the stage that trains the model
+            return self.producer(self.checkpoint(path.stem))
         return next((stage for stage, directory in writers.items() if path.is_relative_to(directory)), None)
 
     def resume_state(self, model: str) -> Path:

@@ -62,10 +62,22 @@ def comparison_lines(summary: dict) -> list[str]:
     ]
 
 
+CURVE_COLUMNS = ("epoch", "val_loss", "val_accuracy")
+
+
 def read_curve(path: Path) -> dict[str, list[float]]:
-    with open(path) as handle:
-        rows = list(csv.DictReader(handle))
-    return {key: [float(row[key]) for row in rows if row.get(key)] for key in rows[0]} if rows else {}
+    """A model's per-epoch history (kdflow.stage.write_curve); a damaged one is an ArtifactError naming it."""
+    from kdflow.artifacts import ArtifactError
+
+    try:
+        with open(path) as handle:
+            rows = list(csv.DictReader(handle))
+        curve = {key: [float(row[key]) for row in rows if row.get(key)] for key in rows[0]} if rows else {}
+    except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+        raise ArtifactError(path, f"not a learning curve ({exc})") from None
+    if not all(curve.get(column) for column in CURVE_COLUMNS):
+        raise ArtifactError(path, f"not a learning curve (no rows of {', '.join(CURVE_COLUMNS)})")
+    return curve
 
 
 def plot_learning_curves(curves: dict[str, Path], target: Path) -> None:

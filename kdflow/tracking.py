@@ -43,10 +43,12 @@ def tracking_uri(root: Path) -> str:
 
 
 def check_tracking(root: Path, timeout_s: float = 5.0) -> str:
-    """Before any training: probe a tracking server's /health and say where the runs will go.
+    """Before any training: probe a tracking server's /health, or check a local store's file, and say where the
+    runs will go.
 
-    An unreachable server is a `TrackingUnreachable` naming the URI and the way out (offline mode), rather
-    than a stage that trains for minutes and then fails on its first log call.
+    An unreachable server is a `TrackingUnreachable` naming the URI and the way out (offline mode), and a damaged
+    local store an ArtifactError naming the file, rather than a stage that trains for minutes and then fails on
+    its first log call.
     """
     uri = tracking_uri(root)
     if uri.startswith("sqlite:///"):

@@ -228,10 +228,11 @@ def test_only_dead_writers_temporaries_are_removed(tmp_path: Path) -> None:
     live = tmp_path / f".note.txt.{os.getpid()}.live.tmp"  # this process: a writer still at work
     dead = tmp_path / f".note.txt.{dead_pid}.dead.tmp"
     other = tmp_path / f".other.txt.{dead_pid}.x.tmp"  # another target's: not this write's business
-    for path in (live, dead, other):
+    longer = tmp_path / f".note.txt.{dead_pid}.{os.getpid()}.y.tmp"  # `note.txt.<dead pid>`'s, by a live writer
+    for path in (live, dead, other, longer):
         path.write_text("partial")
     write_text(tmp_path / "note.txt", "done")
-    assert names(tmp_path) == sorted([live.name, other.name, "note.txt"])
+    assert names(tmp_path) == sorted([live.name, other.name, longer.name, "note.txt"])
 
 
 def test_equal_payloads_give_identical_checkpoint_bytes(tmp_path: Path) -> None:
@@ -304,3 +305,19 @@ def test_a_checkpoint_of_the_expected_custom_spec_loads(tmp_path: Path, monkeypa
     assert type(load_model(path, spec)[0]).__name__ == "Net"
     with pytest.raises(CheckpointError, match="it is not loaded"):
         load_model(path, CustomSpec(arch="custom", factory="user_nets:make", options={"width": 6}))
+
+
+@pytest.mark.parametrize("text", ["epoch,train_loss,val_loss,val_accuracy,lr\n1,0.5,oops,0.9,0.001\n", "", "\xff\xfe"],
+                         ids=["not-a-number", "empty", "not-text"])
+def test_a_damaged_curve_is_an_artifact_error_and_names_the_stage_that_trains_it(tmp_path: Path, text: str) -> None:
+    from kdflow.layout import ProjectPaths
+    from kdflow.report import read_curve
+
+    paths = ProjectPaths.at(tmp_path)
+    path = paths.curve("student_distilled")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ArtifactError) as caught:
+        read_curve(path)
+    assert str(caught.value).startswith(f"{path}: not a learning curve (")
+    assert paths.producer(path) == "distill"
