@@ -134,7 +134,11 @@ def test_changing_temperature_reruns_distill_and_downstream_only(dvc_repo):
     assert "distill:" in status and "train_teacher:" not in status and "prepare:" not in status
 
     output = run([sys.executable, "-m", "dvc", "repro"], repo)
-    assert stages_run(output) == ["distill", "finetune", "evaluate"]
+    # The experiment above trained these very students (T=8), and equal weights are equal checkpoint bytes: DVC's
+    # run cache restores what finetune and evaluate made from them rather than running them again.
+    assert stages_run(output) == ["distill"]
+    for stage in ("finetune", "evaluate"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in output
     metrics = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo)
     assert "student_distilled" in metrics
 

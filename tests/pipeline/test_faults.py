@@ -428,8 +428,6 @@ def test_a_bad_artifact_is_one_line_naming_the_file_and_the_fix(project_copy, st
 
 
 def test_a_second_run_refuses_the_state_a_live_run_trains_from_and_leaves_it(project_copy) -> None:
-    import socket as sockets
-
     root = project_copy()
     state = ProjectPaths.at(root).resume_state("teacher")
     first = start_stage("train_teacher", root, "train_teacher.train.epochs=2000", "train_teacher.train.patience=0")
@@ -440,7 +438,7 @@ def test_a_second_run_refuses_the_state_a_live_run_trains_from_and_leaves_it(pro
             time.sleep(0.05)
         message = failed_stage("train_teacher", root, "train_teacher.train.epochs=2000", "train_teacher.train.patience=0")
         assert message == (
-            f"error: {state}: in use by a training that is still running (pid {first.pid} on {sockets.gethostname()}); "
+            f"error: {state}: in use by a training that is still running (pid {first.pid} on {socket.gethostname()}); "
             "not resumed from, nor touched; fix: wait for that run to finish (or stop it) before running the stage again")
         assert first.poll() is None and state.exists()
     finally:
