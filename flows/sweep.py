@@ -1,6 +1,6 @@
 """A hyperparameter sweep: the `distill` stage mapped over a grid, trials fanned out on Prefect's Dask task runner.
 
-The upstream stages (prepare, train_teacher, soft_labels) run first through the pipeline's cached tasks, so a
+The stages distill depends on run first as the pipeline runs them (skipped when DVC's record has them), so a
 sweep after `kdflow run` starts straight with the trials. Each trial is a Prefect task that runs `tasks.distill`
 with its grid point applied, in a Dask worker process: it reads the project's data, teacher and soft labels, and
 writes its students, metrics and curves under `sweeps/<sweep run id>/trial-NN/`, leaving the pipeline's own
@@ -24,14 +24,14 @@ import yaml
 from prefect import flow, get_run_logger, task, unmapped
 from prefect_dask import DaskTaskRunner
 
-from flows.pipeline import run_cached_stage
+from flows.pipeline import apply_overrides, project_params, run_recorded_stage
 from flows.retries import STAGE_RETRIES, STAGE_RETRY_DELAYS, STAGE_RETRY_JITTER, retry_on_transient
-from kdflow import tracking
+from kdflow import graph, record, tracking
 from kdflow.artifacts import write_json
 from kdflow.config import ConfigError, load_params, validate
 from kdflow.layout import ProjectPaths
 
-UPSTREAM = ("prepare", "train_teacher", "soft_labels")
+UPSTREAM = graph.upstream("distill")
 DEFAULT_GRID = {"distill.temperature": [1.0, 2.0, 4.0, 8.0], "distill.alpha": [0.5, 1.0]}
 SELECT_BY = "student_distilled_val_accuracy"  # from the distill stage's metrics; higher is better
 
@@ -140,15 +140,19 @@ def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
     grid = grid or DEFAULT_GRID
     overrides = overrides or []
     points = grid_points(grid)
-    params = load_params(params_path, overrides)
-    # Every point is validated before anything runs, so a bad value fails the sweep at once, naming the key.
-    trial_params = [load_params(params_path, [*overrides, *assignments(p)]).model_dump(mode="json") for p in points]
     paths = ProjectPaths.at(root)
+    params_file = project_params(params_path, paths.root)
+    params = load_params(params_file, overrides)
+    # Every point is validated before anything runs, so a bad value fails the sweep at once, naming the key.
+    trial_params = [load_params(params_file, [*overrides, *assignments(p)]).model_dump(mode="json") for p in points]
     with tracking.start_run(paths.root, "sweep", tags={"kdflow.runner": "prefect-dask"}) as sweep_run:
         sweep_run.log_params({"grid": json.dumps(grid), "trials": len(points), "select_by": SELECT_BY})
         arguments = (params.model_dump(mode="json"), str(paths.root), sweep_run.run_id)
-        for stage in UPSTREAM:
-            run_cached_stage(stage, arguments, refresh=False)
+        record.ensure_project(paths.root)
+        with record.hold_outputs(paths.root):
+            apply_overrides(params_file, overrides)  # the upstream stages' record names the params they ran with
+            for stage in UPSTREAM:
+                run_recorded_stage(stage, arguments, force=False)
         sweep_dir = paths.root / "sweeps" / sweep_run.run_id
         futures = distill_trial.map(
             index=list(range(len(points))), point=points, params=trial_params, root=unmapped(str(paths.root)),

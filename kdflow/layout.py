@@ -1,4 +1,4 @@
-"""Where every stage reads and writes, relative to one project root. `dvc.yaml` lists the same paths."""
+"""Where every stage reads and writes, relative to one project root; kdflow.graph declares which stage does which."""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ class ProjectPaths:
         return cls(Path(root).resolve())
 
     @property
+    def raw_dir(self) -> Path:
+        """A user's own data files (`dvc add data/raw/<file>`)."""
+        return self.root / "data" / "raw"
+
+    @property
     def prepared(self) -> Path:
         return self.root / "data" / "prepared"
 
@@ -38,6 +43,14 @@ class ProjectPaths:
     def soft_labels_dir(self) -> Path:
         return self.root / "artifacts" / "soft_labels"
 
+    def soft_labels(self, split: str) -> Path:
+        """The teacher's raw logits for `split`, by sample_id."""
+        return self.soft_labels_dir / f"{split}.parquet"
+
+    @property
+    def soft_labels_manifest(self) -> Path:
+        return self.soft_labels_dir / "manifest.json"
+
     @property
     def students_dir(self) -> Path:
         return self.root / "artifacts" / "students"
@@ -51,13 +64,6 @@ class ProjectPaths:
             self.students_dir if model.startswith("student") else self.target_dir
         )
         return directory / f"{model}.pt"
-
-    def producer(self, path: str | Path) -> str | None:
-        """The stage that writes `path`, so an error about a bad artifact can say what to rerun."""
-        writers = {"prepare": self.prepared, "train_teacher": self.teacher_dir, "soft_labels": self.soft_labels_dir,
-                   "distill": self.students_dir, "finetune": self.target_dir, "evaluate": self.report_dir}
-        path = Path(path).resolve()
-        return next((stage for stage, directory in writers.items() if path.is_relative_to(directory)), None)
 
     def resume_state(self, model: str) -> Path:
         """The training state a killed run of `model` resumes from; removed once the model is written."""
@@ -81,3 +87,10 @@ class ProjectPaths:
     @property
     def report_dir(self) -> Path:
         return self.root / "reports"
+
+    def report_figure(self, name: str) -> Path:
+        return self.report_dir / f"{name}.png"
+
+    @property
+    def dvc_lock(self) -> Path:
+        return self.root / "dvc.lock"

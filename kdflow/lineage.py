@@ -12,14 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdflow.artifacts import file_digest
+from kdflow.graph import STAGES
 
-STAGE_STEPS = {"prepare": "data", "train_teacher": "teacher", "soft_labels": "soft labels", "distill": "student",
-               "finetune": "target model", "evaluate": "evaluation"}
+STAGE_STEPS = {name: stage.step for name, stage in STAGES.items()}
 INPUT_PREFIX, OUTPUT_PREFIX, UPSTREAM_PREFIX, DIGEST_SUFFIX = "kdflow.input.", "kdflow.output.", "kdflow.upstream.", ".md5"
 
 
 def relative(root: Path, path: Path) -> str:
-    return path.relative_to(root).as_posix()
+    """The path as the project names it; a file outside the project (a user's data) by its absolute path."""
+    path = Path(path).resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
 
 
 def input_tags(digests: dict[str, str]) -> dict[str, str]:

@@ -44,8 +44,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     spec = params.evaluate
     card = read_json(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
-    inputs = [paths.checkpoint(m) for m in MODELS] + [paths.split("source_test"), paths.split("target_test")]
-    with stage_run(paths, "evaluate", params, parent_run_id, inputs) as tracked:
+    with stage_run(paths, "evaluate", params, parent_run_id) as tracked:
         tests = {task: load_split(paths.split(f"{task}_test"), input_shape) for task in ("source", "target")}
         teacher_logits = None
         models: dict[str, dict] = {}
@@ -83,8 +82,8 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         summary = {"models": models, "comparisons": comparisons(models)}
         write_json(paths.summary, summary)
         paths.report_dir.mkdir(parents=True, exist_ok=True)
-        plot_learning_curves({m: paths.curve(m) for m in MODELS}, paths.report_dir / "learning_curves.png")
-        plot_comparison(summary, paths.report_dir / "comparison.png")
+        plot_learning_curves({m: paths.curve(m) for m in MODELS}, paths.report_figure("learning_curves"))
+        plot_comparison(summary, paths.report_figure("comparison"))
         report = "\n\n".join([
             "# kdflow results", markdown_table(summary), "\n".join(f"- {line}" for line in comparison_lines(summary)),
             "![comparison](comparison.png)\n\n![learning curves](learning_curves.png)",
@@ -93,8 +92,8 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         tracked.log_metrics({f"{name}.{key}": value for name, m in models.items()
                              for key, value in m.items() if key != "task"})
         tracked.log_metrics(summary["comparisons"])
-        for artifact in (paths.summary, paths.report_dir / "report.md", paths.report_dir / "learning_curves.png",
-                         paths.report_dir / "comparison.png"):
+        for artifact in (paths.summary, paths.report_dir / "report.md", paths.report_figure("learning_curves"),
+                         paths.report_figure("comparison")):
             tracked.log_artifact(artifact, "report")
     return summary["comparisons"]
 

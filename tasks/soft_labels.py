@@ -21,14 +21,10 @@ from kdflow.checkpoints import load_model
 from kdflow.config import Params
 from kdflow.datasets import feature_columns
 from kdflow.layout import ProjectPaths
-from kdflow.stage import record_outputs, stage_main, stage_run
+from kdflow.graph import SOFT_LABELLED
+from kdflow.stage import stage_main, stage_run
 
-SETS_TO_LABEL = ("transfer", "source_train")
 T = TypeVar("T")
-
-
-def logits_path(paths: ProjectPaths, split: str) -> Path:
-    return paths.soft_labels_dir / f"{split}.parquet"
 
 
 def read_ahead(chunks: Iterator[T]) -> Iterator[T]:
@@ -78,25 +74,22 @@ def write_logits(teacher: torch.nn.Module, source: Path, target: Path, input_sha
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
     card = read_json(paths.dataset_card)
     checkpoint = paths.checkpoint("teacher")
-    inputs = [checkpoint, *(paths.split(name) for name in SETS_TO_LABEL)]
-    with stage_run(paths, "soft_labels", params, parent_run_id, inputs) as tracked:
+    with stage_run(paths, "soft_labels", params, parent_run_id) as tracked:
         teacher, meta = load_model(checkpoint)
         num_classes = len(meta["class_names"])
         manifest = {"teacher_checkpoint_md5": file_digest(checkpoint), "files": {}}
         metrics = {}
-        for name in SETS_TO_LABEL:
-            target = logits_path(paths, name)
+        for name in SOFT_LABELLED:
+            target = paths.soft_labels(name)
             rows = write_logits(teacher, paths.split(name), target, tuple(card["input_shape"]), num_classes,
                                 params.soft_labels.chunk_size)
             manifest["files"][name] = {"rows": rows, "md5": file_digest(target),
                                        "input_md5": card["splits"][name]["md5"]}
             metrics[f"soft_label_rows_{name}"] = rows
-        write_json(paths.soft_labels_dir / "manifest.json", manifest)
+        write_json(paths.soft_labels_manifest, manifest)
         tracked.set_tags({"kdflow.teacher_checkpoint_md5": manifest["teacher_checkpoint_md5"]})
         tracked.log_metrics(metrics)
-        tracked.log_artifact(paths.soft_labels_dir / "manifest.json")
-        record_outputs(tracked, paths, [*(logits_path(paths, name) for name in SETS_TO_LABEL),
-                                        paths.soft_labels_dir / "manifest.json"])
+        tracked.log_artifact(paths.soft_labels_manifest)
     return metrics
 
 
