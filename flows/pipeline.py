@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.states import Failed
 
 from kdflow import graph, record, tracking
 from kdflow.artifacts import read_json
@@ -80,6 +81,15 @@ def pipeline(params_path: str = "params.yaml", overrides: list[str] | None = Non
              force: list[str] | None = None, git_branch: str | None = None) -> dict:
     """Run every stage that DVC's record says is not current; `force` names stages to rerun regardless ("all" for
     every stage); `git_branch` commits the run's dvc.lock, params and metrics on that branch."""
+    try:
+        return run_pipeline(params_path, overrides, root, force, git_branch)
+    except (ConfigError, record.RecordError, StageFailed) as exc:
+        # The flow run fails with the error's one line (a call raises it), not a traceback in the log.
+        return Failed(message=str(exc), data=exc)
+
+
+def run_pipeline(params_path: str, overrides: list[str] | None, root: str, force: list[str] | None,
+                 git_branch: str | None) -> dict:
     logger = get_run_logger()
     paths = ProjectPaths.at(root)
     forced = set(STAGES) if force and "all" in force else set(force or [])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from typing import Iterator
+from typing import Callable, Iterator
 
 STOP_TIMEOUT_S = 10
 
@@ -39,8 +40,9 @@ def _stop_with_parent() -> None:
 
 
 class PrefectApi:
-    def __init__(self, server: subprocess.Popen | None = None, port: int | None = None, log=None) -> None:
-        self._server, self._port, self._log = server, port, log
+    def __init__(self, server: subprocess.Popen | None = None, port: int | None = None, log=None,
+                 relaunch: Callable[[], subprocess.Popen] | None = None) -> None:
+        self._server, self._port, self._log, self._relaunch = server, port, log, relaunch
 
     @classmethod
     def start(cls, scheduler: bool = False) -> "PrefectApi":
@@ -60,9 +62,12 @@ class PrefectApi:
             env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "5"
         else:
             command += ["--no-ui", "--no-scheduler", "--no-late-runs"]
-        server = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env,
-                                  preexec_fn=_stop_with_parent if sys.platform == "linux" else None)
-        return cls(server, port, log)
+
+        def launch() -> subprocess.Popen:
+            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env,
+                                    preexec_fn=_stop_with_parent if sys.platform == "linux" else None)
+
+        return cls(launch(), port, log, launch)
 
     def ui_url(self) -> str:
         """Where a person opens the Prefect UI of this API."""
@@ -77,7 +82,13 @@ class PrefectApi:
 
         url = f"http://127.0.0.1:{self._port}/api"
         deadline = time.monotonic() + PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
-        while time.monotonic() < deadline and self._server.poll() is None:
+        while time.monotonic() < deadline:
+            if self._server.poll() is not None:
+                if self._relaunch is None:
+                    break
+                # Two servers starting at once on one Prefect database can trip over its migration check: once more.
+                time.sleep(1 + random.random())
+                self._server, self._relaunch = self._relaunch(), None
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2):
                     return url

@@ -51,6 +51,7 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     """Run the whole pipeline once and print the results table."""
     from kdflow.artifacts import CheckpointError
     from kdflow.layout import ProjectPaths
+    from kdflow import record
     from kdflow.record import RecordError
     from kdflow.report import comparison_lines, text_table
     from kdflow.stage import checkpoint_failure
@@ -61,7 +62,10 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     try:
         click.echo(check_tracking(Path(root).resolve()))  # before anything trains
         load_params(params_path, overrides)  # fail before Prefect starts a server
-    except (ConfigError, TrackingUnreachable) as exc:
+        record.ensure_project(Path(root).resolve())
+        with record.hold_outputs(Path(root).resolve()):  # another run holds the project: say so now, not in the flow
+            pass
+    except (ConfigError, TrackingUnreachable, RecordError) as exc:
         raise click.ClickException(str(exc)) from None
     _prefect_defaults()
     from flows.server import PrefectApi

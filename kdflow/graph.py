@@ -146,10 +146,13 @@ def code_files(module: str) -> list[Path]:
     found: set[Path] = set()
     pending = [module]
     while pending:
-        source = _module_file(pending.pop())
+        module = pending.pop()
+        source = _module_file(module)
         if source is None or source in found:
             continue
         found.add(source)
+        parts = module.split(".")
+        pending.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # importing a.b runs a/__init__.py
         pending.extend(_imported_modules(source))
     return sorted(found)
 

@@ -31,6 +31,11 @@ LOCK_ARTIFACT_DIR = "record"  # where a flow run's parent MLflow run keeps dvc.l
 LOCK_MD5_TAG, REMOTE_TAG, GIT_TAG = "kdflow.dvc_lock_md5", "kdflow.dvc_remote", "kdflow.record_commit"
 
 
+RAW_README = """Your own data files go here (CSV, Parquet or .npz), versioned with `dvc add data/raw/<file>`.
+The `prepare` stage depends on this whole folder, so a new version of a file reruns the pipeline from `prepare`.
+"""
+
+
 class RecordError(RuntimeError):
     """The project's DVC record cannot be used as it is: busy, out of step with the code, or not found."""
 
@@ -65,23 +70,27 @@ def ensure_project(root: Path) -> None:
         Repo.init(str(root), no_scm=top is None, subdir=top is not None and top != root).close()
     if not dvc_yaml.exists():
         write_text(dvc_yaml, expected)
-    ProjectPaths(root).raw_dir.mkdir(parents=True, exist_ok=True)  # prepare's dependency, empty for the default data
+    raw = ProjectPaths(root).raw_dir  # prepare's dependency; the default data needs no file in it
+    if not raw.exists():
+        write_text(raw / "README.md", RAW_README)
 
 
 @contextlib.contextmanager
 def open_repo(root: Path) -> Iterator:
+    """The DVC repository at `root`, with the working directory there meanwhile: DVC resolves stages and paths from
+    it, as when `dvc` runs in the project (and `dvc repro` runs a stage's command there too)."""
     from dvc.repo import Repo
 
+    before = os.getcwd()
+    os.chdir(root)
     repo = Repo(str(root))
     try:
         yield repo
     finally:
         repo.close()
+        os.chdir(before)
 
 
-def _stage(repo, name: str):
-    (stage,) = repo.stage.collect(name)
-    return stage
 
 
 def _busy(exc: Exception, root: Path) -> RecordError:
@@ -93,7 +102,7 @@ def _busy(exc: Exception, root: Path) -> RecordError:
     busy = re.search(r"'([^']*)' is busy", str(exc))
     path = Path(busy.group(1)) if busy else root
     shown = path.relative_to(root) if path.is_relative_to(root) else path
-    named = "; ".join(f"pid {pid}: {cmd.strip()}" for pid, cmd in holders)
+    named = "; ".join(dict.fromkeys(f"pid {pid}: {cmd.strip()}" for pid, cmd in holders))
     return RecordError(f"{root}: {shown} is being written by another run ({named}); wait for it to finish "
                        f"and rerun (if no such process exists, delete {root / '.dvc' / 'tmp' / 'rwlock'})")
 
@@ -141,7 +150,7 @@ def run_stage(root: Path, name: str, run: Callable[[], object], force: bool = Fa
     with open_repo(root) as repo:
         try:
             with lock_repo(repo):
-                stage = _stage(repo, name)
+                (stage,) = repo.stage.collect(name)
                 if not force and not stage.changed():
                     return UP_TO_DATE
                 stage.remove_outs(ignore_remove=False, force=False)
