@@ -426,8 +426,8 @@ def syntax_problem(text: str, error: Any) -> str:
              if line.strip() and not line.startswith(("Error parsing override", "See https://"))]
     if "=" not in text and not text.startswith("~"):
         return "there is no '='"
-    if _unclosed(text):
-        return _unclosed(text)
+    if unclosed := _unclosed(text):
+        return unclosed
     if lines[0].startswith(lexer):  # the override again, then a caret under the character the lexer stopped at
         position = lines[1].index("^") - len(lexer)
         return f"unexpected {text[position]!r} at character {position + 1}"
