@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task, unmapped
 from prefect_dask import DaskTaskRunner
 
@@ -28,7 +27,7 @@ from flows.pipeline import apply_overrides, project_params, run_recorded_stage
 from flows.retries import STAGE_RETRIES, STAGE_RETRY_DELAYS, STAGE_RETRY_JITTER, retry_on_transient
 from kdflow import graph, record, tracking
 from kdflow.artifacts import write_json
-from kdflow.config import ConfigError, load_params, validate
+from kdflow.config import ConfigError, format_override, load_params, syntax_problem, validate
 from kdflow.layout import ProjectPaths
 
 UPSTREAM = graph.upstream("distill")
@@ -67,13 +66,34 @@ class TrialPaths(ProjectPaths):
 
 
 def parse_grid_option(option: str) -> tuple[str, list]:
-    """`distill.temperature=1,2,4` or `distill.student.hidden=[[32],[64,64]]` -> (key, values)."""
+    """`distill.temperature=1,2,4` or `distill.student.hidden=[[32],[64,64]]` -> (key, values).
+
+    Values are read as `-S` reads them (Hydra's override grammar, as `dvc exp run -S`), so that a point's
+    assignments load back as the same values; a bracketed list is the list of values, as is a Hydra sweep
+    (`1,2,4`, `[32],[64,64]`, `range(1,5)`).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, OverrideParseException
+
     key, sep, text = option.partition("=")
     key = key.strip()
     if not sep or not key or not text.strip():
         raise ConfigError(f"--grid '{option}': expected KEY=V1,V2,... e.g. distill.temperature=1,2,4,8")
-    values = yaml.safe_load(text) if text.lstrip().startswith("[") else [yaml.safe_load(v) for v in text.split(",")]
-    if not isinstance(values, list) or not values:
+    parser, line = OverridesParser.create(), f"{key}={text}"
+    try:
+        [override] = parser.parse_overrides([line])
+        if override.is_sweep_override():
+            # Each choice as its own override, as DVC splits a sweep (quoted strings come back as strings).
+            values = [parser.parse_overrides([f"{key}={choice}"])[0].value()
+                      for choice in override.sweep_string_iterator()]
+        else:
+            value = override.value()
+            values = value if isinstance(value, list) else [value]
+    except HydraException as exc:
+        problem = syntax_problem(line, exc) if isinstance(exc, OverrideParseException) else str(exc)
+        raise ConfigError(f"--grid '{option}': {problem}; expected KEY=V1,V2,... in -S's grammar, "
+                          "e.g. distill.temperature=1,2,4,8") from None
+    if not values:
         raise ConfigError(f"--grid '{option}': no values; expected KEY=V1,V2,...")
     return key, values
 
@@ -91,7 +111,7 @@ def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
 
 def assignments(point: dict[str, Any]) -> list[str]:
     """A grid point as `-S` assignments, in the form load_params and `kdflow run -S` read back."""
-    return [f"{key}={json.dumps(value)}" for key, value in point.items()]
+    return [format_override(key, value) for key, value in point.items()]
 
 
 @task(task_run_name="trial-{index}", retries=STAGE_RETRIES, retry_delay_seconds=STAGE_RETRY_DELAYS,
