@@ -42,6 +42,11 @@ class Stage:
         """The params sections besides `seed`."""
         return tuple(section for section in self.params if section != "seed")
 
+    def read_files(self, paths: ProjectPaths) -> list[Path]:
+        """The deps the stage reads as files, its lineage inputs: all but prepare's data/raw folder, whose files the
+        stage names from params.yaml itself."""
+        return [p for p in self.deps(paths) if p != paths.raw_dir]
+
     def written(self, paths: ProjectPaths) -> list[Path]:
         return [*self.outs(paths), *self.metrics(paths), *self.plots(paths)]
 

@@ -38,7 +38,7 @@ def stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: st
     from kdflow import lineage, tracking
 
     declared = graph.STAGES[stage]
-    inputs = [p for p in declared.deps(paths) if not p.is_dir()] + list(extra_inputs)
+    inputs = declared.read_files(paths) + list(extra_inputs)
     digests = {lineage.relative(paths.root, p): file_digest(p) for p in inputs}  # hashed once, used twice
     inputs_md5 = lineage.input_tags(digests)
     with tracking.start_run(paths.root, stage, parent_run_id, {"kdflow.stage": stage, **inputs_md5}) as tracked:
