@@ -120,7 +120,7 @@ def pipeline(params_path: str = "params.yaml", overrides: list[str] | None = Non
         raise ValueError(f"--force names unknown stages {sorted(unknown)}; stages: {', '.join(STAGES)}")
     logger.info(tracking.check_tracking(paths.root))  # a served run checks its tracking server too
     ran, cached = [], []
-    with tracking.start_run(paths.root, "pipeline", tags={"kdflow.runner": "prefect"}) as parent:
+    with tracking.start_run(paths.root, "pipeline", tags={"kdflow.runner": "prefect"}, source="flows/pipeline.py") as parent:
         parent.log_params(params.model_dump(mode="json"))
         parent.client.log_text(parent.run_id, dump_params(params), "params.yaml")
         arguments = (params.model_dump(mode="json"), str(paths.root), parent.run_id)

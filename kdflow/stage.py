@@ -41,15 +41,19 @@ STAGE_PARAMS = {
 @contextlib.contextmanager
 def stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: str | None, inputs: Sequence[Path]):
     """The stage's MLflow run: its params sections, seed, the md5 of every input file and the ids of the runs
-    that wrote them as tags (see kdflow.lineage); its model runs carry the same lineage tags."""
+    that wrote them as tags (see kdflow.lineage), and the input files as MLflow datasets; its model runs carry the
+    same lineage tags and datasets."""
     from kdflow import lineage, tracking
 
-    digests = {lineage.relative(paths.root, p): file_digest(p) for p in inputs}  # hashed once, used twice
+    digests = {lineage.relative(paths.root, p): file_digest(p) for p in inputs}  # hashed once, used thrice
     inputs_md5 = lineage.input_tags(digests)
-    with tracking.start_run(paths.root, stage, parent_run_id, {"kdflow.stage": stage, **inputs_md5}) as tracked:
+    with tracking.start_run(paths.root, stage, parent_run_id, {"kdflow.stage": stage, **inputs_md5},
+                            source=f"tasks/{stage}.py") as tracked:
         upstream = lineage.upstream_tags(tracked.client, tracked.experiment_id, digests)
         tracked.set_tags(upstream)
         tracked.inherited_tags = {**inputs_md5, **upstream}
+        tracked.inherited_datasets = tracking.file_datasets(paths.root, digests)
+        tracked.log_datasets(tracked.inherited_datasets)
         tracked.log_params({"seed": params.seed, **{s: params.section(s) for s in STAGE_PARAMS[stage]}})
         yield tracked
 
