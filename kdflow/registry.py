@@ -50,8 +50,8 @@ class Decision:
 @contextlib.contextmanager
 def _global_tracking_uri(uri: str) -> Iterator[None]:
     """MLflow's model logging and loading and its SQL registry store resolve the store through the process-wide
-    tracking URI rather than the client's, so point it at ours for the duration. `set_tracking_uri` also sets
-    MLFLOW_TRACKING_URI; setting back the variable's old value (None: unset both) leaves the process as it was."""
+    tracking URI rather than the client's, so point it at ours for the duration; afterwards MLflow resolves it
+    from MLFLOW_TRACKING_URI again (which `set_tracking_uri` also sets, and None unsets), put back as it was."""
     import mlflow
 
     environment = os.environ.get("MLFLOW_TRACKING_URI")
@@ -59,7 +59,9 @@ def _global_tracking_uri(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(environment)
+        mlflow.set_tracking_uri(None)
+        if environment is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = environment
 
 
 def _log_model(client, candidate: Candidate) -> str:
