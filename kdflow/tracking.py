@@ -23,7 +23,7 @@ DEFAULT_EXPERIMENT = "kdflow"
 PARENT_RUN_ENV = "KDFLOW_PARENT_RUN_ID"
 HOST_TAG, PID_TAG = "kdflow.host", "kdflow.pid"  # which process owns a run, to close it if that process dies
 OFFLINE_ENV = "KDFLOW_OFFLINE"  # set by `kdflow run --offline`; honoured by `python -m tasks.<stage>` (dvc repro)
-# MLflow's UI reads this experiment tag for the experiment's kind: without it, it opens on the GenAI overview.
+# The experiment's kind as MLflow records it (the tag the UI's kind selector writes): model training, not GenAI.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
@@ -137,6 +137,13 @@ def file_datasets(root: Path, digests: dict[str, str], context: str | None = Non
     return [DatasetInput(Dataset(**MetaDataset(LocalArtifactDatasetSource((root / path).as_uri()), name=path,
                                                digest=digest).to_dict()), tags)
             for path, digest in sorted(digests.items())]
+
+
+def runs_page(ui_url: str, experiment_id: str) -> str:
+    """The experiment's run table in MLflow's UI at `ui_url`. MLflow 3.17's UI opens an experiment on the GenAI
+    overview unless the URL (or the user's toggle, remembered in the browser) says `workflowType=machine_learning`;
+    it does not go by the experiment's kind tag."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
