@@ -48,6 +48,11 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     inputs = [paths.checkpoint(m) for m in MODELS] + [paths.split("source_test"), paths.split("target_test")]
     with stage_run(paths, "evaluate", params, parent_run_id, inputs) as tracked:
         tests = {task: load_split(paths.split(f"{task}_test"), input_shape) for task in ("source", "target")}
+        test_sets = {}  # task -> its test set as the `test` dataset its models' runs log and their metrics name
+        for task in tests:
+            path = paths.split(f"{task}_test")
+            [test_sets[task]] = tracking.file_datasets(paths.root, {relative(paths.root, path): file_digest(path)},
+                                                       "test")
         teacher_logits = None
         models: dict[str, dict] = {}
         evaluated: dict[str, tuple] = {}  # name -> (its model run, its test metrics, its test set's DatasetInput)
@@ -71,14 +76,13 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
             if run_id is None:  # trained outside this tracking store: record the evaluation on its own
                 with tracked.child(name, tags={"kdflow.model": name}) as model_run:
                     run_id = model_run.run_id
-            test_path = paths.split(f"{task_of(name)}_test")
-            test_md5 = file_digest(test_path)
-            test_set = tracking.file_datasets(paths.root, {relative(paths.root, test_path): test_md5}, "test")[0]
+            test_set = test_sets[task_of(name)]
             model_run = tracking.TrackedRun(tracked.client, run_id, paths.root, tracked.experiment_id)
             model_run.log_datasets([test_set])
             evaluated[name] = (model_run, metrics, test_set)
             if name in registry.REGISTERED_MODELS:
-                candidates.append(registry.Candidate(name, model, test.x, test.y, run_id, checkpoint_md5, test_md5))
+                candidates.append(registry.Candidate(name, model, test.x, test.y, run_id, checkpoint_md5,
+                                                     test_set.dataset.digest))
 
         decisions = [registry.register(tracked.client, tracking.tracking_uri(paths.root), c) for c in candidates]
         registry.log_decisions(tracked, decisions)
