@@ -103,7 +103,8 @@ def run_pipeline(params_path: str, overrides: list[str] | None, root: str, force
     ran, cached = [], []
     with record.hold_outputs(paths.root):
         apply_overrides(params_file, overrides or [])
-        with tracking.start_run(paths.root, "pipeline", tags={"kdflow.runner": "prefect"}) as parent:
+        with tracking.start_run(paths.root, "pipeline", tags={"kdflow.runner": "prefect"},
+                                source="flows/pipeline.py") as parent:
             parent.log_params(params.model_dump(mode="json"))
             parent.client.log_text(parent.run_id, dump_params(params), "params.yaml")
             arguments = (params.model_dump(mode="json"), str(paths.root), parent.run_id)

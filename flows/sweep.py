@@ -130,7 +130,8 @@ def distill_trial(index: int, point: dict[str, Any], params: dict[str, Any], roo
     paths = TrialPaths(Path(root), Path(trial_dir))
     worker = get_worker().address  # which Dask worker ran the trial, for the record
     with tracking.start_run(paths.root, f"trial-{index:02d}", sweep_run_id,
-                            tags={"kdflow.sweep_trial": index, "kdflow.dask_worker": worker}) as trial:
+                            tags={"kdflow.sweep_trial": index, "kdflow.dask_worker": worker},
+                            source="flows/sweep.py") as trial:
         trial.log_params(point)
         metrics = distill.run(validate(params), paths, trial.run_id)
         trial.log_metrics(metrics)
@@ -165,7 +166,8 @@ def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
     params = load_params(params_file, overrides)
     # Every point is validated before anything runs, so a bad value fails the sweep at once, naming the key.
     trial_params = [load_params(params_file, [*overrides, *assignments(p)]).model_dump(mode="json") for p in points]
-    with tracking.start_run(paths.root, "sweep", tags={"kdflow.runner": "prefect-dask"}) as sweep_run:
+    with tracking.start_run(paths.root, "sweep", tags={"kdflow.runner": "prefect-dask"},
+                            source="flows/sweep.py") as sweep_run:
         sweep_run.log_params({"grid": json.dumps(grid), "trials": len(points), "select_by": SELECT_BY})
         arguments = (params.model_dump(mode="json"), str(paths.root), sweep_run.run_id)
         record.ensure_project(paths.root)

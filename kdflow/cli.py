@@ -74,9 +74,9 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     # (a fresh project's store creates its tables: seconds).
     api = PrefectApi.start()
     from flows.pipeline import StageFailed, pipeline
-    from kdflow.tracking import _client
+    from kdflow.tracking import _client, runs_page
 
-    _client(Path(root).resolve())
+    _, experiment_id = _client(Path(root).resolve())
 
     try:
         with api.settings():
@@ -95,7 +95,11 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
                f"from DVC's record: {', '.join(result['cached']) or 'none'}")
     uri = tracking_uri(Path(root).resolve())
     click.echo(f"MLflow: parent run {result['mlflow_run_id']} in experiment 'kdflow' at {uri}")
-    click.echo(f"  browse: mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000")
+    if uri.startswith(("http://", "https://")):
+        click.echo(f"  browse: {runs_page(uri, experiment_id)}")
+    else:
+        click.echo(f"  browse: mlflow ui --backend-store-uri {uri}   then open "
+                   f"{runs_page('http://127.0.0.1:5000', experiment_id)}")
     click.echo(f"  restore its bytes later: kdflow checkout {result['mlflow_run_id']}")
     if result["git_commit"]:
         click.echo(f"git: dvc.lock, params and metrics committed on {git_branch} as {result['git_commit'][:12]}")

@@ -195,7 +195,8 @@ def lr_find(stage: str, params: Params, paths: ProjectPaths, min_lr: float = 1e-
     plot, curve = paths.root / "plots" / "lr_find" / f"{stage}.png", paths.root / "plots" / "lr_find" / f"{stage}.json"
     plot_sweep(sweep, stage, plot)
     write_json(curve, {**summary, **sweep.as_dict()})
-    with tracking.start_run(paths.root, f"lr_find:{stage}", tags={"kdflow.stage": "lr_find"}) as tracked:
+    with tracking.start_run(paths.root, f"lr_find:{stage}", tags={"kdflow.stage": "lr_find"},
+                             source="kdflow/lr_finder.py") as tracked:
         tracked.log_params({"stage": stage, "min_lr": min_lr, "max_lr": max_lr, "steps": steps, "seed": params.seed,
                             "train": problem.spec.model_dump(mode="json")})
         log_curve(tracked, sweep)

@@ -32,19 +32,23 @@ StageFn = Callable[[Params, ProjectPaths, "str | None"], dict]
 def stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: str | None,
               extra_inputs: Sequence[Path] = ()):
     """The stage's MLflow run: its params sections, seed, the md5 of every input file and the ids of the runs
-    that wrote them as tags (see kdflow.lineage); its model runs carry the same lineage tags. The inputs are the
-    files kdflow.graph declares for the stage (plus `extra_inputs`, a user's data files); on success the run tags
-    the md5 of every file the declaration says it writes, for later stages to find it by."""
+    that wrote them as tags (see kdflow.lineage), and the input files as MLflow datasets; its model runs carry the
+    same lineage tags and datasets. The inputs are the files kdflow.graph declares for the stage (plus
+    `extra_inputs`, a user's data files); on success the run tags the md5 of every file the declaration says it
+    writes, for later stages to find it by."""
     from kdflow import lineage, tracking
 
     declared = graph.STAGES[stage]
     inputs = declared.read_files(paths) + list(extra_inputs)
-    digests = {lineage.relative(paths.root, p): file_digest(p) for p in inputs}  # hashed once, used twice
+    digests = {lineage.relative(paths.root, p): file_digest(p) for p in inputs}  # hashed once, used thrice
     inputs_md5 = lineage.input_tags(digests)
-    with tracking.start_run(paths.root, stage, parent_run_id, {"kdflow.stage": stage, **inputs_md5}) as tracked:
+    with tracking.start_run(paths.root, stage, parent_run_id, {"kdflow.stage": stage, **inputs_md5},
+                            source=f"tasks/{stage}.py") as tracked:
         upstream = lineage.upstream_tags(tracked.client, tracked.experiment_id, digests)
         tracked.set_tags(upstream)
         tracked.inherited_tags = {**inputs_md5, **upstream}
+        tracked.inherited_datasets = tracking.file_datasets(paths.root, digests)
+        tracked.log_datasets(tracked.inherited_datasets)
         tracked.log_params({"seed": params.seed, **{s: params.section(s) for s in declared.sections()}})
         yield tracked
         written = [f for out in declared.written(paths) for f in ([out] if out.is_file() else sorted(

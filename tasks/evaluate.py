@@ -1,18 +1,19 @@
 """Stage `evaluate`: every model on its task's test set, under the same metric names.
 
-Test metrics land in each model's own MLflow run (found by its checkpoint's md5), so the compare view lines up
+Test metrics land in each model's own MLflow run (found by its checkpoint's md5), measured on the test set that
+run logs as its `test` dataset and, for a registered model, linked to its logged model, so the compare view lines up
 teacher, students and target models; the summary, the Markdown report and the plots go to the evaluate run.
 Teacher, distilled student and fine-tuned target model are then registered (kdflow.registry): champion or challenger.
 """
 
 from __future__ import annotations
 
-
 from kdflow.artifacts import file_digest, read_json, write_json, write_text
 from kdflow.checkpoints import load_model
 from kdflow.config import Params
 from kdflow.datasets import load_split
 from kdflow.layout import MODELS, ProjectPaths
+from kdflow.lineage import relative
 from kdflow.metrics import agreement, classification_metrics, latency_ms_per_sample
 from kdflow.report import comparison_lines, markdown_table, plot_comparison, plot_learning_curves
 from kdflow.stage import stage_main, stage_run
@@ -46,8 +47,14 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     input_shape = tuple(card["input_shape"])
     with stage_run(paths, "evaluate", params, parent_run_id) as tracked:
         tests = {task: load_split(paths.split(f"{task}_test"), input_shape) for task in ("source", "target")}
+        test_sets = {}  # task -> its test set as the `test` dataset its models' runs log and their metrics name
+        for task in tests:
+            path = paths.split(f"{task}_test")
+            [test_sets[task]] = tracking.file_datasets(paths.root, {relative(paths.root, path): file_digest(path)},
+                                                       "test")
         teacher_logits = None
         models: dict[str, dict] = {}
+        evaluated: dict[str, tuple] = {}  # name -> (its model run, its test metrics, its test set's DatasetInput)
         candidates: list[registry.Candidate] = []
         for name in MODELS:
             checkpoint = paths.checkpoint(name)
@@ -67,16 +74,21 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
             run_id = tracking.find_model_run(tracked, checkpoint_md5)
             if run_id is None:  # trained outside this tracking store: record the evaluation on its own
                 with tracked.child(name, tags={"kdflow.model": name}) as model_run:
-                    model_run.log_metrics(metrics)
                     run_id = model_run.run_id
-            else:
-                tracking.TrackedRun(tracked.client, run_id, paths.root, tracked.experiment_id).log_metrics(metrics)
+            test_set = test_sets[task_of(name)]
+            model_run = tracking.TrackedRun(tracked.client, run_id, paths.root, tracked.experiment_id)
+            model_run.log_datasets([test_set])
+            evaluated[name] = (model_run, metrics, test_set)
             if name in registry.REGISTERED_MODELS:
                 candidates.append(registry.Candidate(name, model, test.x, test.y, run_id, checkpoint_md5,
-                                                     file_digest(paths.split(f"{task_of(name)}_test"))))
+                                                     test_set.dataset.digest))
 
         decisions = [registry.register(tracked.client, tracking.tracking_uri(paths.root), c) for c in candidates]
         registry.log_decisions(tracked, decisions)
+        # Test metrics after registering, so they name the logged model (MLflow 3's Models tab) and the test set.
+        model_ids = {c.model_name: d.model_id for c, d in zip(candidates, decisions)}
+        for name, (model_run, metrics, test_set) in evaluated.items():
+            model_run.log_metrics(metrics, model_id=model_ids.get(name), dataset=test_set)
         print("\n".join(registry.describe(d) for d in decisions))
 
         summary = {"models": models, "comparisons": comparisons(models)}

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from kdflow.layout import MODELS, SPLITS
+from kdflow.tracking import git_commit
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +88,9 @@ def test_mlflow_holds_one_parent_with_nested_stage_and_model_runs(flow_project):
     assert set(stages) == {"prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"}
     assert stages["distill"].data.params["distill.alpha"] == "1.0"
     assert len(stages["prepare"].data.tags["kdflow.data.transfer.md5"]) == 32
-    assert stages["prepare"].data.tags["mlflow.source.git.commit"]
+    assert stages["prepare"].data.tags["mlflow.source.name"] == "tasks/prepare.py"
+    commit = git_commit(root)  # a temporary folder: no repository, so no commit to name
+    assert stages["prepare"].data.tags.get("mlflow.source.git.commit") == (commit.sha if commit else None)
 
     model_runs = {r.info.run_name: r for r in runs.values() if r.data.tags.get("kdflow.model")}
     assert set(model_runs) == set(MODELS)
