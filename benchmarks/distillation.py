@@ -24,7 +24,6 @@ from kdflow.losses import kd_loss
 from kdflow.training import fit, predict_logits
 from models import build_model
 from tasks.distill import teacher_logits_for
-from tasks.soft_labels import logits_path
 
 SIZES = (0, 5000, 25000, 50000)
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
@@ -48,8 +47,8 @@ def run(args) -> dict:
     shape = tuple(read_json(paths.dataset_card)["input_shape"])
     source, transfer = load_split(paths.split("source_train"), shape), load_split(paths.split("transfer"), shape)
     val, test = load_split(paths.split("source_val"), shape), load_split(paths.split("source_test"), shape)
-    source_logits = teacher_logits_for(source, logits_path(paths, "source_train"))
-    transfer_logits = teacher_logits_for(transfer, logits_path(paths, "transfer"))
+    source_logits = teacher_logits_for(source, paths.soft_labels("source_train"))
+    transfer_logits = teacher_logits_for(transfer, paths.soft_labels("transfer"))
     teacher, _ = load_model(paths.checkpoint("teacher"), expected_spec(params, "teacher"))
     teacher_accuracy = accuracy(teacher, test)
     classes = len(params.data.source_classes)

@@ -32,7 +32,8 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
                           "on a shared machine extra threads spin-wait)")
     # The commit the run starts from: the code may change while a long run goes on.
     # Earlier results under benchmarks/results/ do not make it dirty.
-    cli.set_defaults(commit=git_commit(REPO_ROOT, ignore=(RESULTS_DIR.relative_to(REPO_ROOT).as_posix(),)))
+    commit = git_commit(REPO_ROOT, ignore=(RESULTS_DIR.relative_to(REPO_ROOT).as_posix(),))
+    cli.set_defaults(commit=str(commit or "unknown"))  # `<sha>` or `<sha>-dirty`
     return cli
 
 

@@ -29,7 +29,7 @@ def workspace(params: Params, stages: list[str], work_dir: Path) -> ProjectPaths
     done = {
         "prepare": (prepare.run, paths.dataset_card),
         "train_teacher": (train_teacher.run, paths.checkpoint("teacher")),
-        "soft_labels": (soft_labels.run, paths.soft_labels_dir / "manifest.json"),
+        "soft_labels": (soft_labels.run, paths.soft_labels_manifest),
         "distill": (distill.run, paths.checkpoint("student_distilled")),
     }
     for stage in stages:

@@ -3,7 +3,7 @@
 Without `PREFECT_API_URL`, Prefect would start a temporary server at the flow's first call, and the run would wait
 for it (about 12 s here: Prefect imports its server code in this process, then a subprocess imports it again).
 `PrefectApi.start()` instead starts `prefect server start` (API only, on 127.0.0.1, no scheduler: nothing is
-scheduled on it) at once, as a process of its own, and the caller goes on (importing torch, MLflow and the
+scheduled on it; for `kdflow serve`, with its scheduler and UI) at once, as a process of its own, and the caller goes on (importing torch, MLflow and the
 stages) while it comes up; `settings()` waits for its health check, points Prefect (and any Dask worker it ships
 settings to) at it, and stops it on the way out. On Linux it also stops if this process dies.
 """
@@ -11,6 +11,8 @@ settings to) at it, and stops it on the way out. On Linux it also stops if this 
 from __future__ import annotations
 
 import contextlib
+import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from typing import Iterator
+from typing import Callable, Iterator
 
 STOP_TIMEOUT_S = 10
 
@@ -38,12 +40,14 @@ def _stop_with_parent() -> None:
 
 
 class PrefectApi:
-    def __init__(self, server: subprocess.Popen | None = None, port: int | None = None, log=None) -> None:
-        self._server, self._port, self._log = server, port, log
+    def __init__(self, server: subprocess.Popen | None = None, port: int | None = None, log=None,
+                 relaunch: Callable[[], subprocess.Popen] | None = None) -> None:
+        self._server, self._port, self._log, self._relaunch = server, port, log, relaunch
 
     @classmethod
-    def start(cls) -> "PrefectApi":
-        """The configured server, or a temporary one starting now in the background."""
+    def start(cls, scheduler: bool = False) -> "PrefectApi":
+        """The configured server, or a temporary one starting now in the background: API only for one run, or
+        with its scheduler and UI (`scheduler`) for `kdflow serve`, whose schedule it must fire."""
         from prefect.settings import PREFECT_API_URL
 
         if PREFECT_API_URL.value():
@@ -51,17 +55,40 @@ class PrefectApi:
         port = _free_port()
         log = tempfile.TemporaryFile(mode="w+")  # its errors, for the message if it fails to start
         command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
-                   "--no-ui", "--no-scheduler", "--no-late-runs", "--analytics-off", "--log-level", "ERROR"]
-        server = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                  preexec_fn=_stop_with_parent if sys.platform == "linux" else None)
-        return cls(server, port, log)
+                   "--analytics-off", "--log-level", "ERROR"]
+        env = dict(os.environ)
+        if scheduler:
+            # The scheduler looks for due deployments every minute by default: a new schedule's first run would wait.
+            env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "5"
+        else:
+            command += ["--no-ui", "--no-scheduler", "--no-late-runs"]
+
+        def launch() -> subprocess.Popen:
+            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env,
+                                    preexec_fn=_stop_with_parent if sys.platform == "linux" else None)
+
+        return cls(launch(), port, log, launch)
+
+    def ui_url(self) -> str:
+        """Where a person opens the Prefect UI of this API."""
+        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+        if self._server is not None:
+            return f"http://127.0.0.1:{self._port}"
+        return PREFECT_UI_URL.value() or PREFECT_API_URL.value().removesuffix("/api")
 
     def _wait_healthy(self) -> str:
         from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
         url = f"http://127.0.0.1:{self._port}/api"
         deadline = time.monotonic() + PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
-        while time.monotonic() < deadline and self._server.poll() is None:
+        while time.monotonic() < deadline:
+            if self._server.poll() is not None:
+                if self._relaunch is None:
+                    break
+                # Two servers starting at once on one Prefect database can trip over its migration check: once more.
+                time.sleep(1 + random.random())
+                self._server, self._relaunch = self._relaunch(), None
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2):
                     return url

@@ -1,6 +1,6 @@
 """A hyperparameter sweep: the `distill` stage mapped over a grid, trials fanned out on Prefect's Dask task runner.
 
-The upstream stages (prepare, train_teacher, soft_labels) run first through the pipeline's cached tasks, so a
+The stages distill depends on run first as the pipeline runs them (skipped when DVC's record has them), so a
 sweep after `kdflow run` starts straight with the trials. Each trial is a Prefect task that runs `tasks.distill`
 with its grid point applied, in a Dask worker process: it reads the project's data, teacher and soft labels, and
 writes its students, metrics and curves under `sweeps/<sweep run id>/trial-NN/`, leaving the pipeline's own
@@ -20,18 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task, unmapped
 from prefect_dask import DaskTaskRunner
 
-from flows.pipeline import run_cached_stage
+from flows.pipeline import apply_overrides, project_params, run_recorded_stage
 from flows.retries import STAGE_RETRIES, STAGE_RETRY_DELAYS, STAGE_RETRY_JITTER, retry_on_transient
-from kdflow import tracking
+from kdflow import graph, record, tracking
 from kdflow.artifacts import write_json
-from kdflow.config import ConfigError, load_params, validate
+from kdflow.config import ConfigError, format_override, load_params, syntax_problem, validate
 from kdflow.layout import ProjectPaths
 
-UPSTREAM = ("prepare", "train_teacher", "soft_labels")
+UPSTREAM = graph.upstream("distill")
 DEFAULT_GRID = {"distill.temperature": [1.0, 2.0, 4.0, 8.0], "distill.alpha": [0.5, 1.0]}
 SELECT_BY = "student_distilled_val_accuracy"  # from the distill stage's metrics; higher is better
 
@@ -67,13 +66,34 @@ class TrialPaths(ProjectPaths):
 
 
 def parse_grid_option(option: str) -> tuple[str, list]:
-    """`distill.temperature=1,2,4` or `distill.student.hidden=[[32],[64,64]]` -> (key, values)."""
+    """`distill.temperature=1,2,4` or `distill.student.hidden=[[32],[64,64]]` -> (key, values).
+
+    Values are read as `-S` reads them (Hydra's override grammar, as `dvc exp run -S`), so that a point's
+    assignments load back as the same values; a bracketed list is the list of values, as is a Hydra sweep
+    (`1,2,4`, `[32],[64,64]`, `range(1,5)`).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, OverrideParseException
+
     key, sep, text = option.partition("=")
     key = key.strip()
     if not sep or not key or not text.strip():
         raise ConfigError(f"--grid '{option}': expected KEY=V1,V2,... e.g. distill.temperature=1,2,4,8")
-    values = yaml.safe_load(text) if text.lstrip().startswith("[") else [yaml.safe_load(v) for v in text.split(",")]
-    if not isinstance(values, list) or not values:
+    parser, line = OverridesParser.create(), f"{key}={text}"
+    try:
+        [override] = parser.parse_overrides([line])
+        if override.is_sweep_override():
+            # Each choice as its own override, as DVC splits a sweep (quoted strings come back as strings).
+            values = [parser.parse_overrides([f"{key}={choice}"])[0].value()
+                      for choice in override.sweep_string_iterator()]
+        else:
+            value = override.value()
+            values = value if isinstance(value, list) else [value]
+    except HydraException as exc:
+        problem = syntax_problem(line, exc) if isinstance(exc, OverrideParseException) else str(exc)
+        raise ConfigError(f"--grid '{option}': {problem}; expected KEY=V1,V2,... in -S's grammar, "
+                          "e.g. distill.temperature=1,2,4,8") from None
+    if not values:
         raise ConfigError(f"--grid '{option}': no values; expected KEY=V1,V2,...")
     return key, values
 
@@ -91,7 +111,7 @@ def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
 
 def assignments(point: dict[str, Any]) -> list[str]:
     """A grid point as `-S` assignments, in the form load_params and `kdflow run -S` read back."""
-    return [f"{key}={json.dumps(value)}" for key, value in point.items()]
+    return [format_override(key, value) for key, value in point.items()]
 
 
 @task(task_run_name="trial-{index}", retries=STAGE_RETRIES, retry_delay_seconds=STAGE_RETRY_DELAYS,
@@ -110,7 +130,8 @@ def distill_trial(index: int, point: dict[str, Any], params: dict[str, Any], roo
     paths = TrialPaths(Path(root), Path(trial_dir))
     worker = get_worker().address  # which Dask worker ran the trial, for the record
     with tracking.start_run(paths.root, f"trial-{index:02d}", sweep_run_id,
-                            tags={"kdflow.sweep_trial": index, "kdflow.dask_worker": worker}) as trial:
+                            tags={"kdflow.sweep_trial": index, "kdflow.dask_worker": worker},
+                            source="flows/sweep.py") as trial:
         trial.log_params(point)
         metrics = distill.run(validate(params), paths, trial.run_id)
         trial.log_metrics(metrics)
@@ -140,15 +161,20 @@ def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
     grid = grid or DEFAULT_GRID
     overrides = overrides or []
     points = grid_points(grid)
-    params = load_params(params_path, overrides)
-    # Every point is validated before anything runs, so a bad value fails the sweep at once, naming the key.
-    trial_params = [load_params(params_path, [*overrides, *assignments(p)]).model_dump(mode="json") for p in points]
     paths = ProjectPaths.at(root)
-    with tracking.start_run(paths.root, "sweep", tags={"kdflow.runner": "prefect-dask"}) as sweep_run:
+    params_file = project_params(params_path, paths.root)
+    params = load_params(params_file, overrides)
+    # Every point is validated before anything runs, so a bad value fails the sweep at once, naming the key.
+    trial_params = [load_params(params_file, [*overrides, *assignments(p)]).model_dump(mode="json") for p in points]
+    with tracking.start_run(paths.root, "sweep", tags={"kdflow.runner": "prefect-dask"},
+                            source="flows/sweep.py") as sweep_run:
         sweep_run.log_params({"grid": json.dumps(grid), "trials": len(points), "select_by": SELECT_BY})
         arguments = (params.model_dump(mode="json"), str(paths.root), sweep_run.run_id)
-        for stage in UPSTREAM:
-            run_cached_stage(stage, arguments, refresh=False)
+        record.ensure_project(paths.root)
+        with record.hold_outputs(paths.root):
+            apply_overrides(params_file, overrides)  # the upstream stages' record names the params they ran with
+            for stage in UPSTREAM:
+                run_recorded_stage(stage, arguments, force=False)
         sweep_dir = paths.root / "sweeps" / sweep_run.run_id
         futures = distill_trial.map(
             index=list(range(len(points))), point=points, params=trial_params, root=unmapped(str(paths.root)),

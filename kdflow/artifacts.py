@@ -104,7 +104,7 @@ def write_json(target: str | Path, payload: Any) -> Path:
 class ArtifactError(RuntimeError):
     """An artifact that cannot be used as it is: unreadable, malformed, stale against its inputs, held by a live
     process, or in a place that cannot be written. `path` names it; `fix` says what to do, or None for "rerun the
-    stage that writes it" (the caller knows that stage: ProjectPaths.producer)."""
+    stage that writes it" (the caller knows that stage: kdflow.graph.producer)."""
 
     def __init__(self, path: str | Path, problem: str, fix: str | None = None):
         super().__init__(f"{path}: {problem}")

@@ -1,4 +1,4 @@
-"""`kdflow`: run the pipeline through Prefect, serve it on a schedule, or trace a run's lineage."""
+"""`kdflow`: run the pipeline through Prefect, serve it on a schedule, restore a run's bytes, or trace its lineage."""
 
 from __future__ import annotations
 
@@ -43,10 +43,16 @@ def app() -> None:
               help="Rerun STAGE even if cached; without a value, every stage. Repeatable.")
 @click.option("--offline", is_flag=True,
               help="Track in the project's local mlflow.db, ignoring MLFLOW_TRACKING_URI (sets KDFLOW_OFFLINE=1).")
-def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[str, ...], offline: bool) -> None:
+@click.option("--git-branch", default=None, metavar="BRANCH",
+              help="Commit the run's dvc.lock, params.yaml and metrics on BRANCH (made from HEAD when new; the "
+                   "working tree is untouched unless it is the checked-out branch). Default: no commit.")
+def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[str, ...], offline: bool,
+        git_branch: str | None) -> None:
     """Run the whole pipeline once and print the results table."""
     from kdflow.artifacts import ArtifactError, CheckpointError
     from kdflow.layout import ProjectPaths
+    from kdflow import record
+    from kdflow.record import RecordError
     from kdflow.report import comparison_lines, text_table
     from kdflow.stage import artifact_failure, checkpoint_failure
     from kdflow.tracking import OFFLINE_ENV, TrackingUnreachable, check_tracking, tracking_uri
@@ -56,7 +62,10 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     try:
         click.echo(check_tracking(Path(root).resolve()))  # before anything trains
         load_params(params_path, overrides)  # fail before Prefect starts a server
-    except (ConfigError, TrackingUnreachable) as exc:
+        record.ensure_project(Path(root).resolve())
+        with record.hold_outputs(Path(root).resolve()):  # another run holds the project: say so now, not in the flow
+            pass
+    except (ConfigError, TrackingUnreachable, RecordError) as exc:
         raise click.ClickException(str(exc)) from None
     except ArtifactError as exc:  # a damaged mlflow.db
         raise click.ClickException(artifact_failure(exc, ProjectPaths.at(root))) from None
@@ -67,13 +76,14 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     # (a fresh project's store creates its tables: seconds).
     api = PrefectApi.start()
     from flows.pipeline import StageFailed, pipeline
-    from kdflow.tracking import _client
+    from kdflow.tracking import _client, runs_page
 
-    _client(Path(root).resolve())
+    _, experiment_id = _client(Path(root).resolve())
 
     try:
         with api.settings():
-            result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force))
+            result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force),
+                              git_branch=git_branch)
     except StageFailed as exc:  # names the stage; a bad checkpoint or artifact also says how to rebuild it
         cause, paths = exc.__cause__, ProjectPaths.at(root)
         if isinstance(cause, CheckpointError):
@@ -83,13 +93,23 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
         else:
             message = str(exc)
         raise click.ClickException(message) from None
+    except (ConfigError, RecordError) as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo("\n" + text_table(result["summary"]) + "\n")
     for line in comparison_lines(result["summary"]):
         click.echo(line)
-    click.echo(f"\nstages run: {', '.join(result['ran']) or 'none'}; from cache: {', '.join(result['cached']) or 'none'}")
+    click.echo(f"\nstages run: {', '.join(result['ran']) or 'none'}; "
+               f"from DVC's record: {', '.join(result['cached']) or 'none'}")
     uri = tracking_uri(Path(root).resolve())
     click.echo(f"MLflow: parent run {result['mlflow_run_id']} in experiment 'kdflow' at {uri}")
-    click.echo(f"  browse: mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000")
+    if uri.startswith(("http://", "https://")):
+        click.echo(f"  browse: {runs_page(uri, experiment_id)}")
+    else:
+        click.echo(f"  browse: mlflow ui --backend-store-uri {uri}   then open "
+                   f"{runs_page('http://127.0.0.1:5000', experiment_id)}")
+    click.echo(f"  restore its bytes later: kdflow checkout {result['mlflow_run_id']}")
+    if result["git_commit"]:
+        click.echo(f"git: dvc.lock, params and metrics committed on {git_branch} as {result['git_commit'][:12]}")
     click.echo(f"report: {Path(root) / 'reports' / 'report.md'}")
 
 
@@ -105,6 +125,7 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
 def lr_find(stage: str, params_path: str, root: str, overrides: tuple[str, ...], min_lr: float, max_lr: float,
             steps: int, offline: bool) -> None:
     """Learning-rate range test on STAGE's model, data and loss: plot, suggestion, MLflow run `lr_find:STAGE`."""
+    from kdflow import graph
     from kdflow.artifacts import ArtifactError, CheckpointError
     from kdflow.layout import ProjectPaths
     from kdflow.lr_finder import lr_find as range_test
@@ -119,9 +140,10 @@ def lr_find(stage: str, params_path: str, root: str, overrides: tuple[str, ...],
     try:
         click.echo(check_tracking(paths.root))
         params = load_params(params_path, overrides)
-        if not paths.dataset_card.exists():
-            raise click.ClickException(f"{paths.dataset_card}: missing; run the stages before {stage} first "
-                                       f"(`dvc repro {stage}` runs them)")
+        missing = next((p for p in graph.STAGES[stage].deps(paths) if not p.exists()), None)
+        if missing is not None:
+            raise click.ClickException(f"{missing}: missing; run the stages before {stage} first "
+                                       f"(`dvc repro {graph.producer(paths, missing)}` runs them)")
         found = range_test(stage, params, paths, min_lr, max_lr, steps)
     except (ConfigError, TrackingUnreachable) as exc:
         raise click.ClickException(str(exc)) from None
@@ -173,22 +195,77 @@ def sweep(params_path: str, root: str, overrides: tuple[str, ...], grid_options:
 
 
 @app.command()
-@click.option("--cron", required=True, help='Cron schedule, e.g. "0 3 * * *".')
+@click.option("--cron", default=None, help='Cron schedule, e.g. "0 3 * * *".')
+@click.option("--interval", default=None, type=click.IntRange(min=1), metavar="SECONDS",
+              help="Run every SECONDS instead of on a cron schedule.")
 @click.option("--name", default="kdflow-scheduled", show_default=True, help="Deployment name.")
 @params_option
 @root_option("Project root, where every scheduled run works.")
-def serve(cron: str, name: str, params_path: str, root: str) -> None:
-    """Serve the pipeline flow on a cron schedule; unchanged stages come from the cache."""
+def serve(cron: str | None, interval: int | None, name: str, params_path: str, root: str) -> None:
+    """Serve the pipeline flow on a schedule; unchanged stages are skipped, as DVC's record says.
+
+    Without PREFECT_API_URL it starts a Prefect server of its own (with its scheduler and UI, on 127.0.0.1) for as
+    long as it serves, and says where the UI is.
+    """
+    if (cron is None) == (interval is None):
+        raise click.UsageError("give one schedule: --cron EXPRESSION or --interval SECONDS")
     try:
         load_params(params_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     _prefect_defaults()
+    from flows.server import PrefectApi
+
+    api = PrefectApi.start(scheduler=True)
     from flows.pipeline import pipeline
 
-    pipeline.serve(name=name, cron=cron, parameters={
-        "params_path": str(Path(params_path).resolve()), "root": str(Path(root).resolve()),
-    })
+    schedule = {"cron": cron} if cron else {"interval": interval}
+    with api.settings():
+        click.echo(f"Prefect UI: {api.ui_url()}", err=True)
+        pipeline.serve(name=name, **schedule, parameters={
+            "params_path": str(Path(params_path).resolve()), "root": str(Path(root).resolve()),
+        })
+
+
+@app.command()
+@click.argument("ref", metavar="RUN_ID|models:/NAME@ALIAS")
+@root_option("Project root to restore into (a clone of the project: its dvc.yaml and DVC remote).")
+def checkout(ref: str, root: str) -> None:
+    """Restore a flow run's data and artifacts byte for byte from DVC's cache or remote; runs no stage.
+
+    REF is the flow run's MLflow id, a stage or model run inside it, or a registered model version
+    (models:/kdflow-student@champion, models:/kdflow-target/3).
+    """
+    from kdflow import record
+    from kdflow.tracking import _client
+
+    client, _ = _client(Path(root).resolve())
+    try:
+        restored = record.checkout(client, Path(root), ref)
+    except record.RecordError as exc:
+        raise click.ClickException(str(exc)) from None
+    for path, md5 in restored:
+        click.echo(f"restored {path}  md5 {md5}")
+    click.echo("dvc.lock, params.yaml, metrics and plots restored too; `dvc status` shows nothing to run")
+
+
+@app.command("dvc-yaml")
+@root_option("Project root whose dvc.yaml to write.")
+@click.option("--check", is_flag=True, help="Only say whether dvc.yaml matches the stage declarations (exit 1 if not).")
+def dvc_yaml(root: str, check: bool) -> None:
+    """Write dvc.yaml from the stage declarations (kdflow/graph.py)."""
+    from kdflow import graph, record
+    from kdflow.artifacts import write_text
+
+    path = Path(root).resolve() / "dvc.yaml"
+    expected = graph.render_dvc_yaml(record.code_prefix(path.parent))
+    if check:
+        if not path.exists() or path.read_text() != expected:
+            raise click.ClickException(f"{path} differs from the stage declarations; `kdflow dvc-yaml` rewrites it")
+        click.echo(f"{path} matches the stage declarations")
+        return
+    write_text(path, expected)
+    click.echo(f"wrote {path}")
 
 
 @app.command()

@@ -6,11 +6,13 @@ allowed, so that `dvc repro`, `kdflow run` and the tests all fail the same way o
 
 from __future__ import annotations
 
+import io
+import math
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
-import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, ValidationError, field_validator,
                       model_validator)
 
@@ -22,7 +24,8 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: `epochs: true` is not 1 and `lr: "0.1"` is not a number; a float field still takes an int (`lr: 1`).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # --- architectures -----------------------------------------------------------------------------------------
@@ -164,7 +167,7 @@ class FileTransfer(FileColumns):
 
 def _kind(value: Any) -> Any:
     """The `kind` tag, `mnist1d` when omitted (the default scenario's sections may leave it out)."""
-    return value.get("kind", "mnist1d") if isinstance(value, dict) else getattr(value, "kind", None)
+    return value.get("kind", "mnist1d") if isinstance(value, Mapping) else getattr(value, "kind", None)
 
 
 SourceSpec = Annotated[Union[Annotated[MNIST1DSource, Tag("mnist1d")], Annotated[FileSource, Tag("file")]],
@@ -316,10 +319,14 @@ def _walk(loc: tuple[Any, ...]) -> tuple[str, Any]:
     return ".".join(keys), holder
 
 
+def _unknown_key(key: str, holder: type[BaseModel], source: str) -> str:
+    return f"{source}: unknown key '{key}'; allowed keys here: {', '.join(sorted(holder.model_fields))}"
+
+
 def _describe(error: dict[str, Any], key: str, holder: Any, source: str) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"{source}: unknown key '{key}'; allowed keys here: {', '.join(sorted(holder.model_fields))}"
+        return _unknown_key(key, holder, source)
     if kind == "union_tag_invalid":
         allowed = error.get("ctx", {}).get("expected_tags", "")
         tag = "arch" if "arch" in error["input"] else "kind"
@@ -355,35 +362,231 @@ def validate(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         raise ConfigError("\n".join(_describe_all(exc.errors(), source))) from None
 
 
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one `-S key.path=value` in place, the value parsed as YAML as `dvc exp run -S` does."""
-    if "=" not in assignment:
-        raise ConfigError(f"override '{assignment}' is not of the form key.path=value")
-    path, _, text = assignment.partition("=")
-    keys = path.strip().split(".")
-    node = raw
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override '{assignment}': '{key}' holds a value, not a section")
-        node = child
-    node[keys[-1]] = yaml.safe_load(text)
+# --- the params language: files and -S overrides as DVC reads them ----------------------------------------------
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
+def _yaml():
+    # DVC's own reader (dvc/utils/serialize/_yaml.py): ruamel's safe loader, YAML 1.2, so `1e-3` is a number and
+    # `yes` a string for kdflow as for `dvc exp run`, which writes overrides back to params.yaml with ruamel.
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A params file as plain data, read as DVC reads it."""
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _yaml().load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file; run from the project root or pass --params") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {exc.problem}") from None
+    except YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; a run needs the sections {', '.join(Params.model_fields)}")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    for assignment in overrides:
-        apply_override(raw, assignment)
-    return validate(raw, source=str(path))
+    return raw
+
+
+def _unclosed(text: str) -> str | None:
+    """A bracket, brace or quote the override leaves open: what Hydra's parser reports in ANTLR's words."""
+    closers = {"[": "]", "{": "}"}
+    opened: list[str] = []
+    quote, escaped = None, False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in closers:
+            opened.append(char)
+        elif char in "]}":
+            if not opened or closers[opened.pop()] != char:
+                return f"'{char}' closes nothing"
+    if quote:
+        return f"a {quote} quote is never closed"
+    return f"'{opened[-1]}' is never closed" if opened else None
+
+
+def syntax_problem(text: str, error: Any) -> str:
+    """What is wrong with an override Hydra's parser refused (`OverrideParseException`), in plain words."""
+    lexer = "LexerNoViableAltException: "
+    lines = [line for line in error.message.splitlines()
+             if line.strip() and not line.startswith(("Error parsing override", "See https://"))]
+    if "=" not in text and not text.startswith("~"):
+        return "there is no '='"
+    if unclosed := _unclosed(text):
+        return unclosed
+    if lines[0].startswith(lexer):  # the override again, then a caret under the character the lexer stopped at
+        position = lines[1].index("^") - len(lexer)
+        return f"unexpected {text[position]!r} at character {position + 1}"
+    return lines[0]
+
+
+def _parse(parser: Any, text: str) -> Any:
+    """One `-S` override in Hydra's grammar, as DVC parses it (`OverridesParser.parse_overrides`)."""
+    from hydra.errors import OverrideParseException
+
+    try:
+        [override] = parser.parse_overrides([text])
+    except OverrideParseException as exc:
+        raise ConfigError(f"override '{text}' does not parse: {syntax_problem(text, exc)}; -S takes KEY=VALUE in "
+                          "Hydra's override grammar, as dvc exp run -S does (quote strings with special characters)"
+                          ) from None
+    if not override.key_or_group:
+        raise ConfigError(f"override '{text}' names no key; -S takes KEY=VALUE, e.g. distill.temperature=8")
+    if override.package is not None:
+        raise ConfigError(f"override '{text}': '@' names a Hydra config group package; params files have none, "
+                          "write KEY=VALUE")
+    if override.is_sweep_override():
+        raise ConfigError(f"override '{text}' gives several values; -S sets one: write a list in brackets "
+                          f"('{override.key_or_group}=[...]'), or vary the key with kdflow sweep --grid")
+    return override
+
+
+def _tagged(node: Any, value: Any) -> type[BaseModel] | None:
+    """The member of a tagged union (architectures, data sources) that `value`'s tag picks, if any."""
+    if not isinstance(value, Mapping):
+        return None
+    tag = value.get("arch") or _kind(value)
+    members = [member for member in _union_members(node) if tag in _tags(member)]
+    return members[0] if members else None
+
+
+def _refused(config: Mapping, key: str, line: str, source: str) -> str | None:
+    """Why the schema would refuse `key` even if the file had it (a typo), in validation's words; else None."""
+    node: Any = Params
+    value: Any = config
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        section = _section_of(node) or _tagged(node, value)
+        if section is None:
+            # A free-form mapping (a custom factory's options) or a section of an unknown kind: nothing to say.
+            if get_origin(_unwrap(node)) is dict or _union_members(node):
+                return None
+            return f"override '{line}': '{'.'.join(parts[:depth])}' holds a value, not a section"
+        if part not in section.model_fields:
+            return _unknown_key(".".join(parts[:depth + 1]), section, source)
+        node = section.model_fields[part].annotation
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return None
+
+
+def _apply(config: Any, override: Any, source: str) -> None:
+    """One parsed override onto the struct config, with Hydra's semantics (ConfigLoaderImpl
+    `_apply_overrides_to_config`, which DVC calls): `key=v` changes a key the file has, `+key=v` adds one,
+    `++key=v` sets one either way, `~key` (or `~key=v`, v its current value) deletes one."""
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    line, key, value = override.input_line, override.key_or_group, override.value()
+    try:
+        current = OmegaConf.select(config, key, throw_on_missing=False)
+        if override.is_delete():
+            if current is None:
+                raise ConfigError(f"override '{line}': {source} has no '{key}' to delete")
+            if value is not None and value != current:
+                raise ConfigError(f"override '{line}': '{key}' is {current!r}, not {value!r}; "
+                                  f"write ~{key} to delete it whatever its value")
+            parent, _, last = key.rpartition(".")
+            with open_dict(config):
+                del (OmegaConf.select(config, parent) if parent else config)[last]
+        elif override.is_add() and current is not None and not isinstance(value, (dict, list)):
+            raise ConfigError(f"override '{line}': {source} already sets '{key}'; drop the + to change it "
+                              f"({line[1:]}), or write ++ to set it either way (+{line})")
+        else:
+            OmegaConf.update(config, key, value, merge=True, force_add=override.is_add() or override.is_force_add())
+    except (ConfigAttributeError, ConfigKeyError) as exc:  # the struct config refuses a key the file lacks
+        missing = exc.full_key or key
+        raise ConfigError(_refused(config, missing, line, source) or (
+            f"override '{line}': {source} has no key '{missing}', so -S cannot change it (nor can dvc exp run -S); "
+            f"add it with +{line}")) from None
+    except (OmegaConfBaseException, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"override '{line}': {str(exc).splitlines()[0]}") from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], source: str = "params.yaml") -> dict[str, Any]:
+    """`raw` with `-S` overrides applied as `dvc exp run -S` applies them to params.yaml
+    (dvc/utils/hydra.py `apply_overrides`): all parsed, then applied in order onto an OmegaConf struct config,
+    and the result turned back into plain data (which resolves `${...}` interpolations, as DVC's does)."""
+    if not overrides:
+        return raw  # DVC leaves the file as it is
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    parser = OverridesParser.create()
+    parsed = [_parse(parser, text) for text in overrides]
+    config = OmegaConf.create(raw, flags={"allow_objects": True})
+    OmegaConf.set_struct(config, True)
+    for override in parsed:
+        _apply(config, override, source)
+    try:
+        return OmegaConf.to_object(config)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: {str(exc).splitlines()[0]} (with overrides {', '.join(overrides)})") from None
+
+
+def format_override(key: str, value: Any) -> str:
+    """`key=value` in the grammar `-S` reads, so that it reads back as exactly `value`."""
+    return f"{key}={_override_value(value)}"
+
+
+def _override_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # inf, -inf, nan: the grammar's own words
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        if re.fullmatch(r"[A-Za-z_][\w\-./]*", value) and value.lower() not in ("true", "false", "null", "inf", "nan"):
+            return value  # a word the grammar reads as this string: `adam`, `backbone.2`
+        # Quoted, so `1e-3` stays a string. Inside quotes a backslash only escapes a quote, or another backslash
+        # before a quote or the end, so only those runs are doubled.
+        return "'" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value) + "'"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_override_value, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_override_value(item)}" for key, item in value.items()) + "}"
+    raise TypeError(f"no -S form for {value!r}")
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Params:
+    """Read, override and validate; every section must be there, as the default pipeline runs them all."""
+    source = str(path)
+    raw = apply_overrides(read_yaml(path), overrides, source)
+    missing = [name for name in Params.model_fields if name not in raw]
+    errors = [f"{source}: missing {'section' if len(missing) == 1 else 'sections'} "
+              f"{', '.join(map(repr, missing))}; a run needs every one of {', '.join(Params.model_fields)}"] if missing else []
+    try:
+        params = validate(raw, source)
+    except ConfigError as exc:
+        errors += str(exc).splitlines()
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return params
 
 
 def dump_params(params: Params) -> str:
-    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+    """YAML that `load_params` (and DVC) read back as the same params."""
+    stream = io.StringIO()
+    writer = _yaml()
+    writer.default_flow_style = False
+    writer.dump(params.model_dump(mode="json"), stream)
+    return stream.getvalue()

@@ -1,4 +1,4 @@
-"""Where every stage reads and writes, relative to one project root. `dvc.yaml` lists the same paths."""
+"""Where every stage reads and writes, relative to one project root; kdflow.graph declares which stage does which."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ class ProjectPaths:
     @classmethod
     def at(cls, root: str | Path = ".") -> "ProjectPaths":
         return cls(Path(root).resolve())
+
+    @property
+    def raw_dir(self) -> Path:
+        """A user's own data files (`dvc add data/raw/<file>`)."""
+        return self.root / "data" / "raw"
 
     @property
     def prepared(self) -> Path:
@@ -61,15 +66,6 @@ class ProjectPaths:
         )
         return directory / f"{model}.pt"
 
-    def producer(self, path: str | Path) -> str | None:
-        """The stage that writes `path`, so an error about a bad artifact can say what to rerun."""
-        writers = {"prepare": self.prepared, "train_teacher": self.teacher_dir, "soft_labels": self.soft_labels_dir,
-                   "distill": self.students_dir, "finetune": self.target_dir, "evaluate": self.report_dir}
-        path = Path(path).resolve()
-        if path.parent == self.curve(path.stem).parent:  # a model's curve: the stage that trains the model
-            return self.producer(self.checkpoint(path.stem))
-        return next((stage for stage, directory in writers.items() if path.is_relative_to(directory)), None)
-
     def resume_state(self, model: str) -> Path:
         """The training state a killed run of `model` resumes from; removed once the model is written."""
         return self.root / ".kdflow" / "resume" / f"{model}.pt"
@@ -92,3 +88,10 @@ class ProjectPaths:
     @property
     def report_dir(self) -> Path:
         return self.root / "reports"
+
+    def report_figure(self, name: str) -> Path:
+        return self.report_dir / f"{name}.png"
+
+    @property
+    def dvc_lock(self) -> Path:
+        return self.root / "dvc.lock"

@@ -14,15 +14,16 @@ import hashlib
 from pathlib import Path
 
 from kdflow.artifacts import file_digest
+from kdflow.graph import STAGES
 
-STAGE_STEPS = {"prepare": "data", "train_teacher": "teacher", "soft_labels": "soft labels", "distill": "student",
-               "finetune": "target model", "evaluate": "evaluation"}
+STAGE_STEPS = {name: stage.step for name, stage in STAGES.items()}
 INPUT_PREFIX, OUTPUT_PREFIX, UPSTREAM_PREFIX = "kdflow.input.", "kdflow.output.", "kdflow.upstream."
 DIGEST_SUFFIX, PATH_SUFFIX = ".md5", ".path"
 
 
 def relative(root: Path, path: Path) -> str:
     """The path as the project names it: relative to the root, or absolute when outside it (a user's data file)."""
+    path = Path(path).resolve()
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
 
 

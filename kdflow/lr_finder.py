@@ -112,6 +112,7 @@ def range_test(problem: Problem, seed: int, min_lr: float = 1e-6, max_lr: float 
 
 def stage_problem(stage: str, params: Params, paths: ProjectPaths) -> Problem:
     """The model, data and loss `stage` trains first: the teacher, the distilled student, the fine-tuned model."""
+    from kdflow import graph
     from kdflow.checkpoints import expected_spec, load_model
     from kdflow.consistency import check_inputs
     from kdflow.datasets import load_split, read_dataset_card
@@ -120,19 +121,17 @@ def stage_problem(stage: str, params: Params, paths: ProjectPaths) -> Problem:
 
     card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
+    check_inputs(paths, graph.STAGES[stage].read_files(paths))  # what the stage itself reads, as it checks them
     torch.manual_seed(params.seed)
     if stage == "train_teacher":
         spec = params.train_teacher
-        check_inputs(paths, [paths.split("source_train")])
         train = load_split(paths.split("source_train"), input_shape)
         model = build_model(spec.model, input_shape, len(card["source_classes"]))
         return Problem(model, train.x, [train.y], spec.train)
     if stage == "distill":
         from tasks.distill import distillation_set
-        from tasks.soft_labels import SETS_TO_LABEL, logits_path
 
         spec = params.distill
-        check_inputs(paths, [*(paths.split(s) for s in SETS_TO_LABEL), *(logits_path(paths, s) for s in SETS_TO_LABEL)])
         _, x, labels, logits = distillation_set(paths, input_shape)
         model = build_model(spec.student, input_shape, len(card["source_classes"]))
         return Problem(model, x, [logits, labels], spec.train,
@@ -141,7 +140,6 @@ def stage_problem(stage: str, params: Params, paths: ProjectPaths) -> Problem:
         from tasks.finetune import SOURCE_MODEL, param_groups, transferred_model, unfreeze_schedule
 
         arch = expected_spec(params, SOURCE_MODEL)
-        check_inputs(paths, [paths.checkpoint(SOURCE_MODEL), paths.split("target_train")])
         source, _ = load_model(paths.checkpoint(SOURCE_MODEL), arch)
         train = load_split(paths.split("target_train"), input_shape)
         model, _ = transferred_model(params, source, arch, input_shape, len(card["target_classes"]))
@@ -200,7 +198,8 @@ def lr_find(stage: str, params: Params, paths: ProjectPaths, min_lr: float = 1e-
     plot, curve = paths.root / "plots" / "lr_find" / f"{stage}.png", paths.root / "plots" / "lr_find" / f"{stage}.json"
     plot_sweep(sweep, stage, plot)
     write_json(curve, {**summary, **sweep.as_dict()})
-    with tracking.start_run(paths.root, f"lr_find:{stage}", tags={"kdflow.stage": "lr_find"}) as tracked:
+    with tracking.start_run(paths.root, f"lr_find:{stage}", tags={"kdflow.stage": "lr_find"},
+                             source="kdflow/lr_finder.py") as tracked:
         tracked.log_params({"stage": stage, "min_lr": min_lr, "max_lr": max_lr, "steps": steps, "seed": params.seed,
                             "train": problem.spec.model_dump(mode="json")})
         log_curve(tracked, sweep)

@@ -44,41 +44,48 @@ class Decision:
     champion_accuracy: float | None  # None: there was no champion yet
     champion_version: str | None
     reason: str
+    model_id: str  # the logged model the version points at, in the candidate's run
 
 
 @contextlib.contextmanager
 def _global_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's model logging and its SQL registry store resolve the store through the process-wide tracking URI
-    rather than the client's, so point it at ours for the duration, then put back both it and the variable."""
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    """MLflow's model logging and loading and its SQL registry store resolve the store through the process-wide
+    tracking URI rather than the client's, so point it at ours for the duration; afterwards MLflow resolves it
+    from MLFLOW_TRACKING_URI again (which `set_tracking_uri` also sets, and None unsets), put back as it was."""
+    import mlflow
 
     environment = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
     try:
-        with _use_tracking_uri(uri):
-            yield
+        yield
     finally:
-        if environment is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
+        mlflow.set_tracking_uri(None)
+        if environment is not None:
             os.environ["MLFLOW_TRACKING_URI"] = environment
 
 
-def _log_model(candidate: Candidate) -> str:
-    """Log the model into its run in the safe `pt2` format (no pickled code); returns the models:/ URI."""
+def _log_model(client, candidate: Candidate) -> str:
+    """Log the model into its run in the safe `pt2` format (no pickled code); returns the logged model's id.
+
+    The logged model is created in its run's experiment: left to `log_model`, it would go to the process's
+    active experiment (MLflow's `Default`, with its files under ./mlruns)."""
     import mlflow
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
+    run = client.get_run(candidate.run_id)
+    logged = client.create_logged_model(run.info.experiment_id, name=candidate.model_name,
+                                        source_run_id=candidate.run_id, params=run.data.params)
     example = candidate.test_x[:INPUT_EXAMPLE_ROWS].numpy()
     with torch.inference_mode():
         output = candidate.model(candidate.test_x[:INPUT_EXAMPLE_ROWS]).numpy()
-    info = mlflow.pytorch.log_model(
-        candidate.model, name=candidate.model_name, run_id=candidate.run_id,
+    mlflow.pytorch.log_model(
+        candidate.model, name=candidate.model_name, run_id=candidate.run_id, model_id=logged.model_id,
         signature=infer_signature(example, output), input_example=example, serialization_format="pt2",
         # Explicit, because inferring them imports and inspects the whole environment (slow, and not needed).
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
     )
-    return info.model_uri
+    return logged.model_id
 
 
 def _champion_accuracy(client, registered_name: str, candidate: Candidate) -> tuple[str | None, float | None, str]:
@@ -104,7 +111,7 @@ def register(client, tracking_uri: str, candidate: Candidate) -> Decision:
 
     registered_name = REGISTERED_MODELS[candidate.model_name]
     with _global_tracking_uri(tracking_uri):
-        model_uri = _log_model(candidate)
+        model_id = _log_model(client, candidate)
         try:
             client.get_registered_model(registered_name)
         except MlflowException:
@@ -112,7 +119,7 @@ def register(client, tracking_uri: str, candidate: Candidate) -> Decision:
         champion_version, champion_accuracy, reason = _champion_accuracy(client, registered_name, candidate)
         candidate_accuracy = accuracy(predict_logits(candidate.model, candidate.test_x), candidate.test_y)
         version = client.create_model_version(
-            registered_name, model_uri, run_id=candidate.run_id, model_id=model_uri.removeprefix("models:/"),
+            registered_name, f"models:/{model_id}", run_id=candidate.run_id, model_id=model_id,
             tags={"kdflow.checkpoint_md5": candidate.checkpoint_md5, "kdflow.test_set_md5": candidate.test_set_md5,
                   "kdflow.test_accuracy": candidate_accuracy},
         ).version
@@ -127,7 +134,8 @@ def register(client, tracking_uri: str, candidate: Candidate) -> Decision:
     client.set_model_version_tag(registered_name, version, "kdflow.decision", f"{alias}: {reason}")
     if champion_accuracy is not None:
         client.set_model_version_tag(registered_name, version, "kdflow.champion_test_accuracy", champion_accuracy)
-    return Decision(registered_name, version, alias, candidate_accuracy, champion_accuracy, champion_version, reason)
+    return Decision(registered_name, version, alias, candidate_accuracy, champion_accuracy, champion_version, reason,
+                    model_id)
 
 
 def log_decisions(tracked, decisions: list[Decision]) -> None:

@@ -21,59 +21,54 @@ from torch import nn
 from kdflow.artifacts import ArtifactError, CheckpointError, check_writable, file_digest, write_json, write_text
 from kdflow.checkpoints import save_model
 from kdflow.config import ConfigError, Params, TrainSpec, load_params
+from kdflow import graph
 from kdflow.layout import ProjectPaths
 from kdflow.resume import ResumeFile, training_fingerprint
 from kdflow.training import FitResult, LossFn, cross_entropy_loss, effective_lr, fit
 
 StageFn = Callable[[Params, ProjectPaths, "str | None"], dict]
 
-# The params sections each stage reads besides `seed`, logged to its MLflow run (dvc.yaml lists the same).
-STAGE_PARAMS = {
-    "prepare": ("data",),
-    "train_teacher": ("train_teacher",),
-    "soft_labels": ("soft_labels",),
-    "distill": ("distill",),
-    "finetune": ("finetune",),
-    "evaluate": ("evaluate",),
-}
-
-
 def output_dirs(paths: ProjectPaths, stage: str) -> list[Path]:
-    """The folders `stage` writes into."""
-    trains = [paths.metrics_dir, paths.curve("-").parent, paths.resume_state("-").parent]
-    return {"prepare": [paths.prepared], "train_teacher": [paths.teacher_dir, *trains],
-            "soft_labels": [paths.soft_labels_dir], "distill": [paths.students_dir, *trains],
-            "finetune": [paths.target_dir, *trains], "evaluate": [paths.metrics_dir, paths.report_dir]}[stage]
+    """The folders `stage` writes into, from its declaration (and the resume state of a stage that trains)."""
+    declared = graph.STAGES[stage]
+    files = [*declared.metrics(paths), *declared.plots(paths)]
+    resume = [paths.resume_state("-").parent] if declared.plots(paths) else []
+    return sorted({*declared.outs(paths), *(p.parent for p in files), *resume})
 
 
 @contextlib.contextmanager
-def stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: str | None, inputs: Sequence[Path]):
+def stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: str | None,
+              extra_inputs: Sequence[Path] = ()):
     """The stage's MLflow run: its params sections, seed, the md5 of every input file and the ids of the runs
-    that wrote them as tags (see kdflow.lineage); its model runs carry the same lineage tags.
+    that wrote them as tags (see kdflow.lineage), and the input files as MLflow datasets; its model runs carry the
+    same lineage tags and datasets. The inputs are the files kdflow.graph declares for the stage (plus
+    `extra_inputs`, a user's data files); on success the run tags the md5 of every file the declaration says it
+    writes, for later stages to find it by.
 
     Before the run starts, the inputs must belong together (kdflow.consistency) and every folder the stage writes
     must take a file: a stale input or a read-only folder fails now, not after the training.
     """
     from kdflow import consistency, lineage, tracking
 
+    declared = graph.STAGES[stage]
+    inputs = declared.read_files(paths) + list(extra_inputs)
     digests = consistency.check_inputs(paths, inputs)  # hashed once: checked, tagged, recorded in checkpoints
     for directory in output_dirs(paths, stage):
         check_writable(directory)
     inputs_md5 = lineage.input_tags(digests)
-    with tracking.start_run(paths.root, stage, parent_run_id, {"kdflow.stage": stage, **inputs_md5}) as tracked:
+    with tracking.start_run(paths.root, stage, parent_run_id, {"kdflow.stage": stage, **inputs_md5},
+                            source=f"tasks/{stage}.py") as tracked:
         upstream = lineage.upstream_tags(tracked.client, tracked.experiment_id, digests)
         tracked.set_tags(upstream)
         tracked.inherited_tags = {**inputs_md5, **upstream}
         tracked.input_digests = digests
-        tracked.log_params({"seed": params.seed, **{s: params.section(s) for s in STAGE_PARAMS[stage]}})
+        tracked.inherited_datasets = tracking.file_datasets(paths.root, digests)
+        tracked.log_datasets(tracked.inherited_datasets)
+        tracked.log_params({"seed": params.seed, **{s: params.section(s) for s in declared.sections()}})
         yield tracked
-
-
-def record_outputs(tracked, paths: ProjectPaths, files: Sequence[Path]) -> None:
-    """Tag the md5 of files a stage wrote for later stages to read, so their runs can name this one upstream."""
-    from kdflow import lineage
-
-    tracked.set_tags(lineage.output_tags(paths.root, list(files)))
+        written = [f for out in declared.written(paths) for f in ([out] if out.is_file() else sorted(
+            p for p in out.rglob("*") if p.is_file() and not p.name.endswith(".tmp")))]
+        tracked.set_tags(lineage.output_tags(paths.root, written))
 
 
 def write_curve(path: Path, history: list[dict[str, float]]) -> None:
@@ -141,7 +136,6 @@ def train_model(
                               "kdflow.resumed_from_epoch": result.resumed_from_epoch})
             tracked.log_artifact(checkpoint, "checkpoint")
             tracked.log_artifact(paths.curve(name), "curves")
-        record_outputs(stage_tracked, paths, [checkpoint])
         if resume is not None:
             resume.remove()
     return result
@@ -153,7 +147,7 @@ def write_stage_metrics(paths: ProjectPaths, stage: str, metrics: dict) -> None:
 
 def checkpoint_failure(exc: CheckpointError, paths: ProjectPaths) -> str:
     """The error, and which stage to rerun to replace the bad file."""
-    producer = paths.producer(exc.path) if exc.path is not None else None
+    producer = graph.producer(paths, exc.path) if exc.path is not None else None
     if producer is None:
         return str(exc)
     return (f"{exc}; fix: the stage '{producer}' writes {exc.path}: delete the file and rerun it "
@@ -162,7 +156,7 @@ def checkpoint_failure(exc: CheckpointError, paths: ProjectPaths) -> str:
 
 def artifact_failure(exc: ArtifactError, paths: ProjectPaths) -> str:
     """One line: the file, what is wrong with it, and the fix (by default, rerunning the stage that writes it)."""
-    producer = paths.producer(exc.path)
+    producer = graph.producer(paths, exc.path)
     fix = exc.fix or (f"rerun the stage '{producer}', which writes it (`dvc repro {producer}` or `kdflow run`)"
                       if producer else "replace or remove it and rerun")
     return f"{exc}; fix: {fix}"
@@ -170,7 +164,7 @@ def artifact_failure(exc: ArtifactError, paths: ProjectPaths) -> str:
 
 def missing_input(exc: FileNotFoundError, stage: str, paths: ProjectPaths) -> str | None:
     """For an upstream output that is not there: which stage writes it, and how to run that stage."""
-    producer = paths.producer(exc.filename) if exc.filename else None
+    producer = graph.producer(paths, exc.filename) if exc.filename else None
     if producer is None or producer == stage:
         return None
     return (f"stage '{stage}' needs {exc.filename}, which does not exist\n"

@@ -8,12 +8,14 @@ mlflow is imported here only, so the training engine works without it.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,6 +25,8 @@ DEFAULT_EXPERIMENT = "kdflow"
 PARENT_RUN_ENV = "KDFLOW_PARENT_RUN_ID"
 HOST_TAG, PID_TAG = "kdflow.host", "kdflow.pid"  # which process owns a run, to close it if that process dies
 OFFLINE_ENV = "KDFLOW_OFFLINE"  # set by `kdflow run --offline`; honoured by `python -m tasks.<stage>` (dvc repro)
+# The experiment's kind as MLflow records it (the tag the UI's kind selector writes): model training, not GenAI.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 class TrackingUnreachable(RuntimeError):
@@ -98,9 +102,24 @@ def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
 
 
-def git_commit(root: Path, ignore: tuple[str, ...] = ()) -> str:
-    """HEAD, with `-dirty` when a tracked file differs from it; changes under `ignore` (paths from the repository
-    root) do not count."""
+@dataclass(frozen=True)
+class GitCommit:
+    sha: str  # HEAD, a full commit SHA
+    dirty: bool  # a tracked file differs from HEAD
+
+    def __str__(self) -> str:
+        return self.sha + ("-dirty" if self.dirty else "")
+
+    def tags(self) -> dict[str, str]:
+        """MLflow's own tags: the commit stays a SHA the UI and git can resolve; dirtiness is a tag of its own."""
+        from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_GIT_DIRTY
+
+        return {MLFLOW_GIT_COMMIT: self.sha, MLFLOW_GIT_DIRTY: str(self.dirty).lower()}
+
+
+def git_commit(root: Path, ignore: tuple[str, ...] = ()) -> GitCommit | None:
+    """HEAD and whether a tracked file differs from it (changes under `ignore`, paths from the repository root,
+    do not count); None outside a git repository."""
     excluded = [f":(top,exclude){path}" for path in ignore]
     try:
         commit = subprocess.run(
@@ -109,8 +128,46 @@ def git_commit(root: Path, ignore: tuple[str, ...] = ()) -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", *excluded],
                                cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
+        return None
+    return GitCommit(commit, bool(dirty))
+
+
+def source_tags(root: Path, source: str) -> dict[str, str]:
+    """What the UI's Source and User columns show: the code that made the run (`source`, a path in the
+    repository, read at the tagged commit), and who ran it."""
+    from mlflow.entities import SourceType
+    from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry, as in some containers
+        user = "unknown"
+    commit = git_commit(root)
+    return {MLFLOW_SOURCE_NAME: source, MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL),
+            MLFLOW_USER: user, **(commit.tags() if commit else {})}
+
+
+def file_datasets(root: Path, digests: dict[str, str], context: str | None = None) -> list:
+    """Files as MLflow dataset inputs: the project-relative path as name, the md5 (DVC's digest, so `dvc` finds
+    the bytes in its cache or remote) as digest, and the file's `file://` URI as source, from which
+    `mlflow.data.get_source(dataset).load()` gives the bytes back on this machine. `context` is MLflow's
+    train/validation/test label, when one fits every file."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)] if context else []
+    return [DatasetInput(Dataset(**MetaDataset(LocalArtifactDatasetSource((root / path).as_uri()), name=path,
+                                               digest=digest).to_dict()), tags)
+            for path, digest in sorted(digests.items())]
+
+
+def runs_page(ui_url: str, experiment_id: str) -> str:
+    """The experiment's run table in MLflow's UI at `ui_url`. MLflow 3.17's UI opens an experiment on the GenAI
+    overview unless the URL (or the user's toggle, remembered in the browser) says `workflowType=machine_learning`;
+    it does not go by the experiment's kind tag."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
@@ -126,13 +183,15 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
 class TrackedRun:
     """One MLflow run, logged to by id."""
 
-    def __init__(self, client, run_id: str, root: Path, experiment_id: str):
+    def __init__(self, client, run_id: str, root: Path, experiment_id: str, source: str = ""):
         self.client = client
         self.run_id = run_id
         self.root = root
         self.experiment_id = experiment_id
+        self.source = source  # the code that made the run, which its child runs share
         self.inherited_tags: dict[str, str] = {}  # lineage tags every child run carries too
         self.input_digests: dict[str, str] = {}  # a stage run's inputs, {path relative to the root: md5}
+        self.inherited_datasets: list = []  # dataset inputs (file_datasets) every child run logs too
 
     def log_params(self, params: dict[str, Any], prefix: str = "") -> None:
         from mlflow.entities import Param
@@ -140,12 +199,20 @@ class TrackedRun:
         flat = flatten(prefix, params)
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in flat.items()])
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, model_id: str | None = None,
+                    dataset=None) -> None:
+        """`model_id` links the metrics to a logged model (MLflow 3's Models tab); `dataset`, a DatasetInput
+        the run logged, names the data they were measured on."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        on = {"dataset_name": dataset.dataset.name, "dataset_digest": dataset.dataset.digest} if dataset else {}
+        batch = [Metric(k, float(v), now, step or 0, model_id=model_id, **on) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_datasets(self, datasets: list) -> None:
+        if datasets:
+            self.client.log_inputs(self.run_id, datasets=datasets)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -158,8 +225,10 @@ class TrackedRun:
     @contextlib.contextmanager
     def child(self, name: str, tags: dict[str, Any] | None = None) -> Iterator["TrackedRun"]:
         with _run(self.client, self.experiment_id, self.root, name, self.run_id,
-                  {**self.inherited_tags, **(tags or {})}) as run:
+                  {**self.inherited_tags, **(tags or {})}, self.source) as run:
             run.inherited_tags = self.inherited_tags
+            run.inherited_datasets = self.inherited_datasets
+            run.log_datasets(self.inherited_datasets)
             yield run
 
 
@@ -170,23 +239,25 @@ def _client(root: Path):
     client = MlflowClient(tracking_uri=uri)
     name = experiment_name()
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return client, experiment.experiment_id
-    # A local store keeps artifacts beside mlflow.db; a server decides for itself.
-    location = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-    return client, client.create_experiment(name, artifact_location=location)
+    if experiment is None:
+        # A local store keeps artifacts beside mlflow.db; a server decides for itself.
+        location = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+        return client, client.create_experiment(name, artifact_location=location,
+                                                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before kdflow set it; a kind chosen in the UI stays
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return client, experiment.experiment_id
 
 
 @contextlib.contextmanager
-def _run(client, experiment_id: str, root: Path, name: str, parent_id: str | None, tags: dict | None):
+def _run(client, experiment_id: str, root: Path, name: str, parent_id: str | None, tags: dict | None, source: str):
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    all_tags = {"mlflow.source.git.commit": git_commit(root), HOST_TAG: socket.gethostname(), PID_TAG: os.getpid(),
-                **(tags or {})}
+    all_tags = {**source_tags(root, source), HOST_TAG: socket.gethostname(), PID_TAG: os.getpid(), **(tags or {})}
     if parent_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_id
     created = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
-    run = TrackedRun(client, created.info.run_id, root, experiment_id)
+    run = TrackedRun(client, created.info.run_id, root, experiment_id, source)
     try:
         yield run
     except BaseException:
@@ -196,13 +267,15 @@ def _run(client, experiment_id: str, root: Path, name: str, parent_id: str | Non
 
 
 @contextlib.contextmanager
-def start_run(root: Path, name: str, parent_run_id: str | None = None, tags: dict | None = None) -> Iterator[TrackedRun]:
-    """A run in the project's experiment; nested under `parent_run_id` or, failing that, `$KDFLOW_PARENT_RUN_ID`."""
+def start_run(root: Path, name: str, parent_run_id: str | None = None, tags: dict | None = None, *,
+              source: str) -> Iterator[TrackedRun]:
+    """A run in the project's experiment; nested under `parent_run_id` or, failing that, `$KDFLOW_PARENT_RUN_ID`.
+    `source` names the code that makes it (e.g. `tasks/distill.py`), for the UI's Source column."""
     client, experiment_id = _client(root)
     parent = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
     if parent is None:
         close_orphaned_runs(client, experiment_id)
-    with _run(client, experiment_id, root, name, parent, tags) as run:
+    with _run(client, experiment_id, root, name, parent, tags, source) as run:
         yield run
 
 

@@ -15,11 +15,11 @@ from kdflow.artifacts import ArtifactError
 from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import Params
 from kdflow.datasets import Split, load_split, read_dataset_card, read_table
+from kdflow.graph import SOFT_LABELLED
 from kdflow.layout import ProjectPaths
 from kdflow.losses import kd_loss
 from kdflow.stage import stage_main, stage_run, train_model, write_stage_metrics
 from models import build_model, count_parameters
-from tasks.soft_labels import SETS_TO_LABEL, logits_path
 
 
 class StudentTooLarge(ValueError):
@@ -40,10 +40,10 @@ def teacher_logits_for(split: Split, path) -> torch.Tensor:
 
 def distillation_set(paths: ProjectPaths, input_shape: tuple[int, ...]):
     """The splits the student learns from, and their concatenated inputs, true labels (-1 on transfer) and teacher logits."""
-    sets = {name: load_split(paths.split(name), input_shape) for name in SETS_TO_LABEL}
-    x = torch.cat([sets[name].x for name in SETS_TO_LABEL])
-    labels = torch.cat([sets[name].y for name in SETS_TO_LABEL])
-    logits = torch.cat([teacher_logits_for(sets[name], logits_path(paths, name)) for name in SETS_TO_LABEL])
+    sets = {name: load_split(paths.split(name), input_shape) for name in SOFT_LABELLED}
+    x = torch.cat([sets[name].x for name in SOFT_LABELLED])
+    labels = torch.cat([sets[name].y for name in SOFT_LABELLED])
+    logits = torch.cat([teacher_logits_for(sets[name], paths.soft_labels(name)) for name in SOFT_LABELLED])
     return sets, x, labels, logits
 
 
@@ -52,9 +52,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
     classes = card["source_classes"]
-    inputs = [paths.split("source_val"), paths.checkpoint("teacher"),
-              *(paths.split(s) for s in SETS_TO_LABEL), *(logits_path(paths, s) for s in SETS_TO_LABEL)]
-    with stage_run(paths, "distill", params, parent_run_id, inputs) as tracked:
+    with stage_run(paths, "distill", params, parent_run_id) as tracked:
         teacher, _ = load_model(paths.checkpoint("teacher"), expected_spec(params, "teacher"))
         sets, x, labels, logits = distillation_set(paths, input_shape)
         val = load_split(paths.split("source_val"), input_shape)

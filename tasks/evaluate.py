@@ -1,6 +1,7 @@
 """Stage `evaluate`: every model on its task's test set, under the same metric names.
 
-Test metrics land in each model's own MLflow run (found by its checkpoint's md5), so the compare view lines up
+Test metrics land in each model's own MLflow run (found by its checkpoint's md5), measured on the test set that
+run logs as its `test` dataset and, for a registered model, linked to its logged model, so the compare view lines up
 teacher, students and target models; the summary, the Markdown report and the plots go to the evaluate run.
 Teacher, distilled student and fine-tuned target model are then registered (kdflow.registry): champion or challenger.
 """
@@ -13,6 +14,7 @@ from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import Params
 from kdflow.datasets import load_split, read_dataset_card
 from kdflow.layout import MODELS, ProjectPaths
+from kdflow.lineage import relative
 from kdflow.metrics import agreement, classification_metrics, latency_ms_per_sample
 from kdflow.report import comparison_lines, markdown_table, plot_comparison, plot_learning_curves
 from kdflow.stage import stage_main, stage_run
@@ -44,11 +46,16 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     spec = params.evaluate
     card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
-    inputs = [paths.checkpoint(m) for m in MODELS] + [paths.split("source_test"), paths.split("target_test")]
-    with stage_run(paths, "evaluate", params, parent_run_id, inputs) as tracked:
+    with stage_run(paths, "evaluate", params, parent_run_id) as tracked:
         tests = {task: load_split(paths.split(f"{task}_test"), input_shape) for task in ("source", "target")}
+        test_sets = {}  # task -> its test set as the `test` dataset its models' runs log and their metrics name
+        for task in tests:
+            path = paths.split(f"{task}_test")
+            [test_sets[task]] = tracking.file_datasets(paths.root, {relative(paths.root, path): file_digest(path)},
+                                                       "test")
         teacher_logits = None
         models: dict[str, dict] = {}
+        evaluated: dict[str, tuple] = {}  # name -> (its model run, its test metrics, its test set's DatasetInput)
         candidates: list[registry.Candidate] = []
         for name in MODELS:
             checkpoint = paths.checkpoint(name)
@@ -68,23 +75,28 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
             run_id = tracking.find_model_run(tracked, checkpoint_md5)
             if run_id is None:  # trained outside this tracking store: record the evaluation on its own
                 with tracked.child(name, tags={"kdflow.model": name}) as model_run:
-                    model_run.log_metrics(metrics)
                     run_id = model_run.run_id
-            else:
-                tracking.TrackedRun(tracked.client, run_id, paths.root, tracked.experiment_id).log_metrics(metrics)
+            test_set = test_sets[task_of(name)]
+            model_run = tracking.TrackedRun(tracked.client, run_id, paths.root, tracked.experiment_id)
+            model_run.log_datasets([test_set])
+            evaluated[name] = (model_run, metrics, test_set)
             if name in registry.REGISTERED_MODELS:
                 candidates.append(registry.Candidate(name, model, test.x, test.y, run_id, checkpoint_md5,
-                                                     file_digest(paths.split(f"{task_of(name)}_test"))))
+                                                     test_set.dataset.digest))
 
         decisions = [registry.register(tracked.client, tracking.tracking_uri(paths.root), c) for c in candidates]
         registry.log_decisions(tracked, decisions)
+        # Test metrics after registering, so they name the logged model (MLflow 3's Models tab) and the test set.
+        model_ids = {c.model_name: d.model_id for c, d in zip(candidates, decisions)}
+        for name, (model_run, metrics, test_set) in evaluated.items():
+            model_run.log_metrics(metrics, model_id=model_ids.get(name), dataset=test_set)
         print("\n".join(registry.describe(d) for d in decisions))
 
         summary = {"models": models, "comparisons": comparisons(models)}
         write_json(paths.summary, summary)
         paths.report_dir.mkdir(parents=True, exist_ok=True)
-        plot_learning_curves({m: paths.curve(m) for m in MODELS}, paths.report_dir / "learning_curves.png")
-        plot_comparison(summary, paths.report_dir / "comparison.png")
+        plot_learning_curves({m: paths.curve(m) for m in MODELS}, paths.report_figure("learning_curves"))
+        plot_comparison(summary, paths.report_figure("comparison"))
         report = "\n\n".join([
             "# kdflow results", markdown_table(summary), "\n".join(f"- {line}" for line in comparison_lines(summary)),
             "![comparison](comparison.png)\n\n![learning curves](learning_curves.png)",
@@ -93,8 +105,8 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         tracked.log_metrics({f"{name}.{key}": value for name, m in models.items()
                              for key, value in m.items() if key != "task"})
         tracked.log_metrics(summary["comparisons"])
-        for artifact in (paths.summary, paths.report_dir / "report.md", paths.report_dir / "learning_curves.png",
-                         paths.report_dir / "comparison.png"):
+        for artifact in (paths.summary, paths.report_dir / "report.md", paths.report_figure("learning_curves"),
+                         paths.report_figure("comparison")):
             tracked.log_artifact(artifact, "report")
     return summary["comparisons"]
 

@@ -59,8 +59,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     input_shape = tuple(card["input_shape"])
     classes = card["target_classes"]
     source_checkpoint = paths.checkpoint(SOURCE_MODEL)
-    inputs = [source_checkpoint, paths.split("target_train"), paths.split("target_val")]
-    with stage_run(paths, "finetune", params, parent_run_id, inputs) as tracked:
+    with stage_run(paths, "finetune", params, parent_run_id) as tracked:
         arch = expected_spec(params, SOURCE_MODEL)
         source, _ = load_model(source_checkpoint, arch)
         train, val = load_split(paths.split("target_train"), input_shape), load_split(paths.split("target_val"), input_shape)

@@ -24,7 +24,7 @@ from kdflow.config import Params
 from kdflow.datasets import to_frame
 from kdflow.layout import SPLITS, ProjectPaths
 from kdflow.mnist1d_fast import make_dataset
-from kdflow.stage import record_outputs, stage_main, stage_run
+from kdflow.stage import stage_main, stage_run
 
 
 def _generate(seed: int, num_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -168,7 +168,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     splits = build_splits(params, paths.root)  # every input checked before the stage writes or tracks anything
     raw = {path: file_digest(sources.resolve(paths.root, path)) for path in sources.raw_files(spec)}
     inputs = [sources.resolve(paths.root, path) for path in raw]
-    with stage_run(paths, "prepare", params, parent_run_id, inputs) as tracked:
+    with stage_run(paths, "prepare", params, parent_run_id, extra_inputs=inputs) as tracked:
         card: dict = {
             "input_shape": [int(n) for n in splits["source_train"][1].shape[1:]],
             "source_classes": [str(d) for d in spec.source_classes],
@@ -193,7 +193,6 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         tracked.log_metrics(metrics)
         tracked.set_tags({f"kdflow.data.{name}.md5": card["splits"][name]["md5"] for name in SPLITS})
         tracked.log_artifact(paths.dataset_card)
-        record_outputs(tracked, paths, [paths.split(name) for name in SPLITS] + [paths.dataset_card])
     return metrics
 
 

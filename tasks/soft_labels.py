@@ -21,14 +21,10 @@ from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import Params
 from kdflow.datasets import feature_columns, open_parquet, read_dataset_card
 from kdflow.layout import ProjectPaths
-from kdflow.stage import record_outputs, stage_main, stage_run
+from kdflow.graph import SOFT_LABELLED
+from kdflow.stage import stage_main, stage_run
 
-SETS_TO_LABEL = ("transfer", "source_train")
 T = TypeVar("T")
-
-
-def logits_path(paths: ProjectPaths, split: str) -> Path:
-    return paths.soft_labels(split)
 
 
 def read_ahead(chunks: Iterator[T]) -> Iterator[T]:
@@ -78,14 +74,13 @@ def write_logits(teacher: torch.nn.Module, source: Path, target: Path, input_sha
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
     card = read_dataset_card(paths.dataset_card)
     checkpoint = paths.checkpoint("teacher")
-    inputs = [checkpoint, *(paths.split(name) for name in SETS_TO_LABEL)]
-    with stage_run(paths, "soft_labels", params, parent_run_id, inputs) as tracked:
+    with stage_run(paths, "soft_labels", params, parent_run_id) as tracked:
         teacher, meta = load_model(checkpoint, expected_spec(params, "teacher"))
         num_classes = len(meta["class_names"])
         manifest = {"teacher_checkpoint_md5": file_digest(checkpoint), "files": {}}
         metrics = {}
-        for name in SETS_TO_LABEL:
-            target = logits_path(paths, name)
+        for name in SOFT_LABELLED:
+            target = paths.soft_labels(name)
             rows = write_logits(teacher, paths.split(name), target, tuple(card["input_shape"]), num_classes,
                                 params.soft_labels.chunk_size)
             manifest["files"][name] = {"rows": rows, "md5": file_digest(target),
@@ -95,8 +90,6 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         tracked.set_tags({"kdflow.teacher_checkpoint_md5": manifest["teacher_checkpoint_md5"]})
         tracked.log_metrics(metrics)
         tracked.log_artifact(paths.soft_labels_manifest)
-        record_outputs(tracked, paths, [*(logits_path(paths, name) for name in SETS_TO_LABEL),
-                                        paths.soft_labels_manifest])
     return metrics
 
 

@@ -16,9 +16,8 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
     classes = card["source_classes"]
-    inputs = [paths.split("source_train"), paths.split("source_val")]
-    with stage_run(paths, "train_teacher", params, parent_run_id, inputs) as tracked:
-        train, val = (load_split(p, input_shape) for p in inputs)
+    with stage_run(paths, "train_teacher", params, parent_run_id) as tracked:
+        train, val = (load_split(paths.split(name), input_shape) for name in ("source_train", "source_val"))
         torch.manual_seed(params.seed)
         teacher = build_model(spec.model, input_shape, len(classes))
         result = train_model(tracked, paths, "teacher", teacher, spec.model, spec.train, train.x, [train.y],

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 EPOCHS, PATIENCE = 60, 3
 # Five steps an epoch on 25 target samples at a high rate: the validation loss bottoms out, then climbs.
 OVERRIDES = [f"finetune.train.epochs={EPOCHS}", f"finetune.train.patience={PATIENCE}", "finetune.train.batch_size=5",
-             "finetune.train.lr=0.02", "finetune.train.monitor=val_loss", "finetune.train.schedule=constant"]
+             "finetune.train.lr=0.02", "+finetune.train.monitor=val_loss", "finetune.train.schedule=constant"]
 
 
 def test_finetune_stops_early_and_logs_the_best_epoch(project_copy) -> None:

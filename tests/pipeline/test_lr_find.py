@@ -15,7 +15,7 @@ STEPS = 40
     ("train_teacher", [], 1.0),
     ("distill", [], 1.0),
     # 25 target samples in one batch against a reference of 5: linear scaling multiplies every rate by 5.
-    ("finetune", ["-S", "finetune.train.lr_scaling=linear", "-S", "finetune.train.reference_batch_size=5"], 5.0),
+    ("finetune", ["-S", "+finetune.train.lr_scaling=linear", "-S", "+finetune.train.reference_batch_size=5"], 5.0),
 ])
 def test_lr_find_plots_suggests_and_logs(project_copy, monkeypatch, stage, overrides, scale) -> None:
     from click.testing import CliRunner

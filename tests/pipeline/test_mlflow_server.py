@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def mlflow_server(tmp_path_factory):
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{home / 'db.sqlite'}", "--artifacts-destination", str(home / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own group: the server forks workers
+        stdout=log, stderr=subprocess.STDOUT, cwd=home, start_new_session=True,  # its own group: it forks workers
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -134,28 +135,123 @@ def test_the_pipeline_logs_to_the_server_and_rest_reads_it_back(project, mlflow_
     assert evaluate_tags["registry.kdflow-target.decision"] == "champion: no champion yet"
 
 
-@pytest.mark.browser
-def test_the_ui_compare_page_shows_the_model_runs_and_their_test_accuracy(project, mlflow_server, tmp_path):
-    """Headless Chromium renders the React UI's run-compare page for the pipeline's model runs."""
+def test_logged_models_sit_in_the_kdflow_experiment_with_their_test_metrics_and_no_mlruns_folder(
+        project, mlflow_server):
+    from kdflow.artifacts import file_digest
+
+    root, _, paths, _ = project
+    client, experiment_id = client_for(mlflow_server)
+    logged = {model.name: model for model in client.search_logged_models(experiment_ids=[experiment_id])}
+    assert set(logged) == {"teacher", "student_distilled", "target_finetuned"}
+    default = client.get_experiment_by_name("Default")
+    assert default is None or not client.search_logged_models(experiment_ids=[default.experiment_id])
+    for name, split in [("teacher", "source_test"), ("student_distilled", "source_test"),
+                        ("target_finetuned", "target_test")]:
+        model = logged[name]
+        assert model.source_run_id == runs_named(client, experiment_id, name)[-1].info.run_id
+        metrics = {metric.key: metric for metric in model.metrics}
+        assert {"test_accuracy", "test_macro_f1", "test_nll", "test_ece", "latency_ms"} <= set(metrics), name
+        test_accuracy = metrics["test_accuracy"]
+        assert (test_accuracy.dataset_name, test_accuracy.dataset_digest) == \
+            (paths.split(split).relative_to(root).as_posix(), file_digest(paths.split(split)))
+        assert model.artifact_location.startswith(client.get_experiment(experiment_id).artifact_location + "/")
+    assert not (root / "mlruns").exists()
+
+
+def rendered_dom(page: str, profile) -> str:
+    """The page's DOM after headless Chromium has run the React UI for 20 s of virtual time."""
     chromium = shutil.which("chromium")
     if chromium is None and os.environ.get("CI") != "true":  # CI installs it and must run this test
         pytest.skip("Debian's chromium is not installed: apt-get install -y chromium (.ci/run does)")
     assert chromium, "Debian's chromium is not installed: apt-get install -y chromium (.ci/run does)"
+    rendered = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-default-apps", "--no-first-run",
+         f"--user-data-dir={profile}", "--window-size=3840,2160", "--virtual-time-budget=20000", "--dump-dom", page],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert rendered.returncode == 0, rendered.stderr[-2000:]
+    return rendered.stdout
+
+
+@pytest.mark.browser
+def test_the_ui_compare_page_shows_the_model_runs_and_their_test_accuracy(project, mlflow_server, tmp_path):
+    """Headless Chromium renders the React UI's run-compare page for the pipeline's model runs."""
     client, experiment_id = client_for(mlflow_server)
     model_runs = {name: runs_named(client, experiment_id, name)[0].info.run_id for name in MODELS}
     page = (f"{mlflow_server}/#/compare-runs?runs={json.dumps(list(model_runs.values()))}"
             f"&experiments={json.dumps([experiment_id])}")
-    rendered = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-default-apps", "--no-first-run",
-         f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=20000", "--dump-dom", page],
-        capture_output=True, text=True, timeout=240,
-    )
-    assert rendered.returncode == 0, rendered.stderr[-2000:]
-    dom = rendered.stdout
+    dom = rendered_dom(page, tmp_path / "chromium")
     for name in MODELS:
         assert f">{name}<" in dom, f"run {name} is not on the compare page"
     assert "test_accuracy" in dom
+
+
+class RunTable(HTMLParser):
+    """The text of each cell of the UI's run table (an ag-grid): {run id: {column id: text}}."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self, dom: str):
+        super().__init__()
+        self.cells: dict[str, dict[str, str]] = {}
+        self.row = self.column = None
+        self.depth, self.text = 0, []  # tags open inside the current cell; its text so far
+        self.feed(dom)
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.VOID:
+            return
+        attrs = dict(attrs)
+        if self.column is not None:
+            self.depth += 1
+        elif "row-id" in attrs:
+            self.row = attrs["row-id"]
+        elif self.row is not None and "col-id" in attrs:
+            self.column, self.depth, self.text = attrs["col-id"], 0, []
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID or self.column is None:
+            return
+        if self.depth:
+            self.depth -= 1
+            return
+        self.cells.setdefault(self.row, {})[self.column] = " ".join(self.text)
+        self.column = None
+
+    def handle_data(self, data):
+        if self.column is not None and data.strip():
+            self.text.append(data.strip())
+
+
+@pytest.mark.browser
+def test_the_experiment_opens_on_its_runs_and_model_runs_show_their_datasets_source_and_model(project, mlflow_server,
+                                                                                               tmp_path):
+    """The link `kdflow run` prints opens the run table (not the GenAI overview); filtered to the model runs, their
+    Dataset column names their test set by path and md5, Source names the stage's code, Models the registered
+    version of the logged model."""
+    from kdflow.artifacts import file_digest
+    from kdflow.tracking import runs_page
+    from tasks.evaluate import task_of
+
+    _, _, paths, _ = project
+    client, experiment_id = client_for(mlflow_server)
+    opened = rendered_dom(runs_page(mlflow_server, experiment_id), tmp_path / "chromium-opened")
+    assert "<title>Runs - Experiment" in opened and "Expand rows" in opened and "Token Usage" not in opened
+
+    filtered = urllib.parse.urlencode({"searchFilter": "tags.`kdflow.model` != ''", "orderByKey": "attributes.run_name"})
+    table = RunTable(rendered_dom(f"{runs_page(mlflow_server, experiment_id)}&{filtered}", tmp_path / "chromium"))
+    trainer = {"teacher": "train_teacher", "target_finetuned": "finetune", "target_scratch": "finetune"}
+    registered = {"teacher": "kdflow-teacher v1", "student_distilled": "kdflow-student v1",
+                  "target_finetuned": "kdflow-target v1"}
+    for name in MODELS:
+        row = table.cells[runs_named(client, experiment_id, name)[-1].info.run_id]
+        assert row["attributes.`Run Name`"].split()[-1] == name  # after its colour swatch
+        test_split = paths.split(f"{task_of(name)}_test")
+        test_set = f"{test_split.relative_to(paths.root).as_posix()} ({file_digest(test_split)}) test"
+        assert test_set in row["attributes.`Dataset`"], (name, row)
+        assert row["attributes.`Source`"] == f"{trainer.get(name, 'distill')}.py", (name, row)
+        assert row["attributes.`Models`"] == registered.get(name, "-"), (name, row)
 
 
 def test_teacher_student_and_target_are_registered_with_signature_and_example(project, mlflow_server):
@@ -190,7 +286,9 @@ def test_every_run_carries_commit_input_digests_and_upstream_run_ids(project, ml
                   for name in ("prepare", "train_teacher", "soft_labels", "distill", "finetune")}
     ids = {name: run.info.run_id for name, run in stage_runs.items()}
     for run in client.search_runs([experiment_id], max_results=500):
-        assert run.data.tags["mlflow.source.git.commit"].startswith(head), run.info.run_name
+        assert run.data.tags["mlflow.source.git.commit"] == head, run.info.run_name
+        assert run.data.tags["mlflow.source.git.dirty"] == "false", run.info.run_name  # outputs are untracked
+        assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "LOCAL"
     distill_tags = stage_runs["distill"].data.tags
     assert distill_tags["kdflow.upstream.soft_labels"] == ids["soft_labels"]
     assert distill_tags["kdflow.upstream.train_teacher"] == ids["train_teacher"]

@@ -87,17 +87,44 @@ def client_for(url: str):
         yield client
 
 
-def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_it_to_completed(
+def git(*args: str, cwd: Path) -> str:
+    done = subprocess.run(["git", "-c", "user.name=kdflow tests", "-c", "user.email=tests@kdflow.invalid", *args],
+                          cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def kdflow(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kdflow", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file's bytes, but the .gitignore files DVC writes beside its outputs (git's business, not the run's)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".gitignore"}
+
+
+def test_a_deployed_run_on_a_process_worker_is_versioned_in_dvc_and_a_new_clone_restores_it_byte_for_byte(
         prefect_api, tmp_path, tiny_params, write_params):
+    """prefect.yaml deployed to a process work pool, a worker runs it on a git project with a local DVC remote; in a
+    new clone, `kdflow checkout <run id>` (and `models:/kdflow-student@champion`) restores the run's bytes."""
     from mlflow.tracking import MlflowClient
     from prefect.deployments import run_deployment
+
+    from kdflow import record
 
     url, env, home = prefect_api
     prefect_cli("work-pool", "create", "kdflow-process", "--type", "process", env=env)
     prefect_cli("--no-prompt", "deploy", "--name", "kdflow-pipeline-nightly", env=env)
-    project = tmp_path / "project"
+    project, remote = tmp_path / "project", tmp_path / "dvc-remote"
     project.mkdir()
     params_path = write_params(project, tiny_params)
+    git("init", "-q", cwd=project)
+    record.ensure_project(project)  # dvc init and the rendered dvc.yaml, as the first `kdflow run` would
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote)], cwd=project, check=True)
+    git("add", "-A", cwd=project)
+    git("commit", "-qm", "a kdflow project", cwd=project)
 
     worker = start([sys.executable, "-m", "prefect", "worker", "start", "--pool", "kdflow-process"], env,
                    home / "worker.log")
@@ -116,7 +143,8 @@ def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_it_to_complete
     finally:
         stop(worker)
 
-    store = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    tracking_uri = f"sqlite:///{project / 'mlflow.db'}"
+    store = MlflowClient(tracking_uri=tracking_uri)
     experiment = store.get_experiment_by_name("kdflow")
     runs = store.search_runs([experiment.experiment_id], max_results=200)
     (pipeline_run,) = [r for r in runs if r.info.run_name == "pipeline"]
@@ -124,28 +152,66 @@ def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_it_to_complete
     assert pipeline_run.data.tags["kdflow.stages_run"] == "prepare,train_teacher,soft_labels,distill,finetune,evaluate"
     stages = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == pipeline_run.info.run_id}
     assert stages == {"prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"}
-    assert (project / "metrics" / "summary.json").exists()
+    assert pipeline_run.data.tags[record.REMOTE_TAG] == "local"
+    assert "dvc.lock" in git("status", "--porcelain", cwd=project)
+    assert any(remote.rglob("*")), "the run pushed nothing to the DVC remote"
+
+    user_env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    user_env.pop("PREFECT_API_URL", None)
+    for name, ref in (("clone-by-run", pipeline_run.info.run_id), ("clone-by-model", "models:/kdflow-student@champion")):
+        clone = tmp_path / name
+        git("clone", "-q", str(project), str(clone), cwd=tmp_path)
+        restored = kdflow("checkout", ref, "--root", str(clone), cwd=clone, env=user_env)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert "restored artifacts/teacher  md5 " in restored.stdout
+        for folder in ("artifacts", "data/prepared"):
+            assert tree_bytes(clone / folder) == tree_bytes(project / folder), (name, folder)
+        assert (clone / "dvc.lock").read_bytes() == (project / "dvc.lock").read_bytes()
+        status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=clone, env=user_env, capture_output=True,
+                                text=True)
+        assert status.stdout.strip() == "Data and pipelines are up to date.", status.stdout + status.stderr
+    after = store.search_runs([experiment.experiment_id], max_results=200)
+    assert len(after) == len(runs), "checkout ran something"
 
 
-def test_kdflow_serve_registers_the_flow_with_its_cron_schedule(prefect_api, tmp_path, tiny_params, write_params):
-    url, env, home = prefect_api
-    params_path = write_params(tmp_path, tiny_params)
-    serve = start([sys.executable, "-m", "kdflow", "serve", "--cron", "*/30 2 * * 1-5", "--name", "kdflow-serve-test",
-                   "--params", str(params_path), "--root", str(tmp_path)], env, home / "serve.log")
+def test_kdflow_serve_without_a_prefect_api_fires_its_schedule_until_a_run_completes(tmp_path, tiny_params,
+                                                                                     write_params):
+    """No PREFECT_API_URL: `kdflow serve` starts a Prefect server with its scheduler, says where its UI is, and the
+    schedule's first run completes the tiny pipeline."""
+    project = tmp_path / "project"
+    project.mkdir()
+    params_path = write_params(project, tiny_params)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(REPO_ROOT),
+           "PREFECT_RUNNER_POLL_INTERVAL": "2"}
+    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    log = tmp_path / "serve.log"
+    serve = start([sys.executable, "-m", "kdflow", "serve", "--interval", "60", "--name", "kdflow-serve-test",
+                   "--params", str(params_path), "--root", str(project)], env, log)
     try:
-        with client_for(url) as client:
-            deadline = time.monotonic() + 120
-            deployment = None
-            while deployment is None:
-                assert serve.poll() is None, (home / "serve.log").read_text()
-                assert time.monotonic() < deadline, "kdflow serve registered no deployment in 120 s"
-                deployments = client.read_deployments()
-                deployment = next((d for d in deployments if d.name == "kdflow-serve-test"), None)
-                time.sleep(1)
-            assert [s.schedule.cron for s in deployment.schedules] == ["*/30 2 * * 1-5"]
-            assert all(s.active for s in deployment.schedules)
-            assert deployment.parameters == {"params_path": str(params_path), "root": str(tmp_path)}
-            assert client.read_flow(deployment.flow_id).name == "kdflow-pipeline"
+        deadline = time.monotonic() + 600
+        while "Prefect UI: http://127.0.0.1:" not in log.read_text():
+            assert serve.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "kdflow serve never said where its UI is"
+            time.sleep(1)
+        ui = log.read_text().split("Prefect UI: ", 1)[1].split()[0]
+        with urllib.request.urlopen(ui, timeout=10) as page:
+            assert page.status == 200  # the UI, not only the API
+        completed = []
+        with client_for(f"{ui}/api") as client:
+            from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+            from prefect.client.schemas.objects import StateType
+
+            while not completed:
+                assert serve.poll() is None, log.read_text()[-4000:]
+                assert time.monotonic() < deadline, f"no scheduled run completed in 600 s\n{log.read_text()[-4000:]}"
+                time.sleep(2)
+                completed = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))))
+            deployment = client.read_deployment(completed[0].deployment_id)
+        assert deployment.name == "kdflow-serve-test"
+        assert completed[0].auto_scheduled  # fired by the scheduler, not started by hand
     finally:
         stop(serve)
-    assert serve.returncode is not None
+    assert (project / "metrics" / "summary.json").exists() and (project / "dvc.lock").exists()

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 from kdflow.layout import MODELS, SPLITS
+from kdflow.tracking import git_commit
 
 pytestmark = pytest.mark.slow
 
 TEST_METRICS = {"test_accuracy", "test_macro_f1", "test_nll", "test_ece", "parameters", "latency_ms"}
 EPOCH_METRICS = {"train_loss", "val_loss", "val_accuracy"}
+STAGE_ORDER = ["prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +88,9 @@ def test_mlflow_holds_one_parent_with_nested_stage_and_model_runs(flow_project):
     assert set(stages) == {"prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"}
     assert stages["distill"].data.params["distill.alpha"] == "1.0"
     assert len(stages["prepare"].data.tags["kdflow.data.transfer.md5"]) == 32
-    assert stages["prepare"].data.tags["mlflow.source.git.commit"]
+    assert stages["prepare"].data.tags["mlflow.source.name"] == "tasks/prepare.py"
+    commit = git_commit(root)  # a temporary folder: no repository, so no commit to name
+    assert stages["prepare"].data.tags.get("mlflow.source.git.commit") == (commit.sha if commit else None)
 
     model_runs = {r.info.run_name: r for r in runs.values() if r.data.tags.get("kdflow.model")}
     assert set(model_runs) == set(MODELS)
@@ -102,36 +112,99 @@ def tiny_params_value(root, section, key):
     return yaml.safe_load((root / "params.yaml").read_text())[section][key]
 
 
-def test_unchanged_rerun_comes_from_cache_and_a_changed_temperature_reruns_downstream_only(flow_project):
+def test_unchanged_rerun_is_skipped_by_dvcs_record_and_a_changed_temperature_reruns_downstream_only(flow_project):
     from flows.pipeline import pipeline
 
     root, params_path, cold = flow_project
     summary_before = (root / "metrics" / "summary.json").read_bytes()
+    students_before = (root / "artifacts" / "students" / "student_distilled.pt").read_bytes()
 
     warm = pipeline(params_path=str(params_path), root=str(root))
     assert warm["ran"] == [] and len(warm["cached"]) == 6
     assert (root / "metrics" / "summary.json").read_bytes() == summary_before
 
+    # -S is written into params.yaml, as `dvc exp run -S` writes it, so dvc.lock records what the stages ran with.
     changed = pipeline(params_path=str(params_path), root=str(root), overrides=["distill.temperature=8"])
     assert changed["ran"] == ["distill", "finetune", "evaluate"]
     assert changed["cached"] == ["prepare", "train_teacher", "soft_labels"]
+    assert yaml.safe_load(params_path.read_text())["distill"]["temperature"] == 8
+    assert dvc(root, "status").strip() == "Data and pipelines are up to date."
 
-    # Prefect still holds the first run's results for the default temperature, but the files on disk are now from
-    # temperature 8: those stages must run again rather than report a cache hit over the wrong files.
-    back = pipeline(params_path=str(params_path), root=str(root))
-    assert back["ran"] == ["distill", "finetune", "evaluate"]
-    assert (root / "metrics" / "summary.json").read_bytes() != b""
+    # Back to the first temperature: DVC's run cache holds those stages' outputs, so they are restored, not rerun.
+    back = pipeline(params_path=str(params_path), root=str(root), overrides=["distill.temperature=4.0"])
+    assert back["ran"] == [] and back["cached"] == STAGE_ORDER
+    assert (root / "artifacts" / "students" / "student_distilled.pt").read_bytes() == students_before
     assert json.loads((root / "metrics" / "distill.json").read_text()) == cold["summary_distill"]
 
     forced = pipeline(params_path=str(params_path), root=str(root), force=["train_teacher"])
     assert forced["ran"][0] == "train_teacher" and forced["cached"][0] == "prepare"
 
 
-def test_missing_output_reruns_its_stage(flow_project):
+def dvc(root, *arguments: str) -> str:
+    """The dvc command line, as a user runs it in the project (`python` on PATH is this interpreter)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, "-m", "dvc", *arguments], cwd=root, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_after_the_flow_dvc_sees_everything_current_and_repro_runs_nothing(flow_project):
+    root, _, _ = flow_project
+    assert dvc(root, "status").strip() == "Data and pipelines are up to date."
+    output = dvc(root, "repro")
+    assert "Running stage" not in output and "Data and pipelines are up to date." in output
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert list(lock["stages"]) == STAGE_ORDER
+    teacher_out = lock["stages"]["train_teacher"]["outs"][0]
+    assert teacher_out["path"] == "artifacts/teacher" and teacher_out["md5"].endswith(".dir")
+    assert (root / ".dvc" / "cache" / "files" / "md5" / teacher_out["md5"][:2]).is_dir()
+    assert not (root / ".kdflow" / "prefect").exists(), "a second cache beside DVC's"
+
+
+def test_a_deleted_output_is_restored_from_dvcs_run_cache_as_dvc_repro_would(flow_project):
     from flows.pipeline import pipeline
 
     root, params_path, _ = flow_project
+    report = (root / "reports" / "report.md").read_bytes()
     (root / "reports" / "report.md").unlink()
     result = pipeline(params_path=str(params_path), root=str(root))
-    assert result["ran"] == ["evaluate"]
-    assert (root / "reports" / "report.md").exists()
+    assert result["ran"] == [] and result["cached"] == STAGE_ORDER
+    assert (root / "reports" / "report.md").read_bytes() == report
+
+
+def test_a_second_run_beside_a_running_one_stops_naming_it_and_the_outputs_stay_intact(flow_project):
+    """Two `kdflow run --force` started together in one project, and `dvc repro` beside them: whichever comes second
+    stops at once with a message naming the process that holds the outputs; the first finishes and DVC's record is
+    whole."""
+    root, params_path, _ = flow_project
+    # The session's PREFECT_HOME, whose database exists: two temporary servers creating one at once would race.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    kdflow_run = [sys.executable, "-m", "kdflow", "run", "--params", str(params_path), "--root", str(root), "--force"]
+    runs = [subprocess.Popen(kdflow_run, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    rwlock = root / ".dvc" / "tmp" / "rwlock"
+    try:
+        deadline = time.monotonic() + 300
+        while not (rwlock.exists() and any(f'"pid": {run.pid}' in rwlock.read_text() for run in runs)):
+            assert all(run.poll() is None for run in runs), [run.communicate() for run in runs]
+            assert time.monotonic() < deadline, "no run took the lock"
+            time.sleep(0.05)
+        holder = next(run for run in runs if f'"pid": {run.pid}' in rwlock.read_text())
+        beside = subprocess.run([sys.executable, "-m", "dvc", "repro", "-f", "evaluate"], cwd=root, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert holder.poll() is None, "the holder ended before dvc tried: the test proves nothing"
+    finally:
+        outputs = [run.communicate(timeout=600) for run in runs]
+    (other,) = [run for run in runs if run is not holder]
+    out, err = outputs[runs.index(other)]
+    assert holder.returncode == 0, outputs[runs.index(holder)]
+    assert other.returncode == 1, out + err
+    message = err.strip().splitlines()[-1]
+    assert message.startswith(f"Error: {root}: ") and "is being written by another run (pid " in message
+    assert f"pid {holder.pid}: " in message and "kdflow" in message and " run --params" in message
+    assert "Traceback" not in out + err
+    assert beside.returncode != 0 and f"(PID {holder.pid})" in beside.stderr and " run --params" in beside.stderr
+    assert dvc(root, "status").strip() == "Data and pipelines are up to date."

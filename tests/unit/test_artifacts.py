@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
+from kdflow import graph
 from kdflow.artifacts import (
     ArtifactError,
     CheckpointError,
@@ -320,4 +321,4 @@ def test_a_damaged_curve_is_an_artifact_error_and_names_the_stage_that_trains_it
     with pytest.raises(ArtifactError) as caught:
         read_curve(path)
     assert str(caught.value).startswith(f"{path}: not a learning curve (")
-    assert paths.producer(path) == "distill"
+    assert graph.producer(paths, path) == "distill"

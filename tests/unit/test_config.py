@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdflow.config import STAGE_SECTIONS, ConfigError, Params, apply_override, load_params, validate
+from kdflow.config import (STAGE_SECTIONS, ConfigError, Params, apply_overrides, dump_params, format_override,
+                           load_params, read_yaml, validate)
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -156,35 +157,80 @@ def test_transfer_seed_may_equal_source_seed_without_a_transfer_set(raw: dict) -
     assert validate(raw).data.transfer.size == 0
 
 
-def test_override_parses_the_value_as_yaml(raw: dict) -> None:
-    apply_override(raw, "distill.temperature=8")
+def test_override_values_are_read_in_hydras_grammar_as_dvc_reads_them(raw: dict) -> None:
+    raw = apply_overrides(raw, ["distill.temperature=8", "finetune.reinit=[head, backbone.2]",
+                                "distill.student.hidden=[]", "train_teacher.train.lr=1e-3", "finetune.strategy=yes"])
     assert raw["distill"]["temperature"] == 8 and type(raw["distill"]["temperature"]) is int
-    apply_override(raw, "finetune.reinit=[head, backbone.2]")
     assert raw["finetune"]["reinit"] == ["head", "backbone.2"]
-    apply_override(raw, "distill.student.hidden=[]")
     assert raw["distill"]["student"]["hidden"] == []
-    assert validate(raw).distill.temperature == 8.0
+    assert raw["train_teacher"]["train"]["lr"] == 0.001  # YAML 1.1 would have read the string '1e-3'
+    assert raw["finetune"]["strategy"] == "yes"  # a string, not YAML 1.1's True
 
 
-def test_override_creates_nested_new_keys() -> None:
-    raw: dict = {}
-    apply_override(raw, "a.b.c=1.5")
-    assert raw == {"a": {"b": {"c": 1.5}}}
-    apply_override(raw, "a.b.d=x")
-    assert raw == {"a": {"b": {"c": 1.5, "d": "x"}}}
+def test_override_adds_changes_and_deletes_keys_as_hydra_does(raw: dict) -> None:
+    raw = apply_overrides(raw, ["+finetune.train.lr_scaling=linear", "++finetune.train.momentum=0.5",
+                                "++seed=3", "~finetune.reinit"])
+    assert raw["finetune"]["train"]["lr_scaling"] == "linear" and raw["finetune"]["train"]["momentum"] == 0.5
+    assert raw["seed"] == 3 and "reinit" not in raw["finetune"]
 
 
-def test_override_without_equals_sign() -> None:
+def test_no_overrides_leave_the_params_as_they_are(raw: dict) -> None:
+    assert apply_overrides(raw, []) is raw
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("seed=[1", "override 'seed=[1' does not parse: '[' is never closed; -S takes KEY=VALUE in Hydra's override "
+                "grammar, as dvc exp run -S does (quote strings with special characters)"),
+    ("distill.temperature", "override 'distill.temperature' does not parse: there is no '='; -S takes KEY=VALUE in "
+                            "Hydra's override grammar, as dvc exp run -S does (quote strings with special characters)"),
+    ("seed='7", "override 'seed='7' does not parse: a ' quote is never closed; -S takes KEY=VALUE in Hydra's "
+                "override grammar, as dvc exp run -S does (quote strings with special characters)"),
+    ("distill.student.hidden=[8]]", "override 'distill.student.hidden=[8]]' does not parse: ']' closes nothing; -S "
+     "takes KEY=VALUE in Hydra's override grammar, as dvc exp run -S does (quote strings with special characters)"),
+    ("dis till=1", "override 'dis till=1' does not parse: unexpected ' ' at character 4; -S takes KEY=VALUE in "
+                   "Hydra's override grammar, as dvc exp run -S does (quote strings with special characters)"),
+    ("=3", "override '=3' names no key; -S takes KEY=VALUE, e.g. distill.temperature=8"),
+    ("seed=1,2", "override 'seed=1,2' gives several values; -S sets one: write a list in brackets ('seed=[...]'), "
+                 "or vary the key with kdflow sweep --grid"),
+    ("distill@pkg.alpha=1", "override 'distill@pkg.alpha=1': '@' names a Hydra config group package; params files "
+                            "have none, write KEY=VALUE"),
+    ("distill.temprature=8", "params.yaml: unknown key 'distill.temprature'; allowed keys here: alpha, "
+                             "max_param_ratio, student, temperature, train"),
+    ("distill.trian.lr=1", "params.yaml: unknown key 'distill.trian'; allowed keys here: alpha, max_param_ratio, "
+                           "student, temperature, train"),
+    ("distill.student={width: 8}", "params.yaml: unknown key 'distill.student.width'; allowed keys here: arch, "
+                                   "dropout, hidden"),
+    ("finetune.train.lr_scaling=linear",
+     "override 'finetune.train.lr_scaling=linear': params.yaml has no key 'finetune.train.lr_scaling', so -S cannot "
+     "change it (nor can dvc exp run -S); add it with +finetune.train.lr_scaling=linear"),
+    ("+seed=3", "override '+seed=3': params.yaml already sets 'seed'; drop the + to change it (seed=3), or write ++ "
+                "to set it either way (++seed=3)"),
+    ("~distill.temprature", "override '~distill.temprature': params.yaml has no 'distill.temprature' to delete"),
+    ("~seed=3", "override '~seed=3': 'seed' is 42, not 3; write ~seed to delete it whatever its value"),
+    ("seed.x=2", "override 'seed.x=2': 'seed' holds a value, not a section"),
+    ("data.source_classes.7=1", "override 'data.source_classes.7=1': list index out of range"),
+])
+def test_bad_override_is_one_line_naming_it_and_the_fix(raw: dict, override: str, expected: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        apply_override({}, "distill.temperature")
-    assert str(caught.value) == "override 'distill.temperature' is not of the form key.path=value"
+        apply_overrides(raw, [override])
+    assert str(caught.value) == expected
 
 
-def test_override_through_a_value() -> None:
-    raw = {"seed": 1}
+def test_an_interpolation_that_does_not_resolve(raw: dict) -> None:
     with pytest.raises(ConfigError) as caught:
-        apply_override(raw, "seed.x=2")
-    assert str(caught.value) == "override 'seed.x=2': 'seed' holds a value, not a section"
+        apply_overrides(raw, ["distill.temperature=${distill.nope}"])
+    assert str(caught.value) == ("params.yaml: Interpolation key 'distill.nope' not found "
+                                 "(with overrides distill.temperature=${distill.nope})")
+
+
+@pytest.mark.parametrize("value", [8, 0.25, 1e-05, float("inf"), True, None, "adam", "backbone.2", "yes", "True",
+                                   "1e-3", "a b", "it's", "back\\slash", "end\\", "", [16, 8], [[32], [64, 64]],
+                                   {"width": 8, "names": ["a", "b c"]}])
+def test_format_override_reads_back_as_the_same_value(raw: dict, value) -> None:
+    raw["distill"]["student"] = {"arch": "custom", "factory": "m:f", "options": {"x": 0}}
+    result = apply_overrides(raw, [format_override("distill.student.options.x", value)])
+    assert result["distill"]["student"]["options"]["x"] == value
+    assert type(result["distill"]["student"]["options"]["x"]) is type(value)
 
 
 def test_load_params_applies_overrides(tmp_path: Path, raw: dict) -> None:
@@ -209,12 +255,17 @@ def test_yaml_that_is_not_a_mapping(tmp_path: Path) -> None:
     assert str(caught.value) == f"{path}: the top level must be a mapping of sections"
 
 
-def test_invalid_yaml(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("text", "expected"), [
+    ("seed: [1, 2\n", "not valid YAML at line 2, column 1: expected ',' or ']', but got '<stream end>'"),
+    ("seed: 1\nseed: 2\n", 'not valid YAML at line 2, column 1: found duplicate key "seed" with value "2" '
+                           '(original value: "1")'),
+])
+def test_invalid_yaml_is_one_line_with_its_place(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "broken.yaml"
-    path.write_text("seed: [1, 2\n")
+    path.write_text(text)
     with pytest.raises(ConfigError) as caught:
         load_params(path)
-    assert str(caught.value).startswith(f"{path}: not valid YAML: ")
+    assert str(caught.value) == f"{path}: {expected}"
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -224,10 +275,86 @@ def test_missing_file(tmp_path: Path) -> None:
     assert str(caught.value) == f"{path}: no such file; run from the project root or pass --params"
 
 
-def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
-    path = tmp_path / "empty.yaml"
-    path.write_text("")
-    assert load_params(path) == Params()
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_empty_file_is_an_error_not_the_defaults(tmp_path: Path, text: str) -> None:
+    """An empty params.yaml would otherwise run the whole default pipeline over the project's outputs."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    assert str(caught.value) == (f"{path}: the file is empty; a run needs the sections seed, data, train_teacher, "
+                                 "soft_labels, distill, finetune, evaluate")
+
+
+def test_missing_sections_are_named_with_the_other_errors(tmp_path: Path, raw: dict) -> None:
+    del raw["seed"], raw["evaluate"]
+    raw["distill"]["alpha"] = 2
+    path = write(tmp_path, raw)
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    assert str(caught.value).splitlines() == [
+        f"{path}: missing sections 'seed', 'evaluate'; a run needs every one of seed, data, train_teacher, "
+        "soft_labels, distill, finetune, evaluate",
+        f"{path}: 'distill.alpha' input should be less than or equal to 1 (got 2)",
+    ]
+
+
+def test_deleting_a_section_by_override_is_caught_too(tmp_path: Path, raw: dict) -> None:
+    path = write(tmp_path, raw)
+    with pytest.raises(ConfigError) as caught:
+        load_params(path, ["~evaluate"])
+    assert str(caught.value) == (f"{path}: missing section 'evaluate'; a run needs every one of seed, data, "
+                                 "train_teacher, soft_labels, distill, finetune, evaluate")
+
+
+@pytest.mark.parametrize(("section", "key", "value", "expected"), [
+    ("train_teacher.train", "epochs", True, "'train_teacher.train.epochs' input should be a valid integer (got True)"),
+    ("train_teacher.train", "epochs", 2.0, "'train_teacher.train.epochs' input should be a valid integer (got 2.0)"),
+    ("train_teacher.train", "epochs", "3", "'train_teacher.train.epochs' input should be a valid integer (got '3')"),
+    ("distill.train", "lr", "1e-3", "'distill.train.lr' input should be a valid number (got '1e-3')"),
+    ("distill", "temperature", False, "'distill.temperature' input should be a valid number (got False)"),
+    ("distill.train", "bf16", "yes", "'distill.train.bf16' input should be a valid boolean (got 'yes')"),
+    ("distill.train", "bf16", 1, "'distill.train.bf16' input should be a valid boolean (got 1)"),
+    ("finetune", "reinit", [0], "'finetune.reinit[0]' input should be a valid string (got 0)"),
+    ("distill.student", "hidden", [True], "'distill.student.hidden[0]' input should be a valid integer (got True)"),
+    ("distill.train", "batch_size", True,
+     "'distill.train.batch_size' input should be a valid integer or input should be 'full' (got True)"),
+])
+def test_types_are_strict(raw: dict, section: str, key: str, value, expected: str) -> None:
+    """A boolean is not a number and a string is not one either: `epochs: true` used to train one epoch."""
+    node = raw
+    for part in section.split("."):
+        node = node[part]
+    node[key] = value
+    assert error_of(raw) == f"params.yaml: {expected}"
+
+
+def test_a_float_still_takes_an_int(raw: dict) -> None:
+    raw["distill"]["train"]["lr"] = 1
+    raw["distill"]["temperature"] = 8
+    params = validate(raw)
+    assert params.distill.train.lr == 1.0 and type(params.distill.train.lr) is float
+    assert params.distill.temperature == 8.0 and type(params.distill.temperature) is float
+
+
+def test_the_file_is_read_as_yaml_1_2_as_dvc_reads_it(tmp_path: Path) -> None:
+    """`lr: 3e-3` is a number for DVC (ruamel, YAML 1.2), so it is one for kdflow too; `yes` is a string."""
+    path = tmp_path / "params.yaml"
+    path.write_text(REPO_PARAMS.read_text().replace("    lr: 0.003", "    lr: 3e-3"))
+    assert load_params(path).train_teacher.train.lr == 0.003
+    path.write_text(path.read_text().replace("    lr: 3e-3", "    lr: 3e-3\n    bf16: yes"))
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    assert str(caught.value) == f"{path}: 'train_teacher.train.bf16' input should be a valid boolean (got 'yes')"
+
+
+def test_dump_params_reads_back_as_the_same_params(tmp_path: Path, raw: dict) -> None:
+    raw["data"].update({"source": {"kind": "file", "path": "data/raw/a.csv", "features": ["1e3", "yes", "x"]},
+                        "source_classes": ["no", "on"], "target_classes": ["1e-3", 7]})
+    params = validate(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(dump_params(params))
+    assert load_params(path) == params
 
 
 def test_repeated_classes_are_an_error(raw: dict) -> None:

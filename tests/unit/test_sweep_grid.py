@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from kdflow.config import ConfigError, load_params
 
 
-def test_grid_option_parses_comma_lists_and_yaml_lists():
+def test_grid_option_parses_comma_lists_and_bracketed_lists():
     from flows.sweep import parse_grid_option
 
     assert parse_grid_option("distill.temperature=1,2.5,8") == ("distill.temperature", [1, 2.5, 8])
@@ -16,6 +16,24 @@ def test_grid_option_parses_comma_lists_and_yaml_lists():
     for bad in ("distill.temperature", "distill.temperature=", "=1,2"):
         with pytest.raises(ConfigError, match="expected KEY=V1,V2"):
             parse_grid_option(bad)
+
+
+def test_grid_values_are_read_as_dash_s_reads_them():
+    """Hydra's grammar, as -S and `dvc exp run -S`: `1e-3` is a number, `yes` a string, sweeps expand."""
+    from flows.sweep import parse_grid_option
+
+    assert parse_grid_option("distill.train.lr=1e-3,1e-2") == ("distill.train.lr", [0.001, 0.01])
+    assert parse_grid_option("distill.train.optimizer=sgd,'yes'") == ("distill.train.optimizer", ["sgd", "yes"])
+    assert parse_grid_option("distill.student.hidden=[32],[64,64]") == ("distill.student.hidden", [[32], [64, 64]])
+    assert parse_grid_option("distill.train.epochs=range(1,4)") == ("distill.train.epochs", [1, 2, 3])
+    assert parse_grid_option("distill.temperature=4") == ("distill.temperature", [4])
+    with pytest.raises(ConfigError) as caught:
+        parse_grid_option("distill.temperature=1,[2")
+    assert str(caught.value) == ("--grid 'distill.temperature=1,[2': '[' is never closed; expected "
+                                 "KEY=V1,V2,... in -S's grammar, e.g. distill.temperature=1,2,4,8")
+    with pytest.raises(ConfigError) as caught:
+        parse_grid_option("distill.temperature=[]")
+    assert str(caught.value) == "--grid 'distill.temperature=[]': no values; expected KEY=V1,V2,..."
 
 
 def test_grid_points_are_the_product_in_key_order():
@@ -39,10 +57,29 @@ def test_a_point_as_assignments_loads_back_to_the_same_values(tmp_path, tiny_par
     from flows.sweep import assignments
 
     params_path = write_params(tmp_path, tiny_params)
-    point = {"distill.temperature": 2, "distill.alpha": 0.25, "distill.student.hidden": [16, 8]}
-    assert assignments(point) == ["distill.temperature=2", "distill.alpha=0.25", "distill.student.hidden=[16, 8]"]
+    point = {"distill.temperature": 2, "distill.alpha": 0.25, "distill.student.hidden": [16, 8],
+             "distill.train.optimizer": "sgd", "distill.train.lr": 1e-05}
+    assert assignments(point) == ["distill.temperature=2", "distill.alpha=0.25", "distill.student.hidden=[16, 8]",
+                                  "distill.train.optimizer=sgd", "distill.train.lr=1e-05"]
     params = load_params(params_path, assignments(point))
     assert (params.distill.temperature, params.distill.alpha, params.distill.student.hidden) == (2.0, 0.25, [16, 8])
+    assert (params.distill.train.optimizer, params.distill.train.lr) == ("sgd", 1e-05)
+
+
+def test_every_grid_value_round_trips_through_its_assignment(tmp_path, tiny_params, write_params):
+    """The grid reads `--grid` as -S reads a value, and a trial's assignment must give that value back."""
+    from flows.sweep import assignments, grid_points, parse_grid_option
+    from kdflow.config import apply_overrides, read_yaml
+
+    raw = dict(tiny_params, distill={**tiny_params["distill"], "student": {
+        "arch": "custom", "factory": "my_pkg.nets:make_student", "options": {"x": 0}}})
+    raw = read_yaml(write_params(tmp_path, raw))
+    key, values = parse_grid_option("distill.student.options.x=1,1.5,1e-3,yes,'True','1e-3','a b',null,[1,'2'],"
+                                    "{k: v},'it\\'s',''")
+    assert values == [1, 1.5, 0.001, "yes", "True", "1e-3", "a b", None, [1, "2"], {"k": "v"}, "it's", ""]
+    for point in grid_points({key: values}):
+        read_back = apply_overrides(raw, assignments(point))["distill"]["student"]["options"]["x"]
+        assert read_back == point[key] and type(read_back) is type(point[key])
 
 
 def test_cli_rejects_a_misspelt_grid_key_before_starting_anything(tmp_path, tiny_params, write_params):

@@ -1,0 +1,97 @@
+"""The stage declarations (kdflow/graph.py): dvc.yaml is their rendering, and a stage's code deps cover every
+project module it imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdflow import graph
+from kdflow.layout import ProjectPaths
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_committed_dvc_yaml_is_the_declarations_rendering():
+    assert (REPO_ROOT / "dvc.yaml").read_text() == graph.render_dvc_yaml(), (
+        "dvc.yaml differs from kdflow/graph.py's declarations: run `kdflow dvc-yaml` and commit the result")
+
+
+def test_dvc_yaml_lists_what_the_issue_found_missing():
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    assert {"tasks/distill.py", "kdflow/checkpoints.py"} <= set(stages["distill"]["deps"])
+    assert {"models", "kdflow/training.py", "plots/curves/teacher.csv"} <= set(stages["evaluate"]["deps"])
+    for name in ("train_teacher", "soft_labels", "distill", "finetune", "evaluate"):
+        assert "data/prepared/dataset_card.json" in stages[name]["deps"], name
+
+
+def project_modules_imported(module: str) -> set[Path]:
+    """The project's source files loaded by importing `module` in a fresh interpreter."""
+    code = (f"import json, sys, {module}; print(json.dumps([m.__file__ for m in list(sys.modules.values()) "
+            "if getattr(m, '__file__', None)]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    files = {Path(f).resolve() for f in json.loads(done.stdout.splitlines()[-1])}
+    return {f.relative_to(REPO_ROOT) for f in files
+            if f.is_relative_to(REPO_ROOT) and f.relative_to(REPO_ROOT).parts[0] in graph.PROJECT_PACKAGES}
+
+
+def covered(file: Path, deps: list[str]) -> bool:
+    return any(file == Path(dep) or file.is_relative_to(dep) for dep in deps)
+
+
+@pytest.mark.parametrize("stage", list(graph.STAGES))
+def test_every_project_module_a_stage_imports_is_one_of_its_deps(stage):
+    deps = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
+    imported = project_modules_imported(graph.STAGES[stage].module)
+    assert Path("tasks", f"{stage}.py") in imported
+    missing = sorted(str(f) for f in imported if not covered(f, deps))
+    assert not missing, f"stage {stage} imports {missing}, which its dvc.yaml deps do not list"
+
+
+def test_an_import_inside_a_function_is_a_dependency_too(tmp_path, monkeypatch):
+    package = tmp_path / "tasks"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "probe.py").write_text("def run():\n    from kdflow import report\n")
+    (tmp_path / "kdflow").mkdir()
+    (tmp_path / "kdflow" / "__init__.py").write_text("")
+    (tmp_path / "kdflow" / "report.py").write_text("import kdflow.metrics\n")
+    (tmp_path / "kdflow" / "metrics.py").write_text("")
+    monkeypatch.setattr(graph, "CODE_ROOT", tmp_path)
+    assert graph.code_files("tasks.probe") == [Path("kdflow/__init__.py"), Path("kdflow/metrics.py"),
+                                               Path("kdflow/report.py"), Path("tasks/__init__.py"),
+                                               Path("tasks/probe.py")]
+
+
+def test_a_project_outside_the_checkout_names_the_code_by_absolute_path(tmp_path):
+    rendered = yaml.safe_load(graph.render_dvc_yaml(Path("/opt/kdflow")))["stages"]
+    assert "/opt/kdflow/tasks/prepare.py" in rendered["prepare"]["deps"]
+    assert "data/raw" in rendered["prepare"]["deps"]
+
+
+def test_producer_names_the_stage_that_writes_a_file(tmp_path):
+    paths = ProjectPaths.at(tmp_path)
+    assert graph.producer(paths, paths.split("transfer")) == "prepare"
+    assert graph.producer(paths, paths.soft_labels("transfer")) == "soft_labels"
+    assert graph.producer(paths, paths.checkpoint("student_scratch")) == "distill"
+    assert graph.producer(paths, paths.curve("target_scratch")) == "finetune"
+    assert graph.producer(paths, paths.summary) == "evaluate"
+    assert graph.producer(paths, tmp_path / "params.yaml") is None
+
+
+def test_upstream_follows_the_declared_files():
+    assert graph.upstream("distill") == ["prepare", "train_teacher", "soft_labels"]
+    assert graph.upstream("finetune") == ["prepare", "train_teacher", "soft_labels", "distill"]
+    assert graph.upstream("prepare") == []
+
+
+def test_every_stage_logs_the_params_sections_dvc_tracks_for_it():
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in graph.STAGES.items():
+        assert stages[name]["params"] == list(stage.params)
+        assert set(stage.sections()) == set(stage.params) - {"seed"}

@@ -1,0 +1,146 @@
+"""What every kdflow run tells MLflow about itself, against a SQLite store in tmp_path: its commit and whether the
+tree was dirty, its source and user, its input files as datasets; and the experiment's kind, which decides the
+page MLflow's UI opens it on."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from kdflow import tracking
+from kdflow.config import load_params
+from kdflow.layout import SPLITS, ProjectPaths
+from kdflow.stage import stage_run
+
+GIT = ["git", "-c", "user.name=kdflow tests", "-c", "user.email=tests@kdflow.invalid"]
+
+
+def git_repository(root: Path) -> str:
+    """A repository at `root` with one commit of `tracked.txt`; returns HEAD."""
+    (root / "tracked.txt").write_text("one\n")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([*GIT, "add", "tracked.txt"], cwd=root, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "one"], cwd=root, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A git repository as project root, also the working directory (where MLflow's default ./mlruns would go)."""
+    monkeypatch.chdir(tmp_path)
+    git_repository(tmp_path)
+    return tmp_path
+
+
+def store(root: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking.local_uri(root))
+
+
+def test_the_commit_stays_a_sha_and_a_dirty_tree_is_a_tag_of_its_own(tmp_path):
+    head = git_repository(tmp_path)
+    clean = tracking.git_commit(tmp_path)
+    assert (clean.sha, clean.dirty, str(clean)) == (head, False, head)
+    assert clean.tags() == {"mlflow.source.git.commit": head, "mlflow.source.git.dirty": "false"}
+
+    (tmp_path / "tracked.txt").write_text("two\n")
+    dirty = tracking.git_commit(tmp_path)
+    assert (dirty.sha, dirty.dirty, str(dirty)) == (head, True, f"{head}-dirty")
+    assert dirty.tags() == {"mlflow.source.git.commit": head, "mlflow.source.git.dirty": "true"}
+    assert tracking.git_commit(tmp_path, ignore=("tracked.txt",)).dirty is False
+
+    no_commit = tmp_path / "no-commit"  # a repository without a commit has no HEAD to name
+    subprocess.run(["git", "init", "-q", str(no_commit)], check=True)
+    assert tracking.git_commit(no_commit) is None
+
+
+def test_runs_name_their_source_user_and_commit_and_children_share_the_source(project):
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    (project / "tracked.txt").write_text("changed\n")
+    with tracking.start_run(project, "stage", source="tasks/distill.py") as run:
+        with run.child("model") as child:
+            pass
+    client = store(project)
+    for run_id in (run.run_id, child.run_id):
+        tags = client.get_run(run_id).data.tags
+        assert tags["mlflow.source.name"] == "tasks/distill.py"
+        assert tags["mlflow.source.type"] == "LOCAL"
+        assert tags["mlflow.user"] == getpass.getuser()
+        assert tags["mlflow.source.git.commit"] == head
+        assert tags["mlflow.source.git.dirty"] == "true"
+
+
+def test_the_experiment_is_for_model_training_and_keeps_its_artifacts_beside_the_store(project):
+    with tracking.start_run(project, "stage", source="tasks/prepare.py"):
+        pass
+    experiment = store(project).get_experiment_by_name("kdflow")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.artifact_location == (project / "mlartifacts").as_uri()
+
+
+def test_an_experiment_made_before_gets_the_kind_and_a_kind_chosen_in_the_ui_stays(project):
+    client = store(project)
+    experiment_id = client.create_experiment("kdflow")
+    with tracking.start_run(project, "stage", source="tasks/prepare.py"):
+        pass
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "genai_development")
+    with tracking.start_run(project, "stage", source="tasks/prepare.py"):
+        pass
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_stage_and_model_runs_log_their_input_files_as_fetchable_datasets(project, tiny_params, write_params):
+    import mlflow.data
+
+    params = load_params(write_params(project, tiny_params))
+    paths = ProjectPaths.at(project)
+    splits = {"data/prepared/source_train.parquet": b"train rows", "data/prepared/source_val.parquet": b"val rows"}
+    card = {"input_shape": [40], "source_classes": ["0", "1"], "target_classes": ["2", "3"],
+            "splits": {name: {"md5": hashlib.md5(splits.get(f"data/prepared/{name}.parquet", b"")).hexdigest()}
+                       for name in SPLITS}}
+    files = {**splits, "data/prepared/dataset_card.json": json.dumps(card).encode()}  # what train_teacher reads
+    for name, content in files.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_bytes(content)
+    with stage_run(paths, "train_teacher", params, None) as tracked:
+        with tracked.child("teacher") as model_run:
+            pass
+    client = store(project)
+    for run_id in (tracked.run_id, model_run.run_id):
+        run = client.get_run(run_id)
+        assert run.data.tags["mlflow.source.name"] == "tasks/train_teacher.py"
+        datasets = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+        assert set(datasets) == set(files)
+        for name, content in files.items():
+            dataset = datasets[name]
+            assert dataset.dataset.digest == hashlib.md5(content).hexdigest()  # DVC's digest of the file
+            assert dataset.dataset.source_type == "local"
+            assert Path(mlflow.data.get_source(dataset).load()).read_bytes() == content
+
+
+def test_metrics_link_to_a_logged_model_and_name_the_dataset_they_were_measured_on(project):
+    digest = hashlib.md5(b"test rows").hexdigest()
+    (project / "test.parquet").write_bytes(b"test rows")
+    test_set = tracking.file_datasets(project, {"test.parquet": digest}, "test")[0]
+    with tracking.start_run(project, "model", source="tasks/evaluate.py") as run:
+        model = run.client.create_logged_model(run.experiment_id, name="model", source_run_id=run.run_id)
+        run.log_datasets([test_set])
+        run.log_datasets([test_set])  # evaluating again logs the same input once
+        run.log_metrics({"test_accuracy": 0.75}, model_id=model.model_id, dataset=test_set)
+    client = store(project)
+    inputs = client.get_run(run.run_id).inputs.dataset_inputs
+    assert [(i.dataset.name, {t.key: t.value for t in i.tags}) for i in inputs] == \
+        [("test.parquet", {"mlflow.data.context": "test"})]
+    assert client.get_run(run.run_id).data.metrics["test_accuracy"] == 0.75
+    [metric] = client.get_logged_model(model.model_id).metrics
+    assert (metric.key, metric.value, metric.dataset_name, metric.dataset_digest, metric.run_id) == \
+        ("test_accuracy", 0.75, "test.parquet", digest, run.run_id)
+    assert not (project / "mlruns").exists()
