@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from kdflow import graph
 from kdflow.config import ConfigError, load_params
 
 
@@ -40,6 +41,7 @@ def app() -> None:
 @root_option("Project root: data/, artifacts/, metrics/, reports/ and mlflow.db live here.")
 @overrides_option("Override a params key for this run, as `dvc exp run -S` does. Repeatable.")
 @click.option("--force", "force", multiple=True, is_flag=False, flag_value="all", metavar="[STAGE]",
+              type=click.Choice(["all", *graph.STAGES]),
               help="Rerun STAGE even if cached; without a value, every stage. Repeatable.")
 @click.option("--offline", is_flag=True,
               help="Track in the project's local mlflow.db, ignoring MLFLOW_TRACKING_URI (sets KDFLOW_OFFLINE=1).")

@@ -347,14 +347,15 @@ def test_distill_after_the_teacher_was_retrained_names_the_stale_soft_labels(pro
 def test_finetune_after_the_data_was_prepared_again_names_the_stale_student(project_copy) -> None:
     root = project_copy()
     paths = ProjectPaths.at(root)
-    old_val = file_digest(paths.split("source_val"))
+    old_val, old_card = file_digest(paths.split("source_val")), file_digest(paths.dataset_card)
     run_stage("prepare", root, "data.val_fraction=0.2")
-    new_val = file_digest(paths.split("source_val"))
+    new_val, new_card = file_digest(paths.split("source_val")), file_digest(paths.dataset_card)
     assert new_val != old_val
 
+    # The card records every split's md5, so it is the first of the student's inputs found to differ.
     assert failed_stage("finetune", root) == (
-        f"error: {paths.checkpoint('student_distilled')}: made from data/prepared/source_val.parquet md5 {old_val}, "
-        f"which is now md5 {new_val}: stale; {rerun_fix('distill')}")
+        f"error: {paths.checkpoint('student_distilled')}: made from data/prepared/dataset_card.json md5 {old_card}, "
+        f"which is now md5 {new_card}: stale; {rerun_fix('distill')}")
     assert not paths.target_dir.exists()
 
 

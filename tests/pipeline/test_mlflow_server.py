@@ -20,6 +20,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from kdflow import record
 from kdflow.checkpoints import expected_spec, load_model, save_model
 from kdflow.config import load_params
 from kdflow.datasets import load_split
@@ -76,7 +77,8 @@ def project(tmp_path_factory, tiny_params, write_params, prefect_server, mlflow_
     root = tmp_path_factory.mktemp("server-project")
     params_path = write_params(root, tiny_params)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    subprocess.run([*GIT, "add", "params.yaml"], cwd=root, check=True)
+    record.ensure_project(root)  # dvc init and dvc.yaml committed with the params: the runs' tree is clean
+    subprocess.run([*GIT, "add", "-A"], cwd=root, check=True)
     subprocess.run([*GIT, "commit", "-qm", "tiny"], cwd=root, check=True)
     environment = pytest.MonkeyPatch()
     environment.setenv("MLFLOW_TRACKING_URI", mlflow_server)
