@@ -54,7 +54,8 @@ def _git_toplevel(root: Path) -> Path | None:
 def ensure_project(root: Path) -> None:
     """Make `root` a DVC project whose dvc.yaml is the stage declarations' rendering.
 
-    A folder without DVC gets `dvc init` (without git outside a git checkout, as a subdirectory inside one) and
+    A folder without DVC gets `dvc init` (without git outside a git checkout or where git ignores the folder, as a
+    subdirectory inside one) and
     the rendered dvc.yaml; an existing dvc.yaml that differs from the rendering is an error, never overwritten.
     """
     root = Path(root).resolve()
@@ -67,6 +68,8 @@ def ensure_project(root: Path) -> None:
         from dvc.repo import Repo
 
         top = _git_toplevel(root)
+        if top is not None and subprocess.run(["git", "check-ignore", "-q", str(root)], cwd=top).returncode == 0:
+            top = None  # a folder git ignores (a scratch project inside a checkout) is no part of its history
         Repo.init(str(root), no_scm=top is None, subdir=top is not None and top != root).close()
     if not dvc_yaml.exists():
         write_text(dvc_yaml, expected)

@@ -55,3 +55,14 @@ def test_outside_git_nothing_is_committed(tmp_path):
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
     assert record.commit_to_git(tmp_path, "kdflow-runs", "kdflow run abc") is None
+
+
+def test_a_project_in_a_folder_git_ignores_gets_dvc_without_git(tmp_path):
+    """A scratch project inside a checkout (benchmarks/.work): DVC refuses a .dvc git ignores, so it goes without."""
+    (tmp_path / ".gitignore").write_text("/scratch\n")
+    git(tmp_path, "init", "-q")
+    root = tmp_path / "scratch" / "project"
+    root.mkdir(parents=True)
+    record.ensure_project(root)
+    assert "no_scm = True" in (root / ".dvc" / "config").read_text()
+    assert (root / "dvc.yaml").exists() and (root / "data" / "raw" / "README.md").exists()
