@@ -131,6 +131,7 @@ def lr_find(stage: str, params_path: str, root: str, overrides: tuple[str, ...],
     from kdflow.artifacts import ArtifactError, CheckpointError
     from kdflow.layout import ProjectPaths
     from kdflow.lr_finder import lr_find as range_test
+    from tasks.problems import stage_problem
     from kdflow.stage import artifact_failure, checkpoint_failure
     from kdflow.tracking import OFFLINE_ENV, TrackingUnreachable, check_tracking
 
@@ -146,7 +147,7 @@ def lr_find(stage: str, params_path: str, root: str, overrides: tuple[str, ...],
         if missing is not None:
             raise click.ClickException(f"{missing}: missing; run the stages before {stage} first "
                                        f"(`dvc repro {graph.producer(paths, missing)}` runs them)")
-        found = range_test(stage, params, paths, min_lr, max_lr, steps)
+        found = range_test(stage, stage_problem(stage, params, paths), params, paths, min_lr, max_lr, steps)
     except (ConfigError, TrackingUnreachable) as exc:
         raise click.ClickException(str(exc)) from None
     except CheckpointError as exc:

@@ -110,47 +110,6 @@ def range_test(problem: Problem, seed: int, min_lr: float = 1e-6, max_lr: float 
     return Sweep(lrs, losses, smoothed, suggested, at_minimum)
 
 
-def stage_problem(stage: str, params: Params, paths: ProjectPaths) -> Problem:
-    """The model, data and loss `stage` trains first: the teacher, the distilled student, the fine-tuned model."""
-    from kdflow import graph
-    from kdflow.checkpoints import expected_spec, load_model
-    from kdflow.consistency import check_inputs
-    from kdflow.datasets import load_split, read_dataset_card
-    from kdflow.losses import kd_loss
-    from models import build_model
-
-    card = read_dataset_card(paths.dataset_card)
-    input_shape = tuple(card["input_shape"])
-    check_inputs(paths, graph.STAGES[stage].read_files(paths))  # what the stage itself reads, as it checks them
-    torch.manual_seed(params.seed)
-    if stage == "train_teacher":
-        spec = params.train_teacher
-        train = load_split(paths.split("source_train"), input_shape)
-        model = build_model(spec.model, input_shape, len(card["source_classes"]))
-        return Problem(model, train.x, [train.y], spec.train)
-    if stage == "distill":
-        from tasks.distill import distillation_set
-
-        spec = params.distill
-        _, x, labels, logits = distillation_set(paths, input_shape)
-        model = build_model(spec.student, input_shape, len(card["source_classes"]))
-        return Problem(model, x, [logits, labels], spec.train,
-                       loss_fn=lambda out, t: kd_loss(out, t[0], t[1], spec.temperature, spec.alpha))
-    if stage == "finetune":
-        from tasks.finetune import SOURCE_MODEL, param_groups, transferred_model, unfreeze_schedule
-
-        arch = expected_spec(params, SOURCE_MODEL)
-        source, _ = load_model(paths.checkpoint(SOURCE_MODEL), arch)
-        train = load_split(paths.split("target_train"), input_shape)
-        model, _ = transferred_model(params, source, arch, input_shape, len(card["target_classes"]))
-        hook = unfreeze_schedule(model, params.finetune)
-        if hook is not None:
-            hook(1)  # the first epoch's trainable blocks
-        return Problem(model, train.x, [train.y], params.finetune.train,
-                       param_groups=param_groups(model, params.finetune))
-    raise ValueError(f"lr-find: unknown stage '{stage}'; choose one of {', '.join(STAGES)}")
-
-
 def plot_sweep(sweep: Sweep, stage: str, target: Path) -> None:
     import matplotlib
 
@@ -184,13 +143,13 @@ def log_curve(tracked, sweep: Sweep) -> None:
         tracked.client.log_batch(tracked.run_id, metrics=metrics[start : start + 1000])
 
 
-def lr_find(stage: str, params: Params, paths: ProjectPaths, min_lr: float = 1e-6, max_lr: float = 1.0,
-            steps: int = 100) -> dict:
-    """Run the range test for `stage`; write plots/lr_find/<stage>.png and .json; log the run `lr_find:<stage>`."""
+def lr_find(stage: str, problem: Problem, params: Params, paths: ProjectPaths, min_lr: float = 1e-6,
+            max_lr: float = 1.0, steps: int = 100) -> dict:
+    """Run the range test on `problem`, what `stage` trains (tasks.problems builds it); write
+    plots/lr_find/<stage>.png and .json; log the run `lr_find:<stage>`."""
     from kdflow import tracking
     from kdflow.artifacts import write_json
 
-    problem = stage_problem(stage, params, paths)
     sweep = range_test(problem, params.seed, min_lr, max_lr, steps)
     scale = lr_scale(problem.spec, resolve_batch_size(problem.spec.batch_size, len(problem.x)))
     summary = {"stage": stage, "suggested_lr": sweep.suggested_lr, "min_loss_lr": sweep.min_loss_lr,
