@@ -379,20 +379,21 @@ def test_soft_labels_missing_samples_are_one_line_from_the_command(project_copy)
         f"{rerun_fix('soft_labels')}")
 
 
-def damage_soft_labels(paths: ProjectPaths) -> str:
-    target = paths.soft_labels("transfer")
-    recorded = read_json(paths.soft_labels_manifest)["files"]["transfer"]["md5"]
+def truncated(target, recorded: str, record: str, writer: str) -> str:
+    """Cut `target` short; the one line a stage prints for it, against the md5 `record` holds."""
     truncate(target)
-    return (f"error: {target}: md5 {file_digest(target)}, not the md5 {recorded} manifest.json records: changed or "
-            f"damaged since soft_labels wrote them; {rerun_fix('soft_labels')}")
+    return (f"error: {target}: md5 {file_digest(target)}, not the md5 {recorded} {record} records: changed or "
+            f"damaged since {writer} wrote them; {rerun_fix(writer)}")
+
+
+def damage_soft_labels(paths: ProjectPaths) -> str:
+    recorded = read_json(paths.soft_labels_manifest)["files"]["transfer"]["md5"]
+    return truncated(paths.soft_labels("transfer"), recorded, "manifest.json", "soft_labels")
 
 
 def damage_split(paths: ProjectPaths) -> str:
-    target = paths.split("source_train")
     recorded = read_json(paths.dataset_card)["splits"]["source_train"]["md5"]
-    truncate(target)
-    return (f"error: {target}: md5 {file_digest(target)}, not the md5 {recorded} dataset_card.json records: changed "
-            f"or damaged since prepare wrote them; {rerun_fix('prepare')}")
+    return truncated(paths.split("source_train"), recorded, "dataset_card.json", "prepare")
 
 
 def garbage_card(paths: ProjectPaths) -> str:
