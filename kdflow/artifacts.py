@@ -188,12 +188,9 @@ def file_digest(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def tree_digest(path: str | Path) -> str:
-    """One digest for a file or a whole directory (relative names and contents), ignoring temporary files."""
+def files_in(path: str | Path) -> list[Path]:
+    """A file itself, or every file under a folder in name order, temporary files left out; [] when absent."""
     path = Path(path)
     if path.is_file():
-        return file_digest(path)
-    digest = hashlib.md5()
-    for member in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.endswith(".tmp")):
-        digest.update(f"{member.relative_to(path).as_posix()}:{file_digest(member)}\n".encode())
-    return digest.hexdigest()
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))

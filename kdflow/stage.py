@@ -18,7 +18,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from kdflow.artifacts import ArtifactError, CheckpointError, check_writable, file_digest, write_json, write_text
+from kdflow.artifacts import (ArtifactError, CheckpointError, check_writable, file_digest, files_in, write_json,
+                              write_text)
 from kdflow.checkpoints import save_model
 from kdflow.config import ConfigError, Params, TrainSpec, load_params
 from kdflow import graph
@@ -66,8 +67,7 @@ def stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: st
         tracked.log_datasets(tracked.inherited_datasets)
         tracked.log_params({"seed": params.seed, **{s: params.section(s) for s in declared.sections()}})
         yield tracked
-        written = [f for out in declared.written(paths) for f in ([out] if out.is_file() else sorted(
-            p for p in out.rglob("*") if p.is_file() and not p.name.endswith(".tmp")))]
+        written = [file for out in declared.written(paths) for file in files_in(out)]
         tracked.set_tags(lineage.output_tags(paths.root, written))
 
 

@@ -23,10 +23,10 @@ from kdflow.artifacts import (
     atomic_path,
     check_writable,
     file_digest,
+    files_in,
     load_checkpoint,
     read_json,
     save_checkpoint,
-    tree_digest,
     write_json,
     write_parquet,
     write_text,
@@ -115,20 +115,14 @@ def test_file_digest_is_md5_of_the_bytes(tmp_path: Path) -> None:
     assert file_digest(empty) == "d41d8cd98f00b204e9800998ecf8427e"
 
 
-def test_tree_digest_ignores_temporary_files_and_sees_names(tmp_path: Path) -> None:
+def test_files_in_ignores_temporary_files_and_lists_names_in_order(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
-    write_text(tree / "a.txt", "A")
     write_text(tree / "sub" / "b.txt", "B")
-    before = tree_digest(tree)
-    expected = hashlib.md5(
-        f"a.txt:{hashlib.md5(b'A').hexdigest()}\nsub/b.txt:{hashlib.md5(b'B').hexdigest()}\n".encode()
-    ).hexdigest()
-    assert before == expected
+    write_text(tree / "a.txt", "A")
     (tree / ".a.txt.123.tmp").write_text("partial")
-    assert tree_digest(tree) == before
-    (tree / "sub" / "b.txt").rename(tree / "sub" / "c.txt")
-    assert tree_digest(tree) != before
-    assert tree_digest(tree / "a.txt") == hashlib.md5(b"A").hexdigest()
+    assert files_in(tree) == [tree / "a.txt", tree / "sub" / "b.txt"]
+    assert files_in(tree / "a.txt") == [tree / "a.txt"]
+    assert files_in(tmp_path / "absent") == []
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
