@@ -114,9 +114,9 @@ def run_pipeline(params_path: str, overrides: list[str] | None, root: str, force
             summary = read_json(paths.summary)
             parent.log_metrics({f"{m}.test_accuracy": v["test_accuracy"] for m, v in summary["models"].items()})
             parent.log_metrics(summary["comparisons"])
-            remote = record.default_remote(paths.root)
+            remote, sent = record.push_to_default_remote(paths.root)
             if remote:
-                logger.info("pushed %d files to DVC remote '%s'", record.push(paths.root), remote)
+                logger.info("pushed %d files to DVC remote '%s'", sent, remote)
             commit = record.commit_to_git(paths.root, git_branch, f"kdflow run {parent.run_id}") if git_branch else None
             record.log_record(parent, paths.root, remote, commit)
     logger.info("stages run: %s; from DVC's record: %s", ", ".join(ran) or "none", ", ".join(cached) or "none")

@@ -169,21 +169,11 @@ def run_stage(root: Path, name: str, run: Callable[[], object], force: bool = Fa
     return RAN
 
 
-def status(root: Path) -> dict:
-    """`dvc status` of the whole pipeline: {} when every stage is up to date."""
+def push_to_default_remote(root: Path) -> tuple[str | None, int]:
+    """Send every output in dvc.lock to the default remote, when one is configured: (its name, files sent)."""
     with open_repo(root) as repo:
-        return repo.status()
-
-
-def default_remote(root: Path) -> str | None:
-    with open_repo(root) as repo:
-        return repo.config["core"].get("remote")
-
-
-def push(root: Path) -> int:
-    """Send every output in dvc.lock to the default remote; the number of files sent."""
-    with open_repo(root) as repo:
-        return repo.push()
+        remote = repo.config["core"].get("remote")
+        return remote, repo.push() if remote else 0
 
 
 def git_kept_files(root: Path) -> list[Path]:
