@@ -90,7 +90,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           plots=_curves(*TARGETS)),
     Stage("evaluate", "evaluation", ("evaluate",),
           deps=lambda paths: [paths.dataset_card, *(paths.checkpoint(model) for model in MODELS),
-                              *_splits(paths, "source_test", "target_test"), *(paths.curve(m) for m in MODELS)],
+                              *_splits(paths, "source_val", "source_test", "target_val", "target_test"),
+                              *(paths.curve(m) for m in MODELS)],
           outs=lambda paths: [paths.report_dir],
           metrics=lambda paths: [paths.summary]),
 )}

@@ -1,0 +1,61 @@
+"""Promotion by evidence, end to end: when transfer loses to its baseline on validation, `evaluate` registers the
+target model from scratch as `kdflow-target`'s champion, and the report, the summary and the MLflow run say so."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from kdflow.checkpoints import expected_spec, load_model
+from kdflow.config import load_params
+from kdflow.datasets import load_split
+from kdflow.layout import ProjectPaths
+from kdflow.metrics import accuracy
+from kdflow.training import predict_logits
+from kdflow.tracking import local_uri
+from tasks import evaluate, finetune
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_target_model_from_scratch_that_beats_the_fine_tuned_one_on_validation_is_the_champion(
+        project_copy, tiny_params, write_params, constant_predictor):
+    root = project_copy()
+    params = load_params(write_params(root, {**tiny_params, "finetune": {**tiny_params["finetune"],
+                                                                         "train": {"epochs": 20}}}))
+    paths = ProjectPaths.at(root)
+    finetune.run(params, paths)
+    # Transfer made worthless: a constant predictor scores one in five on the balanced validation set.
+    constant_predictor(params, paths, "target_finetuned")
+    val = load_split(paths.split("target_val"), (40,))
+    scratch, _ = load_model(paths.checkpoint("target_scratch"), expected_spec(params, "target_scratch"))
+    scratch_accuracy = accuracy(predict_logits(scratch, val.x), val.y)
+    assert scratch_accuracy > 0.2, "the baseline must beat chance for this test to mean anything"
+
+    evaluate.run(params, paths)
+
+    selection = json.loads(paths.summary.read_text())["selection"]["kdflow-target"]
+    assert selection["val_accuracy"] == {"target_finetuned": pytest.approx(0.2),
+                                         "target_scratch": pytest.approx(scratch_accuracy)}
+    assert selection["chosen"] == "target_scratch"
+    verdict = (f"transfer lost to its baseline: target_scratch {scratch_accuracy:.2%} on validation vs 20.00% for "
+               "target_finetuned, so target_scratch is the kdflow-target candidate")
+    assert selection["verdict"] == verdict
+    report = (paths.report_dir / "report.md").read_text()
+    assert f"- {verdict}\n" in report
+    assert (f"- kdflow-target: target_scratch, best validation accuracy of the run's candidates (target_scratch "
+            f"{scratch_accuracy:.2%}, target_finetuned 20.00%)\n") in report
+
+    client = MlflowClient(tracking_uri=local_uri(root))
+    experiment = client.get_experiment_by_name("kdflow").experiment_id
+    (evaluate_run,) = client.search_runs([experiment], filter_string="attributes.run_name = 'evaluate'")
+    (scratch_run,) = client.search_runs([experiment], filter_string="tags.`kdflow.model` = 'target_scratch'")
+    tags = evaluate_run.data.tags
+    assert tags["kdflow.verdict.transfer"] == verdict
+    assert tags["registry.kdflow-target.model"] == "target_scratch"
+    assert tags["registry.kdflow-target.decision"] == "champion: no champion yet"
+    champion = client.get_model_version_by_alias("kdflow-target", "champion")
+    assert champion.run_id == scratch_run.info.run_id and champion.tags["kdflow.model"] == "target_scratch"
+    assert evaluate_run.data.metrics["registry.kdflow-target.val_accuracy.target_finetuned"] == pytest.approx(0.2)
