@@ -20,33 +20,37 @@ from tasks import evaluate, finetune
 pytestmark = pytest.mark.slow
 
 
+def validation_accuracy(params, paths: ProjectPaths, model_name: str) -> float:
+    model, _ = load_model(paths.checkpoint(model_name), expected_spec(params, model_name))
+    val = load_split(paths.split("target_val"), (40,))
+    return accuracy(predict_logits(model, val.x), val.y)
+
+
 def test_a_target_model_from_scratch_that_beats_the_fine_tuned_one_on_validation_is_the_champion(
-        project_copy, tiny_params, write_params, constant_predictor):
+        project_copy, tiny_params, write_params):
     root = project_copy()
-    params = load_params(write_params(root, {**tiny_params, "finetune": {**tiny_params["finetune"],
-                                                                         "train": {"epochs": 20}}}))
+    # On the tiny config, a longer fine-tuning at a higher rate lets the model from scratch overtake the fine-tuned
+    # one (here 56 % against 40 % on the 25 validation samples): transfer loses to its baseline.
+    finetune_params = {**tiny_params["finetune"], "train": {**tiny_params["finetune"]["train"], "epochs": 60, "lr": 0.01}}
+    params = load_params(write_params(root, {**tiny_params, "finetune": finetune_params}))
     paths = ProjectPaths.at(root)
     finetune.run(params, paths)
-    # Transfer made worthless: a constant predictor scores one in five on the balanced validation set.
-    constant_predictor(params, paths, "target_finetuned")
-    val = load_split(paths.split("target_val"), (40,))
-    scratch, _ = load_model(paths.checkpoint("target_scratch"), expected_spec(params, "target_scratch"))
-    scratch_accuracy = accuracy(predict_logits(scratch, val.x), val.y)
-    assert scratch_accuracy > 0.2, "the baseline must beat chance for this test to mean anything"
+    finetuned, scratch = (validation_accuracy(params, paths, name) for name in ("target_finetuned", "target_scratch"))
+    assert scratch > finetuned, f"transfer must lose for this test to mean anything: {finetuned} vs {scratch}"
 
     evaluate.run(params, paths)
 
     selection = json.loads(paths.summary.read_text())["selection"]["kdflow-target"]
-    assert selection["val_accuracy"] == {"target_finetuned": pytest.approx(0.2),
-                                         "target_scratch": pytest.approx(scratch_accuracy)}
+    assert selection["val_accuracy"] == {"target_finetuned": pytest.approx(finetuned),
+                                         "target_scratch": pytest.approx(scratch)}
     assert selection["chosen"] == "target_scratch"
-    verdict = (f"transfer lost to its baseline: target_scratch {scratch_accuracy:.2%} on validation vs 20.00% for "
+    verdict = (f"transfer lost to its baseline: target_scratch {scratch:.2%} on validation vs {finetuned:.2%} for "
                "target_finetuned, so target_scratch is the kdflow-target candidate")
     assert selection["verdict"] == verdict
     report = (paths.report_dir / "report.md").read_text()
     assert f"- {verdict}\n" in report
     assert (f"- kdflow-target: target_scratch, best validation accuracy of the run's candidates (target_scratch "
-            f"{scratch_accuracy:.2%}, target_finetuned 20.00%)\n") in report
+            f"{scratch:.2%}, target_finetuned {finetuned:.2%})\n") in report
 
     client = MlflowClient(tracking_uri=local_uri(root))
     experiment = client.get_experiment_by_name("kdflow").experiment_id
@@ -58,4 +62,4 @@ def test_a_target_model_from_scratch_that_beats_the_fine_tuned_one_on_validation
     assert tags["registry.kdflow-target.decision"] == "champion: no champion yet"
     champion = client.get_model_version_by_alias("kdflow-target", "champion")
     assert champion.run_id == scratch_run.info.run_id and champion.tags["kdflow.model"] == "target_scratch"
-    assert evaluate_run.data.metrics["registry.kdflow-target.val_accuracy.target_finetuned"] == pytest.approx(0.2)
+    assert evaluate_run.data.metrics["registry.kdflow-target.val_accuracy.target_finetuned"] == pytest.approx(finetuned)
