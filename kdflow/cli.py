@@ -57,17 +57,21 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     from kdflow.record import RecordError
     from kdflow.report import comparison_lines, text_table
     from kdflow.stage import artifact_failure, checkpoint_failure
-    from kdflow.tracking import OFFLINE_ENV, TrackingUnreachable, check_tracking, tracking_uri
+    from kdflow.tracking import OFFLINE_ENV, TrackingUnreachable, check_tracking, redacted, tracking_uri
+
+    from flows.server import PrefectUnreachable, check_configured_api
 
     if offline:
         os.environ[OFFLINE_ENV] = "1"
     try:
         click.echo(check_tracking(Path(root).resolve()))  # before anything trains
         load_params(params_path, overrides)  # fail before Prefect starts a server
+        check_configured_api()
+        record.project_params(params_path, Path(root).resolve())  # before anything is written to the root
         record.ensure_project(Path(root).resolve())
         with record.hold_outputs(Path(root).resolve()):  # another run holds the project: say so now, not in the flow
             pass
-    except (ConfigError, TrackingUnreachable, RecordError) as exc:
+    except (ConfigError, TrackingUnreachable, RecordError, PrefectUnreachable) as exc:
         raise click.ClickException(str(exc)) from None
     except ArtifactError as exc:  # a damaged mlflow.db
         raise click.ClickException(artifact_failure(exc, ProjectPaths.at(root))) from None
@@ -103,7 +107,7 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     click.echo(f"\nstages run: {', '.join(result['ran']) or 'none'}; "
                f"from DVC's record: {', '.join(result['cached']) or 'none'}")
     uri = tracking_uri(Path(root).resolve())
-    click.echo(f"MLflow: parent run {result['mlflow_run_id']} in experiment 'kdflow' at {uri}")
+    click.echo(f"MLflow: parent run {result['mlflow_run_id']} in experiment 'kdflow' at {redacted(uri)}")
     if uri.startswith(("http://", "https://")):
         click.echo(f"  browse: {runs_page(uri, experiment_id)}")
     else:
@@ -175,13 +179,15 @@ def lr_find(stage: str, params_path: str, root: str, overrides: tuple[str, ...],
 def sweep(params_path: str, root: str, overrides: tuple[str, ...], grid_options: tuple[str, ...], workers: int,
           dask_address: str | None) -> None:
     """Map the distill stage over a grid on Dask; print the best trial and its `kdflow run -S` line."""
+    from flows.server import PrefectUnreachable, check_configured_api
     from flows.sweep import assignments, grid_points, parse_grid_option
 
     try:
         grid = dict(parse_grid_option(option) for option in grid_options) or None
         for point in grid_points(grid) if grid else [{}]:
             load_params(params_path, [*overrides, *assignments(point)])  # fail before Prefect starts a server
-    except ConfigError as exc:
+        check_configured_api()
+    except (ConfigError, PrefectUnreachable) as exc:
         raise click.ClickException(str(exc)) from None
     _prefect_defaults()
     from flows.server import PrefectApi
@@ -212,9 +218,12 @@ def serve(cron: str | None, interval: int | None, name: str, params_path: str, r
     """
     if (cron is None) == (interval is None):
         raise click.UsageError("give one schedule: --cron EXPRESSION or --interval SECONDS")
+    from flows.server import PrefectUnreachable, check_configured_api
+
     try:
         load_params(params_path)
-    except ConfigError as exc:
+        check_configured_api()
+    except (ConfigError, PrefectUnreachable) as exc:
         raise click.ClickException(str(exc)) from None
     _prefect_defaults()
     from flows.server import PrefectApi
@@ -279,7 +288,7 @@ def lineage(run_id: str, root: str) -> None:
     from mlflow.exceptions import MlflowException
 
     from kdflow import lineage as runs_lineage
-    from kdflow.tracking import _client, tracking_uri
+    from kdflow.tracking import _client, redacted, tracking_uri
 
     client, _ = _client(Path(root).resolve())
     try:
@@ -287,7 +296,7 @@ def lineage(run_id: str, root: str) -> None:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     except MlflowException:
-        raise click.ClickException(f"run {run_id} not found at {tracking_uri(Path(root).resolve())}") from None
+        raise click.ClickException(f"run {run_id} not found at {redacted(tracking_uri(Path(root).resolve()))}") from None
     click.echo(runs_lineage.format_chain(client, chain))
 
 
