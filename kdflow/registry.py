@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import unittest.mock
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -22,6 +23,7 @@ from kdflow.training import predict_logits
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 INPUT_EXAMPLE_ROWS = 5
+PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"  # MLflow's; kdflow holds it off while it loads a champion
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,12 @@ def _champion_accuracy(client, registered_name: str, candidate: Candidate) -> tu
         champion = client.get_model_version_by_alias(registered_name, CHAMPION)
     except MlflowException:
         return None, None, "no champion yet"
-    model = mlflow.pytorch.load_model(f"models:/{registered_name}@{CHAMPION}")
+    # Only the pickle-free pt2 format kdflow logs: unpickling a champion logged by another hand runs code it names.
+    try:
+        with unittest.mock.patch.dict(os.environ, {PICKLE_SWITCH: "false"}):  # put back as it was after
+            model = mlflow.pytorch.load_model(f"models:/{registered_name}@{CHAMPION}")
+    except MlflowException as exc:
+        return str(champion.version), None, f"champion v{champion.version} refused: {str(exc).splitlines()[0]}"
     with torch.inference_mode():  # an exported (pt2) program has no eval(); it was exported in eval mode
         logits = model(candidate.val_x)
     if logits.shape[1] <= int(candidate.val_y.max()):

@@ -1,5 +1,6 @@
-"""Promotion by evidence, end to end: when transfer loses to its baseline on validation, `evaluate` registers the
-target model from scratch as `kdflow-target`'s champion, and the report, the summary and the MLflow run say so."""
+"""Promotion by evidence, through the stage commands (`python -m tasks.<stage>`, in-process): when transfer loses to
+its baseline on validation, `evaluate` registers the target model from scratch as `kdflow-target`'s champion, and the
+report, the summary and the MLflow run say so."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from kdflow.config import load_params
 from kdflow.datasets import load_split
 from kdflow.layout import ProjectPaths
 from kdflow.metrics import accuracy
+from kdflow.stage import stage_main
 from kdflow.training import predict_logits
 from kdflow.tracking import local_uri
 from tasks import evaluate, finetune
@@ -26,19 +28,17 @@ def validation_accuracy(params, paths: ProjectPaths, model_name: str) -> float:
     return accuracy(predict_logits(model, val.x), val.y)
 
 
-def test_a_target_model_from_scratch_that_beats_the_fine_tuned_one_on_validation_is_the_champion(
-        project_copy, tiny_params, write_params):
+def test_a_target_model_from_scratch_that_beats_the_fine_tuned_one_on_validation_is_the_champion(project_copy):
     root = project_copy()
+    paths, params = ProjectPaths.at(root), load_params(root / "params.yaml")
     # On the tiny config, a longer fine-tuning at a higher rate lets the model from scratch overtake the fine-tuned
     # one (here 56 % against 40 % on the 25 validation samples): transfer loses to its baseline.
-    finetune_params = {**tiny_params["finetune"], "train": {**tiny_params["finetune"]["train"], "epochs": 60, "lr": 0.01}}
-    params = load_params(write_params(root, {**tiny_params, "finetune": finetune_params}))
-    paths = ProjectPaths.at(root)
-    finetune.run(params, paths)
+    stage_main("finetune", finetune.run, ["--root", str(root), "-S", "finetune.train.epochs=60",
+                                          "-S", "finetune.train.lr=0.01"])
     finetuned, scratch = (validation_accuracy(params, paths, name) for name in ("target_finetuned", "target_scratch"))
     assert scratch > finetuned, f"transfer must lose for this test to mean anything: {finetuned} vs {scratch}"
 
-    evaluate.run(params, paths)
+    stage_main("evaluate", evaluate.run, ["--root", str(root)])
 
     selection = json.loads(paths.summary.read_text())["selection"]["kdflow-target"]
     assert selection["val_accuracy"] == {"target_finetuned": pytest.approx(finetuned),
