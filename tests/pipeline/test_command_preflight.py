@@ -1,5 +1,6 @@
-"""`kdflow run` checks what it can before writing anything: the params file is the project's, and a Prefect API
-named by PREFECT_API_URL answers. Each failure is one line naming the file or setting and the fix."""
+"""`kdflow run` and the stage commands check what they can before writing anything: the params file is the
+project's, its values have the right types and it is not empty, and a Prefect API named by PREFECT_API_URL answers.
+Each failure is one line naming the file, key or setting and the fix; what is written honours the umask."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ import socket
 import subprocess
 import sys
 
+import pytest
+from click.testing import CliRunner
+
+from kdflow.cli import app
+from kdflow.stage import stage_main
+from tasks import prepare, train_teacher
 from tests.conftest import REPO_ROOT
 
 
@@ -52,3 +59,46 @@ def test_a_dead_prefect_api_is_one_line_naming_it_and_the_fix(tmp_path, tiny_par
                           "or unset it for a temporary local server")
     assert "hunter2" not in done.stdout + done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize(("text", "overrides", "expected"), [
+    (None, ["seed=[1"], "error: override 'seed=[1' does not parse: '[' is never closed; -S takes KEY=VALUE"),
+    ("", [], "params.yaml: the file is empty; a run needs the sections seed, data, train_teacher"),
+    ("true", [], "params.yaml: 'train_teacher.train.epochs' input should be a valid integer (got True)"),
+], ids=["bad-override", "empty-params", "epochs-true"])
+def test_bad_params_stop_the_stage_command_with_one_line_and_nothing_written(tmp_path, tiny_params, write_params,
+                                                                             text, overrides, expected):
+    if text == "true":
+        tiny_params = {**tiny_params, "train_teacher": {**tiny_params["train_teacher"],
+                                                        "train": {**tiny_params["train_teacher"]["train"], "epochs": True}}}
+    params_path = write_params(tmp_path, tiny_params)
+    if text == "":
+        params_path.write_text("")
+    with pytest.raises(SystemExit) as stopped:
+        stage_main("train_teacher", train_teacher.run, ["--root", str(tmp_path), *(f"-S{o}" for o in overrides)])
+    message = str(stopped.value.code)
+    assert expected in message and message.startswith("error: ") and "\n" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_an_empty_params_file_stops_kdflow_run_instead_of_running_the_defaults(tmp_path):
+    (tmp_path / "params.yaml").write_text("# nothing yet\n")
+    result = CliRunner().invoke(app, ["run", "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path),
+                                      "--offline"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (
+        f"Error: {tmp_path / 'params.yaml'}: the file is empty; a run needs the sections seed, data, train_teacher, "
+        "soft_labels, distill, finetune, evaluate")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.slow
+def test_prepare_writes_its_files_with_the_mode_the_umask_gives(tmp_path, tiny_params, write_params):
+    write_params(tmp_path, tiny_params)
+    previous = os.umask(0o027)
+    try:
+        stage_main("prepare", prepare.run, ["--root", str(tmp_path)])
+    finally:
+        os.umask(previous)
+    written = sorted((tmp_path / "data" / "prepared").iterdir())
+    assert written and {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o640" for p in written}

@@ -98,6 +98,8 @@ def test_teacher_killed_mid_training_resumes_to_the_uninterrupted_numbers(projec
     assert read_json(resumed.stage_metrics("train_teacher")) == read_json(reference.stage_metrics("train_teacher"))
     assert resumed.curve("teacher").read_text() == reference.curve("teacher").read_text()
     assert len(resumed.curve("teacher").read_text().splitlines()) == EPOCHS + 1
+    # the same weights, the same bytes: DVC sees no change
+    assert resumed.checkpoint("teacher").read_bytes() == reference.checkpoint("teacher").read_bytes()
 
     from mlflow.tracking import MlflowClient
 
