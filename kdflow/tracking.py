@@ -48,6 +48,20 @@ def tracking_uri(root: Path) -> str:
     return (not offline() and os.environ.get("MLFLOW_TRACKING_URI")) or local_uri(root)
 
 
+def store_uri(root: Path) -> str:
+    """The tracking URI to hand MLflow. A `user:password@` in it moves to MLFLOW_TRACKING_USERNAME and
+    MLFLOW_TRACKING_PASSWORD, which MLflow sends as basic auth: MLflow prints its URI in run links and errors."""
+    uri = tracking_uri(root)
+    parts = urllib.parse.urlsplit(uri)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or parts.scheme not in ("http", "https"):
+        return uri
+    user, _, password = userinfo.partition(":")
+    os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(user)
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(password)
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+
+
 def redacted(url: str) -> str:
     """`url` with the password of a `user:password@` in it shown as ***: for anything printed, raised or tagged."""
     parts = urllib.parse.urlsplit(url)
@@ -266,7 +280,7 @@ class TrackedRun:
 def _client(root: Path):
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri(root)
+    uri = store_uri(root)
     client = MlflowClient(tracking_uri=uri)
     name = experiment_name()
     experiment = client.get_experiment_by_name(name)

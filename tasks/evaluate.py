@@ -98,7 +98,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
             val = vals[task_of(selection.winner)]
             candidates.append(registry.Candidate(selection, model, val.x, val.y, run_id, checkpoint_md5,
                                                  file_digest(paths.split(selection.role.val_split))))
-        decisions = [registry.register(tracked.client, tracking.tracking_uri(paths.root), c) for c in candidates]
+        decisions = [registry.register(tracked.client, tracking.store_uri(paths.root), c) for c in candidates]
         registry.log_decisions(tracked, decisions)
         # Test metrics after registering, so they name the logged model (MLflow 3's Models tab) and the test set.
         model_ids = {c.model_name: d.model_id for c, d in zip(candidates, decisions)}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import http.server
+import os
 import socket
 import threading
 
 import pytest
 
-from kdflow.tracking import TrackingUnreachable, check_tracking, redacted, runs_page
+from kdflow.tracking import TrackingUnreachable, check_tracking, redacted, runs_page, store_uri
 
 USER, PASSWORD = "alice", "s3cr@t:pw"  # a password with the characters a URL must quote
 QUOTED = "s3cr%40t%3Apw"
@@ -74,3 +75,14 @@ def test_an_unreachable_server_with_credentials_names_it_without_the_password(tm
     assert message.startswith(f"MLflow tracking server http://alice:***@127.0.0.1:{port} (MLFLOW_TRACKING_URI) "
                               "is unreachable (")
     assert QUOTED not in message and PASSWORD not in message and "\n" not in message
+
+
+def test_mlflow_gets_the_uri_without_the_login_and_the_login_as_its_basic_auth_settings(tmp_path, monkeypatch):
+    """MLflow prints its tracking URI in run links and errors: it is handed the URI without user:password, and
+    those in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, which it sends as basic auth."""
+    monkeypatch.delenv("KDFLOW_OFFLINE", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"https://{USER}:{QUOTED}@mlflow.example:8443/base")
+    assert store_uri(tmp_path) == "https://mlflow.example:8443/base"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == (USER, PASSWORD)
