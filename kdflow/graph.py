@@ -186,7 +186,7 @@ def dvc_stages(code_prefix: Path | None = None) -> dict[str, dict]:
     for stage in STAGES.values():
         code = [dep if code_prefix is None else (code_prefix / dep).as_posix() for dep in code_deps(stage.module)]
         entry: dict = {
-            "cmd": f"python -m {stage.module}",
+            "cmd": f"kdflow stage {stage.name}",
             "deps": [*code, *(p.as_posix() for p in stage.deps(RELATIVE))],
             "params": list(stage.params),
             "outs": [p.as_posix() for p in stage.outs(RELATIVE)],

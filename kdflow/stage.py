@@ -1,33 +1,28 @@
-"""What every stage shares: its MLflow run, training one model with full tracking, and its command line.
+"""What every stage shares: its MLflow run and training one model with full tracking.
 
-`python -m tasks.<stage>` (what `dvc repro` calls) only parses arguments and calls the stage's `run`, as the
-Prefect flow does; both read params.yaml through the same schema.
+`kdflow stage <name>` (what `dvc repro` calls) and the Prefect flow both call the stage's `run` with params read
+through the same schema.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import io
-import json
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from kdflow.artifacts import (ArtifactError, CheckpointError, check_writable, file_digest, files_in, write_json,
-                              write_text)
+from kdflow.artifacts import check_writable, file_digest, files_in, write_json, write_text
 from kdflow.checkpoints import save_model
-from kdflow.config import ConfigError, Params, TrainSpec, load_params
+from kdflow.config import Params, TrainSpec
 from kdflow import graph
 from kdflow.layout import ProjectPaths
 from kdflow.resume import ResumeFile, training_fingerprint
 from kdflow.training import FitResult, LossFn, cross_entropy_loss, effective_lr, fit
 
-StageFn = Callable[[Params, ProjectPaths, "str | None"], dict]
 
 def output_dirs(paths: ProjectPaths, stage: str) -> list[Path]:
     """The folders `stage` writes into, from its declaration (and the resume state of a stage that trains)."""
@@ -143,59 +138,3 @@ def train_model(
 
 def write_stage_metrics(paths: ProjectPaths, stage: str, metrics: dict) -> None:
     write_json(paths.stage_metrics(stage), metrics)
-
-
-def checkpoint_failure(exc: CheckpointError, paths: ProjectPaths) -> str:
-    """The error, and which stage to rerun to replace the bad file."""
-    producer = graph.producer(paths, exc.path) if exc.path is not None else None
-    if producer is None:
-        return str(exc)
-    return (f"{exc}; fix: the stage '{producer}' writes {exc.path}: delete the file and rerun it "
-            f"(`dvc repro -f {producer}` or `kdflow run --force {producer}`)")
-
-
-def artifact_failure(exc: ArtifactError, paths: ProjectPaths) -> str:
-    """One line: the file, what is wrong with it, and the fix (by default, rerunning the stage that writes it)."""
-    producer = graph.producer(paths, exc.path)
-    fix = exc.fix or (f"rerun the stage '{producer}', which writes it (`dvc repro {producer}` or `kdflow run`)"
-                      if producer else "replace or remove it and rerun")
-    return f"{exc}; fix: {fix}"
-
-
-def missing_input(exc: FileNotFoundError, stage: str, paths: ProjectPaths) -> str | None:
-    """For an upstream output that is not there: which stage writes it, and how to run that stage."""
-    producer = graph.producer(paths, exc.filename) if exc.filename else None
-    if producer is None or producer == stage:
-        return None
-    return (f"stage '{stage}' needs {exc.filename}, which does not exist\n"
-            f"fix: the stage '{producer}' writes it: run that stage first (`dvc repro {producer}`), "
-            "or the whole pipeline (`dvc repro` or `kdflow run`)")
-
-
-def stage_main(stage: str, run: StageFn, argv: list[str] | None = None) -> None:
-    """`python -m tasks.<stage> [--params params.yaml] [--root .] [-S key=value ...]`."""
-    parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=f"Run the {stage} stage.")
-    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    parser.add_argument("--root", default=".", help="the project root holding data/, artifacts/ (default: .)")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params key, as `dvc exp run -S` does")
-    args = parser.parse_args(argv)
-    from kdflow import tracking
-
-    paths = ProjectPaths.at(args.root)
-    try:  # a bad params file, or a bad data file it names (kdflow.sources.DataError)
-        params = load_params(paths.root / args.params, args.overrides)
-        print(tracking.check_tracking(paths.root), flush=True)
-        metrics = run(params, paths, None)
-    except (ConfigError, tracking.TrackingUnreachable) as exc:
-        sys.exit(f"error: {exc}")
-    except CheckpointError as exc:
-        sys.exit(f"error: {checkpoint_failure(exc, paths)}")
-    except ArtifactError as exc:
-        sys.exit(f"error: {artifact_failure(exc, paths)}")
-    except FileNotFoundError as exc:
-        message = missing_input(exc, stage, paths)
-        if message is None:
-            raise
-        sys.exit(f"error: {message}")
-    print(json.dumps(metrics, indent=2, sort_keys=True))

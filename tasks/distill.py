@@ -18,7 +18,7 @@ from kdflow.datasets import Split, load_split, read_dataset_card, read_table
 from kdflow.graph import SOFT_LABELLED
 from kdflow.layout import ProjectPaths
 from kdflow.losses import kd_loss
-from kdflow.stage import stage_main, stage_run, train_model, write_stage_metrics
+from kdflow.stage import stage_run, train_model, write_stage_metrics
 from models import build_model, count_parameters
 
 
@@ -82,7 +82,3 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         write_stage_metrics(paths, "distill", metrics)
         tracked.log_metrics(metrics)
     return metrics
-
-
-if __name__ == "__main__":
-    stage_main("distill", run)

@@ -16,7 +16,7 @@ from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import FinetuneSpec, Params
 from kdflow.datasets import load_split, read_dataset_card
 from kdflow.layout import ProjectPaths
-from kdflow.stage import stage_main, stage_run, train_model, write_stage_metrics
+from kdflow.stage import stage_run, train_model, write_stage_metrics
 from kdflow.transfer import TransferError, backbone_blocks, copy_matching_layers, set_trainable_blocks
 from models import build_model
 
@@ -98,7 +98,3 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         write_stage_metrics(paths, "finetune", metrics)
         tracked.log_metrics(metrics)
     return metrics
-
-
-if __name__ == "__main__":
-    stage_main("finetune", run)

@@ -7,7 +7,7 @@ import torch
 from kdflow.config import Params
 from kdflow.datasets import load_split, read_dataset_card
 from kdflow.layout import ProjectPaths
-from kdflow.stage import stage_main, stage_run, train_model, write_stage_metrics
+from kdflow.stage import stage_run, train_model, write_stage_metrics
 from models import build_model
 
 
@@ -27,7 +27,3 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         write_stage_metrics(paths, "train_teacher", metrics)
         tracked.log_metrics(metrics)
     return metrics
-
-
-if __name__ == "__main__":
-    stage_main("train_teacher", run)

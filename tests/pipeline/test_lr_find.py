@@ -21,7 +21,7 @@ def test_lr_find_plots_suggests_and_logs(project_copy, monkeypatch, stage, overr
     from click.testing import CliRunner
     from mlflow.tracking import MlflowClient
 
-    from kdflow.cli import app
+    from cli.main import app
 
     monkeypatch.delenv("KDFLOW_OFFLINE", raising=False)
     root = project_copy()
@@ -53,7 +53,7 @@ def test_lr_find_refuses_soft_labels_of_another_teacher(project_copy) -> None:
     from click.testing import CliRunner
 
     from kdflow.artifacts import file_digest, load_checkpoint, save_checkpoint
-    from kdflow.cli import app
+    from cli.main import app
     from kdflow.layout import ProjectPaths
 
     root = project_copy()
