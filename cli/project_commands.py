@@ -13,9 +13,6 @@ from kdflow import graph
 from kdflow.config import load_params
 from kdflow.layout import ProjectPaths
 
-TRAINING_STAGES = ["train_teacher", "distill", "finetune"]
-
-
 @click.command()
 @click.argument("name", metavar="NAME", type=click.Choice(list(graph.STAGES)))
 @click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
@@ -37,7 +34,7 @@ def stage(name: str, params_path: str, root: str, overrides: tuple[str, ...]) ->
 
 
 @click.command("lr-find")
-@click.argument("stage", metavar="STAGE", type=click.Choice(TRAINING_STAGES))
+@click.argument("stage", metavar="STAGE", type=click.Choice(graph.TRAINING_STAGES))
 @params_option
 @root_option("Project root; the stage's inputs must exist (run the stages before it first).")
 @overrides_option("Override a params key.")
@@ -47,10 +44,11 @@ def stage(name: str, params_path: str, root: str, overrides: tuple[str, ...]) ->
 @offline_option
 def lr_find(stage: str, params_path: str, root: str, overrides: tuple[str, ...], min_lr: float, max_lr: float,
             steps: int, offline: bool) -> None:
-    """Learning-rate range test on STAGE's model, data and loss: plot, suggestion, MLflow run `lr_find:STAGE`."""
+    """Learning-rate range test on the first model STAGE trains, with its data, loss and param groups: plot,
+    suggestion, MLflow run `lr_find:STAGE`."""
     from kdflow import tracking
-    from kdflow.lr_finder import lr_find as range_test
-    from tasks.problems import stage_problem
+    from kdflow.consistency import check_inputs
+    from kdflow.lr_finder import lr_find as learning_rate_sweep
 
     go_offline(offline)
     if min_lr >= max_lr:
@@ -63,7 +61,9 @@ def lr_find(stage: str, params_path: str, root: str, overrides: tuple[str, ...],
         if missing is not None:
             raise click.ClickException(f"{missing}: missing; run the stages before {stage} first "
                                        f"(`dvc repro {graph.producer(paths, missing)}` runs them)")
-        found = range_test(stage, stage_problem(stage, params, paths), params, paths, min_lr, max_lr, steps)
+        check_inputs(paths, graph.STAGES[stage].read_files(paths))  # what the stage reads, as it checks them
+        first = importlib.import_module(graph.STAGES[stage].module).trainings(params, paths)[0]
+        found = learning_rate_sweep(stage, first, paths, min_lr, max_lr, steps)
     except click.ClickException:
         raise
     except Exception as exc:

@@ -59,6 +59,7 @@ def _curves(*models: str) -> PathsOf:
     return lambda paths: [paths.curve(model) for model in models]
 
 
+TRAINING_STAGES = ("train_teacher", "distill", "finetune")  # each declares what it trains (its `trainings`)
 STUDENTS = ("student_distilled", "student_hard_labels", "student_scratch")
 TARGETS = ("target_finetuned", "target_scratch")
 SOFT_LABELLED = ("transfer", "source_train")  # the sets the teacher labels, in the order the student sees them

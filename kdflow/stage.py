@@ -10,18 +10,15 @@ import contextlib
 import csv
 import io
 from pathlib import Path
-from typing import Callable, Sequence
-
-import torch
-from torch import nn
+from typing import Sequence
 
 from kdflow.artifacts import check_writable, file_digest, files_in, write_json, write_text
 from kdflow.checkpoints import save_model
-from kdflow.config import Params, TrainSpec
+from kdflow.config import Params
 from kdflow import graph
 from kdflow.layout import ProjectPaths
 from kdflow.resume import ResumeFile, training_fingerprint
-from kdflow.training import FitResult, LossFn, cross_entropy_loss, effective_lr, fit
+from kdflow.training import FitResult, Training, effective_lr, fit
 
 
 def output_dirs(paths: ProjectPaths, stage: str) -> list[Path]:
@@ -77,34 +74,19 @@ def write_curve(path: Path, history: list[dict[str, float]]) -> None:
     write_text(path, buffer.getvalue())
 
 
-def train_model(
-    stage_tracked,
-    paths: ProjectPaths,
-    name: str,
-    model: nn.Module,
-    spec,
-    train: TrainSpec,
-    x: torch.Tensor,
-    targets: Sequence[torch.Tensor],
-    *,
-    seed: int,
-    val: tuple[torch.Tensor, torch.Tensor],
-    input_shape: tuple[int, ...],
-    class_names: list[str],
-    loss_fn: LossFn = cross_entropy_loss,
-    param_groups=None,
-    before_epoch: Callable[[int], None] | None = None,
-    extra_params: dict | None = None,
-) -> FitResult:
-    """Fit one model in its own nested MLflow run; write its checkpoint and curve; tag the checkpoint's md5.
+def train_model(stage_tracked, paths: ProjectPaths, training: Training) -> FitResult:
+    """Fit what `training` declares in its own nested MLflow run; write its checkpoint and curve; tag the
+    checkpoint's md5.
 
     Training resumes from `.kdflow/resume/<name>.pt` when a killed run of the same settings and inputs left one;
     a state a live run holds is an ArtifactError (see kdflow.resume).
     """
     from models import count_parameters
 
-    settings = {"model": name, "arch": spec.model_dump(mode="json"), "train": train.model_dump(mode="json"),
-                "seed": seed, "train_samples": len(x), **(extra_params or {})}
+    name, train, x, targets, val = training.name, training.train, training.x, training.targets, training.val
+    settings = {"model": name, "arch": training.arch.model_dump(mode="json"), "train": train.model_dump(mode="json"),
+                "seed": training.seed, "train_samples": len(x), **training.extra_params}
+    model, param_groups, before_epoch = training.setup()
     resume = None
     with contextlib.ExitStack() as holding:
         if train.resume_every:
@@ -115,13 +97,14 @@ def train_model(
             tracked.log_params({**{k: v for k, v in settings.items() if k != "model"},
                                 "lr_effective": effective_lr(train, len(x))})
             result = fit(
-                model, x, targets, train, seed=seed, loss_fn=loss_fn, val=val, param_groups=param_groups,
-                before_epoch=before_epoch, on_epoch=lambda epoch, record: tracked.log_metrics(record, step=epoch),
-                description=name, resume=resume,
+                model, x, targets, train, seed=training.seed, loss_fn=training.loss_fn, val=val,
+                param_groups=param_groups, before_epoch=before_epoch,
+                on_epoch=lambda epoch, record: tracked.log_metrics(record, step=epoch), description=name,
+                resume=resume,
             )
             # What it was trained from, so a later stage can tell a checkpoint of other inputs (kdflow.consistency).
-            checkpoint = save_model(paths.checkpoint(name), model, spec, input_shape, class_names,
-                                    extra={"inputs": stage_tracked.input_digests})
+            checkpoint = save_model(paths.checkpoint(name), model, training.arch, training.input_shape,
+                                    training.class_names, extra={"inputs": stage_tracked.input_digests})
             write_curve(paths.curve(name), result.history)
             summary = {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                        "epochs_run": len(result.history), "parameters": count_parameters(model)}
