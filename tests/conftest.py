@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+KDFLOW = str(Path(sys.executable).with_name("kdflow"))  # the console script, as a user runs it
 
 # Nothing the tests run may write to the developer's own stores.
 os.environ.pop("MLFLOW_TRACKING_URI", None)

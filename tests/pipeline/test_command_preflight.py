@@ -7,15 +7,12 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
 
-from kdflow.cli import app
-from kdflow.stage import stage_main
-from tasks import prepare, train_teacher
-from tests.conftest import REPO_ROOT
+from cli.main import app
+from tests.conftest import KDFLOW, REPO_ROOT
 
 
 def free_port() -> int:
@@ -27,7 +24,7 @@ def free_port() -> int:
 def kdflow_run(cwd, *arguments: str, **environment: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **environment}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "kdflow", "run", *arguments], cwd=cwd, env=env,
+    return subprocess.run([KDFLOW, "run", *arguments], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -62,7 +59,7 @@ def test_a_dead_prefect_api_is_one_line_naming_it_and_the_fix(tmp_path, tiny_par
 
 
 @pytest.mark.parametrize(("text", "overrides", "expected"), [
-    (None, ["seed=[1"], "error: override 'seed=[1' does not parse: '[' is never closed; -S takes KEY=VALUE"),
+    (None, ["seed=[1"], "Error: override 'seed=[1' does not parse: '[' is never closed; -S takes KEY=VALUE"),
     ("", [], "params.yaml: the file is empty; a run needs the sections seed, data, train_teacher"),
     ("true", [], "params.yaml: 'train_teacher.train.epochs' input should be a valid integer (got True)"),
 ], ids=["bad-override", "empty-params", "epochs-true"])
@@ -74,10 +71,11 @@ def test_bad_params_stop_the_stage_command_with_one_line_and_nothing_written(tmp
     params_path = write_params(tmp_path, tiny_params)
     if text == "":
         params_path.write_text("")
-    with pytest.raises(SystemExit) as stopped:
-        stage_main("train_teacher", train_teacher.run, ["--root", str(tmp_path), *(f"-S{o}" for o in overrides)])
-    message = str(stopped.value.code)
-    assert expected in message and message.startswith("error: ") and "\n" not in message
+    result = CliRunner().invoke(app, ["stage", "train_teacher", "--root", str(tmp_path),
+                                      *(f"-S{o}" for o in overrides)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    message = result.output.splitlines()[-1]
+    assert expected in message and message.startswith("Error: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
@@ -97,8 +95,9 @@ def test_prepare_writes_its_files_with_the_mode_the_umask_gives(tmp_path, tiny_p
     write_params(tmp_path, tiny_params)
     previous = os.umask(0o027)
     try:
-        stage_main("prepare", prepare.run, ["--root", str(tmp_path)])
+        result = CliRunner().invoke(app, ["stage", "prepare", "--root", str(tmp_path)])
     finally:
         os.umask(previous)
+    assert result.exit_code == 0, result.output
     written = sorted((tmp_path / "data" / "prepared").iterdir())
     assert written and {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o640" for p in written}

@@ -1,11 +1,10 @@
-"""Random params and randomly damaged files fed to `prepare` and the stage commands, in-process through
-`stage_main` (what `python -m tasks.<stage>` and `dvc repro` run). Every case either runs or stops with one line
-naming what is wrong (no traceback: any exception but SystemExit fails the test), and a case that stops has written
-nothing. Seeded: the same cases on every run."""
+"""Random params and randomly damaged files fed to `prepare` and the stage commands, `kdflow stage NAME` (what
+`dvc repro` runs) in-process. Every case either runs or stops with one line naming what is wrong (no traceback: an
+exception other than click's one-line error fails the test), and a case that stops has written nothing. Seeded: the
+same cases on every run."""
 
 from __future__ import annotations
 
-import importlib
 import math
 import random
 from pathlib import Path
@@ -16,11 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from click.testing import CliRunner
 
+from cli.main import app
 from kdflow.artifacts import file_digest
 from kdflow.graph import STAGES
 from kdflow.layout import ProjectPaths
-from kdflow.stage import stage_main
 
 pytestmark = pytest.mark.slow
 
@@ -42,13 +42,14 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def run_command(stage: str, root: Path, *argv: str) -> str | None:
-    """The stage's command line in-process: None when it ran, else the message it exits with."""
-    try:
-        stage_main(stage, importlib.import_module(f"tasks.{stage}").run, ["--root", str(root), *argv])
-    except SystemExit as exc:
-        assert isinstance(exc.code, str), f"exit code {exc.code!r} without a message"
-        return exc.code
-    return None
+    """`kdflow stage NAME` in-process: None when it ran, else the error it prints; any other exception is raised."""
+    result = CliRunner().invoke(app, ["stage", stage, "--root", str(root), *argv])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    if result.exit_code == 0:
+        return None
+    assert result.exit_code == 1 and "Error: " in result.output, result.output
+    return "Error: " + result.output.split("Error: ", 1)[1].removesuffix("\n")
 
 
 def leaves(tree: dict, prefix: tuple = ()) -> list[tuple]:
@@ -142,7 +143,7 @@ def odd_data_file(rng: random.Random, root: Path, image_frame) -> str:
 
 
 def assert_one_line(message: str, *named: str) -> None:
-    assert message.startswith("error: "), message
+    assert message.startswith("Error: "), message
     assert "Traceback" not in message
     lines = message.splitlines()
     assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("fix: ")), message

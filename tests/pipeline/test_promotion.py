@@ -1,5 +1,5 @@
-"""Promotion by evidence, through the stage commands (`python -m tasks.<stage>`, in-process): when transfer loses to
-its baseline on validation, `evaluate` registers the target model from scratch as `kdflow-target`'s champion, and the
+"""Promotion by evidence, through the stage commands (`kdflow stage NAME`, in-process): when transfer loses to its
+baseline on validation, `evaluate` registers the target model from scratch as `kdflow-target`'s champion, and the
 report, the summary and the MLflow run say so."""
 
 from __future__ import annotations
@@ -7,17 +7,18 @@ from __future__ import annotations
 import json
 
 import pytest
+from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+
+from cli.main import app
 
 from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import load_params
 from kdflow.datasets import load_split
 from kdflow.layout import ProjectPaths
 from kdflow.metrics import accuracy
-from kdflow.stage import stage_main
 from kdflow.training import predict_logits
 from kdflow.tracking import local_uri
-from tasks import evaluate, finetune
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +34,14 @@ def test_a_target_model_from_scratch_that_beats_the_fine_tuned_one_on_validation
     paths, params = ProjectPaths.at(root), load_params(root / "params.yaml")
     # On the tiny config, a longer fine-tuning at a higher rate lets the model from scratch overtake the fine-tuned
     # one (here 56 % against 40 % on the 25 validation samples): transfer loses to its baseline.
-    stage_main("finetune", finetune.run, ["--root", str(root), "-S", "finetune.train.epochs=60",
-                                          "-S", "finetune.train.lr=0.01"])
+    finetuned = CliRunner().invoke(app, ["stage", "finetune", "--root", str(root), "-S", "finetune.train.epochs=60",
+                                         "-S", "finetune.train.lr=0.01"])
+    assert finetuned.exit_code == 0, finetuned.output
     finetuned, scratch = (validation_accuracy(params, paths, name) for name in ("target_finetuned", "target_scratch"))
     assert scratch > finetuned, f"transfer must lose for this test to mean anything: {finetuned} vs {scratch}"
 
-    stage_main("evaluate", evaluate.run, ["--root", str(root)])
+    evaluated = CliRunner().invoke(app, ["stage", "evaluate", "--root", str(root)])
+    assert evaluated.exit_code == 0, evaluated.output
 
     selection = json.loads(paths.summary.read_text())["selection"]["kdflow-target"]
     assert selection["val_accuracy"] == {"target_finetuned": pytest.approx(finetuned),
