@@ -97,3 +97,9 @@ def write_image_csv():
         return path
 
     return write
+
+
+def pytest_collection_modifyitems(items):
+    """End-to-end files first: the workers take files in this order, so the longest start first and the fast tiers
+    fill the gaps instead of one slow file running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
