@@ -25,7 +25,7 @@ from kdflow.layout import ProjectPaths
 pytestmark = pytest.mark.slow
 
 SEED = 14
-CASES_PER_KIND = 12
+CASES_PER_KIND = 8  # 24 cases in all: a few dozen, about a minute
 WATCHED = ("data", "artifacts", "metrics", "plots", "reports", ".kdflow")  # all a stage writes, but the MLflow store
 STAGE_NAMES = ("prepare", "train_teacher", "soft_labels", "distill", "finetune")  # what the trained project can run
 VALUES = [True, False, None, "", "x", "full", "1e-3", -1, 0, 1, 3, 2.5, -0.5, 1e12, math.nan, math.inf, [], [1, "a"],
