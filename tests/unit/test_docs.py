@@ -1,10 +1,13 @@
-"""The docs cannot rot: the README stays short, the MkDocs site builds without a warning, the benchmark page is the
-rendering of benchmarks/results/*.json, and every shell command the README and docs/ show is one the tests run.
+"""The docs cannot rot: the README stays short and maps every page, the MkDocs site builds without a warning, its
+worked example is a valid params change, and every shell command the README and docs/ show is one the tests run
+(docs/benchmarks.md's generated section: tests/benchmarks/test_results_section.py).
 
 "A test runs it" is checked by reading, not by running every documented command here (most take minutes and
 servers): each command's words (its subcommand, flags and values, with `<placeholders>` left out) must all appear
 in the string literals of one test module (or `.ci/run`), which is how the tests spell the commands they run,
 e.g. `["dvc", "exp", "run", "-S", "distill.temperature=8"]` or `CliRunner().invoke(app, ["lr-find", stage])`.
+The program itself is not checked (tests start it as `sys.executable -m dvc`, click's `app`, ...), nor that the
+literals sit in one call: a module that spells every word of a command and runs nothing would pass.
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ SEPARATORS = {"&&", "||", "|", ";", "&"}
 # Words that say which program runs, not what it is asked to do: tests start these as `sys.executable -m dvc`,
 # `CliRunner().invoke(app, ...)` or `.venv/bin/pip`.
 PROGRAMS = {"kdflow", "dvc", "mlflow", "prefect", "git", "python", "python3", "pip", "source", "cd", "export"}
-# Install commands for a platform CI does not have may say so in the line above their block; nothing else may.
-NOT_RUN = "<!-- not run by the tests: another platform's install -->"
 
 
 def documented_commands(markdown: str) -> list[str]:
@@ -36,8 +37,6 @@ def documented_commands(markdown: str) -> list[str]:
     commands = []
     for match in SHELL_BLOCK.finditer(markdown):
         language, body = match.groups()
-        if markdown[:match.start()].rstrip().endswith(NOT_RUN):
-            continue
         lines = body.replace("\\\n", " ").splitlines()
         if language in (None, "console"):
             lines = [line[2:] for line in lines if line.startswith("$ ")]
@@ -107,7 +106,7 @@ def runner_of(command: str, sources: dict[str, list[str]]) -> str | None:
 def test_documented_commands_are_split_with_placeholders_and_comments_dropped():
     markdown = ("```bash\ndvc repro    # runs what changed\nkdflow checkout <run id> && dvc status\n```\n\n"
                 "```\n$ kdflow run -S distill.temprature=8\nError: params.yaml: unknown key\n```\n\n"
-                "```python\nprint('not shell')\n```\n\n" + NOT_RUN + "\n```bash\npip install torch==2.2.2\n```\n")
+                "```python\nprint('not shell')\n```\n")
     assert documented_commands(markdown) == ["dvc repro", "kdflow checkout PLACEHOLDER", "dvc status",
                                              "kdflow run -S distill.temprature=8"]
     assert words_to_find("kdflow checkout PLACEHOLDER") == ["checkout"]
@@ -133,15 +132,6 @@ def test_every_documented_command_is_one_a_test_runs():
              for command in documented_commands(path.read_text()) if runner_of(command, sources) is None]
     assert not unrun, ("no test runs these documented commands (their words are in no one test module); fix: a "
                        "test that runs each, or drop it from the docs:\n" + "\n".join(unrun))
-
-
-def test_only_install_commands_are_marked_as_not_run():
-    for path in DOC_FILES:
-        text = path.read_text()
-        for at in (m.start() for m in re.finditer(re.escape(NOT_RUN), text)):
-            block = SHELL_BLOCK.search(text, at)
-            assert block and all("pip install" in line for line in block.group(2).splitlines()), (
-                f"{path.relative_to(REPO_ROOT)}: {NOT_RUN} may mark only install commands for another platform")
 
 
 def test_readme_is_short_and_maps_every_docs_page():
