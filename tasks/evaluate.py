@@ -20,7 +20,7 @@ from kdflow.lineage import relative
 from kdflow.metrics import (agreement, classification_metrics, confusion_counts, latency_ms_per_sample,
                             reliability_bins)
 from kdflow.report import comparison_lines, markdown_table
-from kdflow.stage import stage_main, stage_run
+from kdflow.stage import stage_run
 from kdflow.training import predict_logits
 from models import count_parameters
 
@@ -125,7 +125,3 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         for artifact in (paths.summary, paths.report_dir / "report.md", *figures.values()):
             tracked.log_artifact(artifact, "report")
     return summary["comparisons"]
-
-
-if __name__ == "__main__":
-    stage_main("evaluate", run)
