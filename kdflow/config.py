@@ -13,19 +13,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, ValidationError, field_validator,
+from pydantic import (BaseModel, Discriminator, Field, StrictInt, Tag, ValidationError, field_validator,
                       model_validator)
+
+from kdflow.sections import Section
+from kdflow.zoo_specs import HFSpec, TimmSpec, TorchvisionSpec
 
 STAGE_SECTIONS = ("data", "train_teacher", "soft_labels", "distill", "finetune", "evaluate")
 
 
 class ConfigError(ValueError):
     """A params file that does not fit the schema."""
-
-
-class Section(BaseModel):
-    # Strict: `epochs: true` is not 1 and `lr: "0.1"` is not a number; a float field still takes an int (`lr: 1`).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # --- architectures -----------------------------------------------------------------------------------------
@@ -80,7 +78,8 @@ class CustomSpec(Section):
         return factory
 
 
-ModelSpec = Annotated[Union[MLPSpec, CNN1DSpec, CNN2DSpec, LinearSpec, CustomSpec], Field(discriminator="arch")]
+ModelSpec = Annotated[Union[MLPSpec, CNN1DSpec, CNN2DSpec, LinearSpec, CustomSpec, TimmSpec, TorchvisionSpec, HFSpec],
+                      Field(discriminator="arch")]
 
 
 # --- optimisation ------------------------------------------------------------------------------------------

@@ -9,8 +9,10 @@ from torch import nn
 
 from models.cnn1d import CNN1D
 from models.cnn2d import CNN2D
+from models.errors import ModelError
 from models.linear import LinearModel
 from models.mlp import MLP
+from models.zoo import ZOO_BUILDERS
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
@@ -18,10 +20,6 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "cnn2d": CNN2D,
     "linear": LinearModel,
 }
-
-
-class ModelError(ValueError):
-    """A user's model factory that cannot be imported, called, or does not build a backbone-and-head model."""
 
 
 def _custom_factory(import_path: str) -> Callable[..., nn.Module]:
@@ -55,11 +53,14 @@ def build_model(spec, input_shape: tuple[int, ...], num_classes: int) -> nn.Modu
     """`spec` is an architecture section of params.yaml (an `arch` plus that architecture's options)."""
     if spec.arch == "custom":
         return _build_custom(spec, tuple(input_shape), num_classes)
+    if spec.arch in ZOO_BUILDERS:
+        return ZOO_BUILDERS[spec.arch](spec, tuple(input_shape), num_classes)
     options = spec.model_dump(exclude={"arch"})
     try:
         factory = ARCHITECTURES[spec.arch]
     except KeyError:
-        raise ValueError(f"unknown arch {spec.arch!r}; allowed: {', '.join(sorted(ARCHITECTURES))}, custom") from None
+        raise ValueError(f"unknown arch {spec.arch!r}; allowed: {', '.join(sorted(ARCHITECTURES))}, custom, "
+                         f"{', '.join(ZOO_BUILDERS)}") from None
     return factory(input_shape=tuple(input_shape), num_classes=num_classes, **options)
 
 
