@@ -15,7 +15,7 @@ import numpy as np
 
 from kdflow.artifacts import file_digest
 from kdflow.media_specs import ImageSpec, TextSpec
-from kdflow.sources import DataError, Rows, read_rows, resolve
+from kdflow.sources import DataError, Rows, _plural, read_rows, resolve
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -72,7 +72,7 @@ def read_image_folder(spec, root: Path, where: str, labelled: bool, images: Imag
         members = _image_files(class_folder)
         if len(members) < images.min_per_class:
             raise DataError(f"{spec.path}/{class_folder.name} ({where}): class '{class_folder.name}' has "
-                            f"{len(members)} images, fewer than data.images.min_per_class {images.min_per_class}; "
+                            f"{_plural(len(members), 'image')}, fewer than data.images.min_per_class {images.min_per_class}; "
                             "fix: add images to it, or move the folder out")
         files += members
         labels += [class_folder.name] * len(members)
@@ -97,7 +97,7 @@ def text_column(values, shown: str, column: str, text: TextSpec, root: Path) -> 
     strings = [value if isinstance(value, str) else None for value in values]
     empty = [row for row, value in enumerate(strings) if value is None or not value.strip()]
     if empty:
-        raise DataError(f"{shown}: text column '{column}' is empty or not text in {len(empty)} rows (first at data "
+        raise DataError(f"{shown}: text column '{column}' is empty or not text in {_plural(len(empty))} (first at data "
                         f"row {empty[0] + 1}); fix: drop those rows or write their text")
     ids = np.asarray(tokenizer(text, root)(strings, padding="max_length", truncation=True,
                                            max_length=text.max_length)["input_ids"], dtype=np.int64)
