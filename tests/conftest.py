@@ -160,3 +160,21 @@ def save_tokenizer():
 def texts():
     """`make_texts`, for tests."""
     return make_texts
+
+
+@pytest.fixture(scope="session")
+def zoo_or_skip():
+    """Import a zoo package, or skip saying why it does not import here (timm needs a torchvision built for the
+    installed torch, which the CPU-only torch wheel has none of)."""
+
+    def imported(module: str):
+        import importlib
+
+        import torch
+
+        try:
+            return importlib.import_module(module)
+        except (ImportError, RuntimeError) as exc:
+            pytest.skip(f"{module} does not import beside torch {torch.__version__}: {str(exc).splitlines()[0]}")
+
+    return imported

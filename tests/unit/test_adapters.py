@@ -19,14 +19,6 @@ from models.mlp import MLP
 from tasks.finetune import block_schedule, unfreeze_schedule
 
 
-def zoo_or_skip(module: str):
-    """The zoo package, or a skip that says why it does not import here."""
-    try:
-        return __import__(module)
-    except (ImportError, RuntimeError) as exc:
-        pytest.skip(f"{module} does not import beside torch {torch.__version__}: {str(exc).splitlines()[0]}")
-
-
 def tiny_bert(hidden: int = 16, layers: int = 2) -> HFSpec:
     return HFSpec(arch="hf", config={"model_type": "bert", "vocab_size": 40, "hidden_size": hidden,
                                      "num_hidden_layers": layers, "num_attention_heads": 2,
@@ -139,7 +131,7 @@ def test_head_and_backbone_split_every_parameter_once():
     assert len(head) + len(backbone) == len(list(model.parameters()))
 
 
-def test_linear_probe_on_a_timm_resnet_freezes_every_block_but_the_classifier():
+def test_linear_probe_on_a_timm_resnet_freezes_every_block_but_the_classifier(zoo_or_skip):
     zoo_or_skip("timm")
     torch.manual_seed(0)
     model = build_model(TimmSpec(arch="timm", name="resnet10t"), (3, 16, 16), 4)
@@ -150,7 +142,7 @@ def test_linear_probe_on_a_timm_resnet_freezes_every_block_but_the_classifier():
     assert set_trainable_blocks(model, 2) == list(found.blocks[-2:])
 
 
-def test_a_torchvision_model_gets_a_final_layer_for_the_task():
+def test_a_torchvision_model_gets_a_final_layer_for_the_task(zoo_or_skip):
     zoo_or_skip("torchvision")
     model = build_model(TorchvisionSpec(arch="torchvision", name="resnet18"), (3, 16, 16), 4)
     assert layout(model).head == ("fc",) and model.fc.out_features == 4
