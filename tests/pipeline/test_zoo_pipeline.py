@@ -47,8 +47,8 @@ def text_project(root: Path, texts, save_tokenizer) -> dict:
 def image_project(root: Path, image_folder) -> dict:
     image_folder(root / "data/raw/images", ["red", "green", "blue", "gold"], 12)
     folder = {"kind": "images", "path": "data/raw/images"}
-    teacher = {"arch": "timm", "name": "resnet10t", "options": {"stem_width": 8}}
-    student = {"arch": "timm", "name": "resnet10t", "options": {"stem_width": 4, "width_factor": 0.25}}
+    teacher = {"arch": "timm", "name": "resnet10t", "options": {"stem_width": 8, "channels": [16, 32, 64, 128]}}
+    student = {"arch": "timm", "name": "resnet10t", "options": {"stem_width": 4, "channels": [8, 16, 32, 64]}}
     return params({"source": folder, "transfer": folder, "images": {"size": [16, 16]}}, teacher, student)
 
 
