@@ -64,8 +64,9 @@ class LinearSpec(Section):
 
 
 class CustomSpec(Section):
-    """A user's own architecture: `factory(input_shape=..., num_classes=..., **options)` returning a module with
-    a `backbone` (Sequential of blocks) and a `head` (Linear), as the built-in ones."""
+    """A user's own architecture: `factory(input_shape=..., num_classes=..., **options)` returning a module whose
+    classifier models.adapters finds: a `head` beside a `backbone` Sequential (as the built-in ones), a timm-style
+    `get_classifier()`, or a final Linear layer."""
 
     arch: Literal["custom"]
     factory: str = Field(description="import path of a function, 'my_pkg.nets:make_student'")
@@ -107,6 +108,8 @@ class TrainSpec(Section):
     resume_every: int = Field(1, ge=0, description="epochs between resumable training-state checkpoints; 0 never")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else the CPU")
     bf16: bool = Field(False, description="bfloat16 autocast for the forward pass and loss")
+    hflip: bool = Field(False, description="images: flip left-right at random each epoch (train-time augmentation)")
+    crop_padding: int = Field(0, ge=0, description="images: pad by this many pixels and crop back at a random shift")
 
 
 # --- data --------------------------------------------------------------------------------------------------

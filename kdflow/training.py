@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from kdflow.augment import augment, augments
 from kdflow.config import TrainSpec
 from kdflow.resume import ResumeFile
 
@@ -180,7 +181,7 @@ def fit(
         started = time.perf_counter()
         model.train()
         order = torch.randperm(num_samples, generator=shuffle).to(device)
-        x_epoch = x[order]
+        x_epoch = augment(x[order], spec, shuffle) if augments(spec) else x[order]
         targets_epoch = [t[order] for t in targets]
         loss_sum = torch.zeros((), device=device)
         for start in range(0, num_samples, batch_size):

@@ -9,6 +9,7 @@ from torch import nn
 
 from models.cnn1d import CNN1D
 from models.cnn2d import CNN2D
+from models.adapters import layout
 from models.errors import ModelError
 from models.linear import LinearModel
 from models.mlp import MLP
@@ -36,16 +37,18 @@ def _custom_factory(import_path: str) -> Callable[..., nn.Module]:
 
 
 def _build_custom(spec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The factory gets the input shape and the class count as keywords, then the spec's options."""
+    """The factory gets the input shape and the class count as keywords, then the spec's options; models.adapters
+    finds the built module's head and blocks, as for the zoos' models."""
     model = _custom_factory(spec.factory)(input_shape=input_shape, num_classes=num_classes, **spec.options)
     if not isinstance(model, nn.Module):
         raise ModelError(f"arch custom: factory '{spec.factory}' returned {type(model).__name__}, not a torch.nn.Module")
-    backbone, head = getattr(model, "backbone", None), getattr(model, "head", None)
-    if not isinstance(backbone, nn.Sequential) or not isinstance(head, nn.Module):
+    try:
+        layout(model)
+    except ModelError:
         raise ModelError(
-            f"arch custom: factory '{spec.factory}' built a {type(model).__name__} without a `backbone` "
-            f"(nn.Sequential of blocks) and a `head` (the classifier layer); transfer learning freezes, copies and "
-            "re-initialises by those two names: assign them in the module's __init__")
+            f"arch custom: factory '{spec.factory}' built a {type(model).__name__} with no classifier layer to find: "
+            "transfer learning re-initialises it and trains it alone under linear_probe; give the module a `head` "
+            "(with a `backbone` Sequential of blocks), a timm-style get_classifier(), or a final nn.Linear") from None
     return model
 
 
