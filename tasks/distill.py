@@ -18,7 +18,8 @@ from kdflow.datasets import Split, load_split, read_dataset_card, read_table
 from kdflow.graph import SOFT_LABELLED
 from kdflow.layout import ProjectPaths
 from kdflow.losses import kd_loss
-from kdflow.stage import stage_main, stage_run, train_model, write_stage_metrics
+from kdflow.stage import stage_run, train_model, write_stage_metrics
+from kdflow.training import Training
 from models import build_model, count_parameters
 
 
@@ -47,42 +48,47 @@ def distillation_set(paths: ProjectPaths, input_shape: tuple[int, ...]):
     return sets, x, labels, logits
 
 
-def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
+def trainings(params: Params, paths: ProjectPaths) -> list[Training]:
+    """What the stage trains: the distilled student and its two baselines, one architecture and initialisation."""
     spec = params.distill
     card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
     classes = card["source_classes"]
+    sets, x, labels, logits = distillation_set(paths, input_shape)
+    val = load_split(paths.split("source_val"), input_shape)
+
+    def fresh_student() -> torch.nn.Module:
+        torch.manual_seed(params.seed)
+        return build_model(spec.student, input_shape, len(classes))
+
+    def student(name: str, x: torch.Tensor, targets: list[torch.Tensor], **declared) -> Training:
+        return Training(name, fresh_student, spec.student, spec.train, x, targets, (val.x, val.y), params.seed,
+                        input_shape, classes, **declared)
+
+    source = sets["source_train"]
+    return [
+        student("student_distilled", x, [logits, labels],
+                loss_fn=lambda out, t: kd_loss(out, t[0], t[1], spec.temperature, spec.alpha),
+                extra_params={"temperature": spec.temperature, "alpha": spec.alpha}),
+        student("student_hard_labels", x, [logits.argmax(1)]),
+        student("student_scratch", source.x, [source.y]),
+    ]
+
+
+def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
+    spec = params.distill
     with stage_run(paths, "distill", params, parent_run_id) as tracked:
         teacher, _ = load_model(paths.checkpoint("teacher"), expected_spec(params, "teacher"))
-        sets, x, labels, logits = distillation_set(paths, input_shape)
-        val = load_split(paths.split("source_val"), input_shape)
-
-        def fresh_student():
-            torch.manual_seed(params.seed)
-            return build_model(spec.student, input_shape, len(classes))
-
-        ratio = count_parameters(fresh_student()) / count_parameters(teacher)
+        students = trainings(params, paths)
+        ratio = count_parameters(students[0].build()) / count_parameters(teacher)
         if ratio > spec.max_param_ratio:
             raise StudentTooLarge(
                 f"params.yaml: distill.student has {ratio:.2f}x the teacher's parameters, above "
                 f"distill.max_param_ratio={spec.max_param_ratio}; make the student smaller"
             )
-        common = dict(seed=params.seed, val=(val.x, val.y), input_shape=input_shape, class_names=classes)
-        results = {}
-        results["student_distilled"] = train_model(tracked, paths, "student_distilled", fresh_student(), spec.student, spec.train, x, [logits, labels],
-                    loss_fn=lambda out, t: kd_loss(out, t[0], t[1], spec.temperature, spec.alpha),
-                    extra_params={"temperature": spec.temperature, "alpha": spec.alpha}, **common)
-        results["student_hard_labels"] = train_model(tracked, paths, "student_hard_labels", fresh_student(), spec.student, spec.train, x,
-                    [logits.argmax(1)], **common)
-        source = sets["source_train"]
-        results["student_scratch"] = train_model(tracked, paths, "student_scratch", fresh_student(), spec.student, spec.train, source.x,
-                    [source.y], **common)
-        metrics = {"student_teacher_param_ratio": ratio, "distill_train_samples": len(x),
+        results = {student.name: train_model(tracked, paths, student) for student in students}
+        metrics = {"student_teacher_param_ratio": ratio, "distill_train_samples": len(students[0].x),
                    **{f"{name}_val_accuracy": result.best["val_accuracy"] for name, result in results.items()}}
         write_stage_metrics(paths, "distill", metrics)
         tracked.log_metrics(metrics)
     return metrics
-
-
-if __name__ == "__main__":
-    stage_main("distill", run)
