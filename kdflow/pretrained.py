@@ -67,9 +67,9 @@ def read_file(path: Path, shown: str) -> dict[str, torch.Tensor]:
 def _registered(uri: str, root: Path, scratch: Path) -> Weights:
     from mlflow.exceptions import MlflowException
 
-    from kdflow.tracking import _client
+    from kdflow.tracking import project_client
 
-    client, _ = _client(root)
+    client, _ = project_client(root)
     name, _, which = uri.removeprefix("models:/").replace("@", "/@", 1).partition("/")
     try:
         version = (client.get_model_version_by_alias(name, which[1:]) if which.startswith("@")

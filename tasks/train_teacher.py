@@ -57,7 +57,8 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     weights = params.train_teacher.weights
     local = [resolve(paths.root, weights)] if weights and not weights.startswith("models:/") else []
     with stage_run(paths, "train_teacher", params, parent_run_id, extra_inputs=local) as tracked:
-        tracked.set_tags({f"kdflow.teacher_{key}": value for key, value in training.extra_params.items()})
+        tracked.set_tags({f"kdflow.teacher_weights.{key.removeprefix('weights_')}": value
+                          for key, value in training.extra_params.items()})
         result = train_model(tracked, paths, training)
         metrics = {"teacher_val_accuracy": result.best["val_accuracy"], "teacher_val_loss": result.best["val_loss"],
                    "teacher_best_epoch": result.best_epoch}
