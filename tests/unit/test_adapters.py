@@ -146,3 +146,15 @@ def test_a_torchvision_model_gets_a_final_layer_for_the_task(zoo_or_skip):
     zoo_or_skip("torchvision")
     model = build_model(TorchvisionSpec(arch="torchvision", name="resnet18"), (3, 16, 16), 4)
     assert layout(model).head == ("fc",) and model.fc.out_features == 4
+
+
+def test_a_saved_hf_model_loads_its_weights_and_gets_a_new_head_for_another_label_count(tmp_path):
+    torch.manual_seed(0)
+    saved = build_model(tiny_bert(), (8,), 5)
+    saved.model.save_pretrained(tmp_path / "bert")
+    torch.manual_seed(1)
+    loaded = build_model(HFSpec(arch="hf", name=str(tmp_path / "bert"), pretrained=True), (8,), 2)
+    for name, tensor in saved.state_dict().items():
+        if not name.startswith("model.classifier"):
+            assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert loaded.model.classifier.out_features == 2
