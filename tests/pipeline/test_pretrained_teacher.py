@@ -90,3 +90,22 @@ def test_weights_that_would_run_code_or_miss_layers_are_refused_before_anything_
                                            r"\d+ of the teacher's tensors, e.g. '.+' \(not in the weights\)"):
         train_teacher.run(params, paths)
     assert file_digest(paths.checkpoint("teacher")) == before
+
+
+@pytest.mark.parametrize(("teacher", "message"), [
+    ({"weights": "data/raw/missing.pt"},
+     "Error: data/raw/missing.pt (train_teacher.weights): no such file; fix: put the weights there or correct "
+     "train_teacher.weights"),
+    ({"model": {"arch": "hf", "config": {"model_type": "no_such_type"}}},
+     "Error: arch hf: cannot build 'no_such_type' ("),
+])
+def test_the_stage_command_says_what_is_wrong_in_one_line(project_copy, tiny_params, write_params, teacher, message):
+    from click.testing import CliRunner
+
+    from cli.main import app
+
+    root = project_copy()
+    write_params(root, {**tiny_params, "train_teacher": {**tiny_params["train_teacher"], **teacher}})
+    result = CliRunner().invoke(app, ["stage", "train_teacher", "--root", str(root)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.splitlines()[-1].startswith(message), result.output
