@@ -29,7 +29,6 @@ class WeightsError(ConfigError):
 class Weights:
     state_dict: dict[str, torch.Tensor]
     origin: dict[str, str]  # kdflow.teacher_weights.* tags: path or uri, md5, version
-    file: Path  # the bytes read, for the run's inputs
 
 
 def _tensors(payload, shown: str) -> dict[str, torch.Tensor]:
@@ -88,7 +87,7 @@ def _registered(uri: str, root: Path, scratch: Path) -> Weights:
         raise WeightsError(f"{uri} ({KEY}): the checkpoint's md5 {md5} is not the {expected} the version recorded; "
                            "the artifact store was changed")
     origin = {"uri": uri, "version": str(version.version), "run_id": run.info.run_id, "md5": md5}
-    return Weights(read_file(checkpoints[0], uri), origin, checkpoints[0])
+    return Weights(read_file(checkpoints[0], uri), origin)
 
 
 def read_weights(ref: str, root: Path, scratch: Path) -> Weights:
@@ -97,7 +96,7 @@ def read_weights(ref: str, root: Path, scratch: Path) -> Weights:
         return _registered(ref, Path(root), Path(scratch))
     path = Path(ref) if Path(ref).is_absolute() else Path(root) / ref
     state = read_file(path, ref)
-    return Weights(state, {"path": ref, "md5": file_digest(path)}, path)
+    return Weights(state, {"path": ref, "md5": file_digest(path)})
 
 
 def load_into(model: nn.Module, weights: Weights, ref: str, whole: bool) -> TransferReport:
