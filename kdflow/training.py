@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from kdflow.augment import augment, augments
 from kdflow.config import TrainSpec
 from kdflow.resume import ResumeFile
 
@@ -32,11 +33,12 @@ class FitResult:
     best_val_loss: float = math.inf
     stopped_early: bool = False
     resumed_from_epoch: int = 0  # the last epoch a saved training state held; 0 for a fresh start
+    untrained: dict[str, float] = field(default_factory=dict)  # `epochs: 0`: the validation scores as given
 
     @property
     def best(self) -> dict[str, float]:
         """The record of the epoch whose weights the model was left with."""
-        return self.history[self.best_epoch - 1]
+        return self.history[self.best_epoch - 1] if self.best_epoch else self.untrained
 
 
 def resolve_batch_size(batch_size: int | str, num_samples: int) -> int:
@@ -155,6 +157,13 @@ def fit(
     With `resume`, the training state is saved every `resume.every` epochs, and a saved state with the same
     fingerprint is continued from (its epochs' records are replayed through `on_epoch`); the caller removes it.
     """
+    if spec.epochs == 0:  # a pretrained teacher that only labels: scored as it is
+        model.eval()
+        result = FitResult()
+        if val is not None:
+            result.best_val_loss, accuracy = evaluate_loss(model, *val)
+            result.untrained = {"val_loss": result.best_val_loss, "val_accuracy": accuracy}
+        return result
     device = resolve_device(spec.device)
     home = next(model.parameters(), torch.empty(0)).device
     model.to(device)
@@ -204,7 +213,7 @@ def fit(
         started = time.perf_counter()
         model.train()
         order = torch.randperm(num_samples, generator=shuffle).to(device)
-        x_epoch = x[order]
+        x_epoch = augment(x[order], spec, shuffle) if augments(spec) else x[order]
         targets_epoch = [t[order] for t in targets]
         loss_sum = torch.zeros((), device=device)
         for start in range(0, num_samples, batch_size):
