@@ -16,6 +16,8 @@ KDFLOW = str(Path(sys.executable).with_name("kdflow"))  # the console script, as
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect reads its settings once, at import: set before any test imports it (flows.server sets it too late then).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
