@@ -105,7 +105,14 @@ class TrainSpec(Section):
         "none", description="lr_effective = lr * (batch/reference_batch_size), or its square root; none keeps lr")
     reference_batch_size: int = Field(128, gt=0, description="the batch size `lr` was tuned for, under lr_scaling")
     resume_every: int = Field(1, ge=0, description="epochs between resumable training-state checkpoints; 0 never")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else the CPU")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                        description="auto (CUDA, then MPS, else the CPU), cpu, mps, cuda or cuda:N (a GPU index)")
+    memory_budget_mb: float = Field(4096, gt=0, description="a training set larger than this in memory is streamed "
+                                                            "from its Parquet files instead of loaded")
+    stream_workers: int = Field(2, ge=0, description="processes decoding Parquet row groups on the streamed path")
+    shuffle_row_groups: int = Field(8, gt=0, description="row groups held and shuffled together on the streamed path")
+    nproc_per_node: int = Field(1, gt=0, description="processes (one per GPU) training this stage under torchrun "
+                                                      "with DDP; 1 trains in the stage's own process")
     bf16: bool = Field(False, description="bfloat16 autocast for the forward pass and loss")
 
 

@@ -22,10 +22,11 @@ from kdflow.artifacts import (ArtifactError, CheckpointError, check_writable, fi
                               write_text)
 from kdflow.checkpoints import save_model
 from kdflow.config import ConfigError, Params, TrainSpec, load_params
-from kdflow import graph
+from kdflow import distributed, graph
+from kdflow.batches import TrainingData
 from kdflow.layout import ProjectPaths
 from kdflow.resume import ResumeFile, training_fingerprint
-from kdflow.training import FitResult, LossFn, cross_entropy_loss, effective_lr, fit
+from kdflow.training import FitResult, LossFn, cross_entropy_loss, effective_lr, fit_batches
 
 StageFn = Callable[[Params, ProjectPaths, "str | None"], dict]
 
@@ -35,6 +36,19 @@ def output_dirs(paths: ProjectPaths, stage: str) -> list[Path]:
     files = [*declared.metrics(paths), *declared.plots(paths)]
     resume = [paths.resume_state("-").parent] if declared.plots(paths) else []
     return sorted({*declared.outs(paths), *(p.parent for p in files), *resume})
+
+
+class Untracked:
+    """What a rank other than 0 tracks under torchrun: nothing (rank 0 records the run)."""
+
+    input_digests: dict = {}
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+    @contextlib.contextmanager
+    def child(self, name: str, tags: dict | None = None):
+        yield self
 
 
 @contextlib.contextmanager
@@ -51,6 +65,9 @@ def stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: st
     """
     from kdflow import consistency, lineage, tracking
 
+    if not distributed.is_main():
+        yield Untracked()
+        return
     declared = graph.STAGES[stage]
     inputs = declared.read_files(paths) + list(extra_inputs)
     digests = consistency.check_inputs(paths, inputs)  # hashed once: checked, tagged, recorded in checkpoints
@@ -89,8 +106,7 @@ def train_model(
     model: nn.Module,
     spec,
     train: TrainSpec,
-    x: torch.Tensor,
-    targets: Sequence[torch.Tensor],
+    data: TrainingData,
     *,
     seed: int,
     val: tuple[torch.Tensor, torch.Tensor],
@@ -101,7 +117,8 @@ def train_model(
     before_epoch: Callable[[int], None] | None = None,
     extra_params: dict | None = None,
 ) -> FitResult:
-    """Fit one model in its own nested MLflow run; write its checkpoint and curve; tag the checkpoint's md5.
+    """Fit one model on `data` (kdflow.batches) in its own nested MLflow run; write its checkpoint and curve; tag
+    the checkpoint's md5. Under torchrun every rank trains and rank 0 alone does the rest (kdflow.distributed).
 
     Training resumes from `.kdflow/resume/<name>.pt` when a killed run of the same settings and inputs left one;
     a state a live run holds is an ArtifactError (see kdflow.resume).
@@ -109,21 +126,24 @@ def train_model(
     from models import count_parameters
 
     settings = {"model": name, "arch": spec.model_dump(mode="json"), "train": train.model_dump(mode="json"),
-                "seed": seed, "train_samples": len(x), **(extra_params or {})}
+                "seed": seed, "train_samples": data.num_samples, **(extra_params or {})}
     resume = None
     with contextlib.ExitStack() as holding:
         if train.resume_every:
-            fingerprint = training_fingerprint(settings, model, [x, *targets, *val])
+            fingerprint = training_fingerprint(settings, model, [*data.identity(), *val])
             resume = ResumeFile(paths.resume_state(name), fingerprint, train.resume_every)
-            holding.enter_context(resume.held())  # until the state is removed: no other run may take it
+            if distributed.is_main():  # the other ranks only read the state rank 0 writes
+                holding.enter_context(resume.held())  # until the state is removed: no other run may take it
         with stage_tracked.child(name, tags={"kdflow.model": name}) as tracked:
             tracked.log_params({**{k: v for k, v in settings.items() if k != "model"},
-                                "lr_effective": effective_lr(train, len(x))})
-            result = fit(
-                model, x, targets, train, seed=seed, loss_fn=loss_fn, val=val, param_groups=param_groups,
+                                "lr_effective": effective_lr(train, data.num_samples)})
+            result = fit_batches(
+                model, data, train, seed=seed, loss_fn=loss_fn, val=val, param_groups=param_groups,
                 before_epoch=before_epoch, on_epoch=lambda epoch, record: tracked.log_metrics(record, step=epoch),
                 description=name, resume=resume,
             )
+            if not distributed.is_main():
+                return result
             # What it was trained from, so a later stage can tell a checkpoint of other inputs (kdflow.consistency).
             checkpoint = save_model(paths.checkpoint(name), model, spec, input_shape, class_names,
                                     extra={"inputs": stage_tracked.input_digests})
@@ -137,12 +157,13 @@ def train_model(
             tracked.log_artifact(checkpoint, "checkpoint")
             tracked.log_artifact(paths.curve(name), "curves")
         if resume is not None:
-            resume.remove()
+            resume.remove()  # every rank read it before the first epoch's collectives
     return result
 
 
 def write_stage_metrics(paths: ProjectPaths, stage: str, metrics: dict) -> None:
-    write_json(paths.stage_metrics(stage), metrics)
+    if distributed.is_main():
+        write_json(paths.stage_metrics(stage), metrics)
 
 
 def checkpoint_failure(exc: CheckpointError, paths: ProjectPaths) -> str:
@@ -179,14 +200,23 @@ def stage_main(stage: str, run: StageFn, argv: list[str] | None = None) -> None:
     parser.add_argument("--root", default=".", help="the project root holding data/, artifacts/ (default: .)")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params key, as `dvc exp run -S` does")
+    parser.add_argument("--parent-run-id", default=None, help="the MLflow run to nest the stage's run under")
     args = parser.parse_args(argv)
     from kdflow import tracking
 
     paths = ProjectPaths.at(args.root)
     try:  # a bad params file, or a bad data file it names (kdflow.sources.DataError)
         params = load_params(paths.root / args.params, args.overrides)
-        print(tracking.check_tracking(paths.root), flush=True)
-        metrics = run(params, paths, None)
+        train = getattr(getattr(params, stage, None), "train", None)
+        if train is not None and train.nproc_per_node > 1 and not distributed.launched():
+            # torchrun's ranks rerun this command; their exit status is the stage's.
+            sys.exit(distributed.relaunch(train.nproc_per_node, f"tasks.{stage}",
+                                          sys.argv[1:] if argv is None else argv))
+        if train is not None:
+            distributed.join(train.device)
+        if distributed.is_main():
+            print(tracking.check_tracking(paths.root), flush=True)
+        metrics = run(params, paths, args.parent_run_id)
     except (ConfigError, tracking.TrackingUnreachable) as exc:
         sys.exit(f"error: {exc}")
     except CheckpointError as exc:
@@ -198,4 +228,5 @@ def stage_main(stage: str, run: StageFn, argv: list[str] | None = None) -> None:
         if message is None:
             raise
         sys.exit(f"error: {message}")
-    print(json.dumps(metrics, indent=2, sort_keys=True))
+    if distributed.is_main():
+        print(json.dumps(metrics, indent=2, sort_keys=True))

@@ -8,13 +8,12 @@ All three share the architecture, the initial weights and the optimiser settings
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from kdflow.artifacts import ArtifactError
+from kdflow.batches import Rows, training_data
 from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import Params
-from kdflow.datasets import Split, load_split, read_dataset_card, read_table
+from kdflow.datasets import load_split, read_dataset_card
 from kdflow.graph import SOFT_LABELLED
 from kdflow.layout import ProjectPaths
 from kdflow.losses import kd_loss
@@ -26,25 +25,9 @@ class StudentTooLarge(ValueError):
     pass
 
 
-def teacher_logits_for(split: Split, path) -> torch.Tensor:
-    """The stored logits of `split`'s samples, matched by sample_id."""
-    frame = read_table(path).to_pandas()
-    if "sample_id" not in frame:
-        raise ArtifactError(path, "not a soft-label file (no sample_id column)")
-    frame = frame.set_index("sample_id")
-    missing = np.setdiff1d(split.sample_id, frame.index.to_numpy(dtype=str))
-    if len(missing):
-        raise ArtifactError(path, f"no soft labels for {len(missing)} of the split's samples (e.g. {missing[0]})")
-    return torch.tensor(frame.loc[split.sample_id].to_numpy(np.float32))
-
-
-def distillation_set(paths: ProjectPaths, input_shape: tuple[int, ...]):
-    """The splits the student learns from, and their concatenated inputs, true labels (-1 on transfer) and teacher logits."""
-    sets = {name: load_split(paths.split(name), input_shape) for name in SOFT_LABELLED}
-    x = torch.cat([sets[name].x for name in SOFT_LABELLED])
-    labels = torch.cat([sets[name].y for name in SOFT_LABELLED])
-    logits = torch.cat([teacher_logits_for(sets[name], paths.soft_labels(name)) for name in SOFT_LABELLED])
-    return sets, x, labels, logits
+def distillation_rows(paths: ProjectPaths) -> list[Rows]:
+    """The splits the student learns from, each with its teacher logits (labels are -1 on the transfer set)."""
+    return [Rows(paths.split(name), paths.soft_labels(name)) for name in SOFT_LABELLED]
 
 
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
@@ -54,7 +37,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     classes = card["source_classes"]
     with stage_run(paths, "distill", params, parent_run_id) as tracked:
         teacher, _ = load_model(paths.checkpoint("teacher"), expected_spec(params, "teacher"))
-        sets, x, labels, logits = distillation_set(paths, input_shape)
+        rows, train = distillation_rows(paths), spec.train
         val = load_split(paths.split("source_val"), input_shape)
 
         def fresh_student():
@@ -69,15 +52,16 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
             )
         common = dict(seed=params.seed, val=(val.x, val.y), input_shape=input_shape, class_names=classes)
         results = {}
-        results["student_distilled"] = train_model(tracked, paths, "student_distilled", fresh_student(), spec.student, spec.train, x, [logits, labels],
+        # Each model's set is in memory or streamed from disk by its size (train.memory_budget_mb).
+        distilled = training_data(rows, ["logits", "label"], input_shape, train)
+        results["student_distilled"] = train_model(tracked, paths, "student_distilled", fresh_student(), spec.student, train, distilled,
                     loss_fn=lambda out, t: kd_loss(out, t[0], t[1], spec.temperature, spec.alpha),
                     extra_params={"temperature": spec.temperature, "alpha": spec.alpha}, **common)
-        results["student_hard_labels"] = train_model(tracked, paths, "student_hard_labels", fresh_student(), spec.student, spec.train, x,
-                    [logits.argmax(1)], **common)
-        source = sets["source_train"]
-        results["student_scratch"] = train_model(tracked, paths, "student_scratch", fresh_student(), spec.student, spec.train, source.x,
-                    [source.y], **common)
-        metrics = {"student_teacher_param_ratio": ratio, "distill_train_samples": len(x),
+        results["student_hard_labels"] = train_model(tracked, paths, "student_hard_labels", fresh_student(), spec.student, train,
+                    training_data(rows, ["argmax"], input_shape, train), **common)
+        results["student_scratch"] = train_model(tracked, paths, "student_scratch", fresh_student(), spec.student, train,
+                    training_data([Rows(paths.split("source_train"))], ["label"], input_shape, train), **common)
+        metrics = {"student_teacher_param_ratio": ratio, "distill_train_samples": distilled.num_samples,
                    **{f"{name}_val_accuracy": result.best["val_accuracy"] for name, result in results.items()}}
         write_stage_metrics(paths, "distill", metrics)
         tracked.log_metrics(metrics)

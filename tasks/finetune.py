@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from kdflow.batches import Rows, training_data
 from kdflow.artifacts import write_json
 from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import FinetuneSpec, Params
@@ -62,7 +63,8 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     with stage_run(paths, "finetune", params, parent_run_id) as tracked:
         arch = expected_spec(params, SOURCE_MODEL)
         source, _ = load_model(source_checkpoint, arch)
-        train, val = load_split(paths.split("target_train"), input_shape), load_split(paths.split("target_val"), input_shape)
+        train = training_data([Rows(paths.split("target_train"))], ["label"], input_shape, spec.train)
+        val = load_split(paths.split("target_val"), input_shape)
 
         try:
             target, report = transferred_model(params, source, arch, input_shape, len(classes))
@@ -79,7 +81,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
 
         common = dict(seed=params.seed, val=(val.x, val.y), input_shape=input_shape, class_names=classes)
         finetuned = train_model(
-            tracked, paths, "target_finetuned", target, arch, spec.train, train.x, [train.y],
+            tracked, paths, "target_finetuned", target, arch, spec.train, train,
             param_groups=param_groups(target, spec), before_epoch=unfreeze_schedule(target, spec),
             extra_params={"strategy": spec.strategy, "backbone_lr_mult": spec.backbone_lr_mult,
                           "layers_copied": len(report.copied), "layers_reinitialised": len(report.reinitialised)},
@@ -87,7 +89,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         )
         torch.manual_seed(params.seed)
         scratch = train_model(tracked, paths, "target_scratch", build_model(arch, input_shape, len(classes)), arch,
-                              spec.train, train.x, [train.y], **common)
+                              spec.train, train, **common)
         metrics = {
             "target_finetuned_val_accuracy": finetuned.best["val_accuracy"],
             "target_finetuned_best_epoch": finetuned.best_epoch,

@@ -12,12 +12,13 @@ from kdflow import graph
 from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import Params
 from kdflow.consistency import check_inputs
+from kdflow.batches import load_in_memory
 from kdflow.datasets import load_split, read_dataset_card
 from kdflow.layout import ProjectPaths
 from kdflow.losses import kd_loss
 from kdflow.lr_finder import STAGES, Problem
 from models import build_model
-from tasks.distill import distillation_set
+from tasks.distill import distillation_rows
 from tasks.finetune import SOURCE_MODEL, param_groups, transferred_model, unfreeze_schedule
 
 
@@ -34,9 +35,9 @@ def stage_problem(stage: str, params: Params, paths: ProjectPaths) -> Problem:
         return Problem(model, train.x, [train.y], spec.train)
     if stage == "distill":
         spec = params.distill
-        _, x, labels, logits = distillation_set(paths, input_shape)
+        data = load_in_memory(distillation_rows(paths), ["logits", "label"], input_shape)
         model = build_model(spec.student, input_shape, len(card["source_classes"]))
-        return Problem(model, x, [logits, labels], spec.train,
+        return Problem(model, data.x, data.targets, spec.train,
                        loss_fn=lambda out, t: kd_loss(out, t[0], t[1], spec.temperature, spec.alpha))
     if stage == "finetune":
         arch = expected_spec(params, SOURCE_MODEL)

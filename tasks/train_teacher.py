@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from kdflow.batches import Rows, training_data
 from kdflow.config import Params
 from kdflow.datasets import load_split, read_dataset_card
 from kdflow.layout import ProjectPaths
@@ -17,10 +18,11 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     input_shape = tuple(card["input_shape"])
     classes = card["source_classes"]
     with stage_run(paths, "train_teacher", params, parent_run_id) as tracked:
-        train, val = (load_split(paths.split(name), input_shape) for name in ("source_train", "source_val"))
+        train = training_data([Rows(paths.split("source_train"))], ["label"], input_shape, spec.train)
+        val = load_split(paths.split("source_val"), input_shape)
         torch.manual_seed(params.seed)
         teacher = build_model(spec.model, input_shape, len(classes))
-        result = train_model(tracked, paths, "teacher", teacher, spec.model, spec.train, train.x, [train.y],
+        result = train_model(tracked, paths, "teacher", teacher, spec.model, spec.train, train,
                              seed=params.seed, val=(val.x, val.y), input_shape=input_shape, class_names=classes)
         metrics = {"teacher_val_accuracy": result.best["val_accuracy"], "teacher_val_loss": result.best["val_loss"],
                    "teacher_best_epoch": result.best_epoch}
