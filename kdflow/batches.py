@@ -2,7 +2,7 @@
 
 `TrainingData.epoch(shuffle, batch_size)` yields one epoch's batches `(x, [targets...])` in an order drawn from
 `shuffle`. `InMemory` holds the set as tensors and gathers one permutation per epoch (the fastest path). `Streamed`
-reads the rows' Parquet files a row group at a time in worker processes: each epoch shuffles the order of the row
+reads the rows' Parquet files a row group at a time in decoding threads: each epoch shuffles the order of the row
 groups, holds `shuffle_row_groups` of them at once, shuffles their rows together and cuts batches, so memory stays
 flat however many rows there are. The two paths see the rows in different orders, so the same seed gives the same
 numbers on each path but not across them (accuracy agrees within the seed-to-seed spread; see tests/model).
@@ -13,10 +13,13 @@ numbers on each path but not across them (accuracy agrees within the seed-to-see
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -93,8 +96,9 @@ def _numpy(table: pa.Table, columns: list[str], dtype) -> np.ndarray:
     return np.stack([table.column(name).to_numpy() for name in columns], axis=1).astype(dtype, copy=False)
 
 
-class _RowGroupReader(torch.utils.data.Dataset):
-    """Item i: the inputs and targets of the i-th row group of the split files, as tensors (run in a worker)."""
+class _RowGroupReader:
+    """Item i: the inputs and targets of the i-th row group of the split files, as tensors (called by the decoding
+    threads, each with its own open files)."""
 
     def __init__(self, rows: Sequence[Rows], targets: Sequence[str], input_shape: tuple[int, ...]):
         self.rows, self.targets, self.input_shape = list(rows), list(targets), input_shape
@@ -102,16 +106,17 @@ class _RowGroupReader(torch.utils.data.Dataset):
         for index, part in enumerate(self.rows):
             offsets = _row_offsets(open_parquet(part.split))
             self.groups += [(index, a, b) for a, b in zip(offsets, offsets[1:])]
-        self._open: dict[Path, tuple[pq.ParquetFile, list[int]]] = {}
+        self._local = threading.local()
 
     def __len__(self) -> int:
         return len(self.groups)
 
     def _file(self, path: Path) -> tuple[pq.ParquetFile, list[int]]:
-        if path not in self._open:  # opened per worker process, kept for its lifetime
+        opened = self._local.__dict__.setdefault("files", {})
+        if path not in opened:  # opened once per thread: a ParquetFile is not shared between readers
             parquet = pq.ParquetFile(path)
-            self._open[path] = (parquet, _row_offsets(parquet))
-        return self._open[path]
+            opened[path] = (parquet, _row_offsets(parquet))
+        return opened[path]
 
     def __getitem__(self, group: int) -> Batch:
         index, start, stop = self.groups[group]
@@ -132,21 +137,24 @@ class _RowGroupReader(torch.utils.data.Dataset):
         return x, [made[name]() for name in self.targets]
 
 
-class _Order(torch.utils.data.Sampler):
-    """The row groups of the current epoch, in the order `Streamed.epoch` set (read in the main process)."""
-
-    def __init__(self):
-        self.groups: list[int] = []
-
-    def __iter__(self):
-        return iter(self.groups)
-
-    def __len__(self) -> int:
-        return len(self.groups)
+def _read_ahead(read: Callable[[int], Batch], order: list[int], workers: int) -> Iterator[Batch]:
+    """`read(i)` for each i of `order`, in that order, decoded by `workers` threads up to 2 * workers ahead (inline
+    with none). Parquet decoding releases the GIL, so the threads overlap it with training."""
+    if workers == 0:
+        yield from map(read, order)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="row-groups") as pool:
+        pending: collections.deque[Future] = collections.deque()
+        for group in order:
+            pending.append(pool.submit(read, group))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 class Streamed:
-    """The set read from its Parquet files a row group at a time, by `workers` processes, shuffled in windows of
+    """The set read from its Parquet files a row group at a time by `workers` threads, shuffled in windows of
     `shuffle_row_groups` row groups; batches are full except the epoch's last."""
 
     def __init__(self, rows: Sequence[Rows], targets: Sequence[str], input_shape: tuple[int, ...], *,
@@ -155,11 +163,7 @@ class Streamed:
         self.rows, self.targets = list(rows), list(targets)
         self.reader = _RowGroupReader(rows, targets, input_shape)
         self.num_samples = sum(stop - start for _, start, stop in self.reader.groups)
-        self.window = shuffle_row_groups
-        self.order = _Order()
-        self.loader = torch.utils.data.DataLoader(self.reader, batch_size=None, sampler=self.order,
-                                                  num_workers=workers, persistent_workers=workers > 0,
-                                                  prefetch_factor=2 if workers else None)
+        self.window, self.workers = shuffle_row_groups, workers
         self.device = torch.device("cpu")
 
     def to(self, device: torch.device) -> "Streamed":
@@ -167,8 +171,8 @@ class Streamed:
         return self
 
     def epoch(self, shuffle: torch.Generator, batch_size: int) -> Iterator[Batch]:
-        self.order.groups = torch.randperm(len(self.reader), generator=shuffle).tolist()
-        loaded = iter(self.loader)
+        order = torch.randperm(len(self.reader), generator=shuffle).tolist()
+        loaded = _read_ahead(self.reader.__getitem__, order, self.workers)
         rest: list[Batch] = []
         while True:
             fresh = list(itertools.islice(loaded, self.window))

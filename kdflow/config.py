@@ -107,9 +107,10 @@ class TrainSpec(Section):
     resume_every: int = Field(1, ge=0, description="epochs between resumable training-state checkpoints; 0 never")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
                         description="auto (CUDA, then MPS, else the CPU), cpu, mps, cuda or cuda:N (a GPU index)")
-    memory_budget_mb: float = Field(4096, gt=0, description="a training set larger than this in memory is streamed "
+    memory_budget_mb: float = Field(1024, gt=0, description="a training set larger than this in memory is streamed "
                                                             "from its Parquet files instead of loaded")
-    stream_workers: int = Field(2, ge=0, description="processes decoding Parquet row groups on the streamed path")
+    stream_workers: int = Field(2, ge=0, description="threads decoding Parquet row groups on the streamed path (0: "
+                                                   "inline); threads, not processes, which each cost ~85 MB")
     shuffle_row_groups: int = Field(8, gt=0, description="row groups held and shuffled together on the streamed path")
     nproc_per_node: int = Field(1, gt=0, description="processes (one per GPU) training this stage under torchrun "
                                                       "with DDP; 1 trains in the stage's own process")
