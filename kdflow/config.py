@@ -86,6 +86,10 @@ ModelSpec = Annotated[Union[MLPSpec, CNN1DSpec, CNN2DSpec, LinearSpec, CustomSpe
 # --- optimisation ------------------------------------------------------------------------------------------
 
 
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                              description="auto (CUDA, then MPS, else the CPU), cpu, mps, cuda or cuda:N (a GPU index)")]
+
+
 class TrainSpec(Section):
     """Mini-batch gradient descent: batch_size 1 is SGD, "full" (or >= the set) is full-batch descent."""
 
@@ -105,8 +109,7 @@ class TrainSpec(Section):
         "none", description="lr_effective = lr * (batch/reference_batch_size), or its square root; none keeps lr")
     reference_batch_size: int = Field(128, gt=0, description="the batch size `lr` was tuned for, under lr_scaling")
     resume_every: int = Field(1, ge=0, description="epochs between resumable training-state checkpoints; 0 never")
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
-                        description="auto (CUDA, then MPS, else the CPU), cpu, mps, cuda or cuda:N (a GPU index)")
+    device: Device = "auto"
     memory_budget_mb: float = Field(1024, gt=0, description="a training set larger than this in memory is streamed "
                                                             "from its Parquet files instead of loaded")
     stream_workers: int = Field(2, ge=0, description="threads decoding Parquet row groups on the streamed path (0: "
@@ -226,6 +229,7 @@ class TeacherSpec(Section):
 
 class SoftLabelSpec(Section):
     chunk_size: int = Field(8192, gt=0, description="samples per inference chunk; bounds peak memory")
+    device: Device = "auto"
 
 
 class DistillSpec(Section):
