@@ -42,12 +42,12 @@ def run_stage(stage: str, params: dict[str, Any], root: str, parent_run_id: str 
 
 def call_stage(stage: str, params: Params, paths: ProjectPaths, parent_run_id: str | None) -> dict:
     """The stage in this process, or, when its `train.nproc_per_node` asks for more, as that many torchrun ranks
-    running its command (`python -m tasks.<stage>`, which reads the params.yaml the flow wrote, as `dvc repro`)."""
+    running its command (`kdflow stage <stage>`, which reads the params.yaml the flow wrote, as `dvc repro`)."""
     train = getattr(getattr(params, stage, None), "train", None)
     if train is None or train.nproc_per_node == 1:
         return STAGES[stage](params, paths, parent_run_id)
-    arguments = ["--root", str(paths.root)] + (["--parent-run-id", parent_run_id] if parent_run_id else [])
-    status = distributed.relaunch(train.nproc_per_node, graph.STAGES[stage].module, arguments)
+    arguments = ["stage", stage, "--root", str(paths.root)] + (["--parent-run-id", parent_run_id] if parent_run_id else [])
+    status = distributed.relaunch(train.nproc_per_node, "cli.main", arguments)
     if status:
         raise StageFailed(f"stage '{stage}' failed under torchrun ({train.nproc_per_node} processes, exit status "
                           f"{status}); its output above says why")
@@ -92,18 +92,21 @@ def project_params(params_path: str, root: Path) -> Path:
 
 @flow(name="kdflow-pipeline", log_prints=True)
 def pipeline(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
-             force: list[str] | None = None, git_branch: str | None = None) -> dict:
+             force: list[str] | None = None, git_branch: str | None = None,
+             params: dict[str, Any] | None = None) -> dict:
     """Run every stage that DVC's record says is not current; `force` names stages to rerun regardless ("all" for
-    every stage); `git_branch` commits the run's dvc.lock, params and metrics on that branch."""
+    every stage); `git_branch` commits the run's dvc.lock, params and metrics on that branch. `params` are those
+    of `params_path` with `overrides`, when the caller has loaded them already (`kdflow run` does, to fail before
+    Prefect starts); a scheduled run reads the file as it is then."""
     try:
-        return run_pipeline(params_path, overrides, root, force, git_branch)
+        return run_pipeline(params_path, overrides, root, force, git_branch, params)
     except (ConfigError, record.RecordError, StageFailed) as exc:
         # The flow run fails with the error's one line (a call raises it), not a traceback in the log.
         return Failed(message=str(exc), data=exc)
 
 
 def run_pipeline(params_path: str, overrides: list[str] | None, root: str, force: list[str] | None,
-                 git_branch: str | None) -> dict:
+                 git_branch: str | None, loaded: dict[str, Any] | None = None) -> dict:
     logger = get_run_logger()
     paths = ProjectPaths.at(root)
     forced = set(STAGES) if force and "all" in force else set(force or [])
@@ -111,7 +114,8 @@ def run_pipeline(params_path: str, overrides: list[str] | None, root: str, force
     if unknown:
         raise ConfigError(f"--force names unknown stages {sorted(unknown)}; stages: {', '.join(STAGES)}")
     params_file = project_params(params_path, paths.root)
-    params = load_params(params_file, overrides or [])  # every override checked before any is written
+    # every override checked before any is written
+    params = validate(loaded) if loaded is not None else load_params(params_file, overrides or [])
     record.ensure_project(paths.root)
     logger.info(tracking.check_tracking(paths.root))  # a served run checks its tracking server too
     ran, cached = [], []

@@ -1,4 +1,5 @@
 """The Prefect API a run talks to: `PREFECT_API_URL` when set, else a temporary local server, started early.
+Every command that runs a flow (and every benchmark) gets its API here, and nowhere else.
 
 Without `PREFECT_API_URL`, Prefect would start a temporary server at the flow's first call, and the run would wait
 for it (about 12 s here: Prefect imports its server code in this process, then a subprocess imports it again).
@@ -48,6 +49,11 @@ class PrefectApi:
     def start(cls, scheduler: bool = False) -> "PrefectApi":
         """The configured server, or a temporary one starting now in the background: API only for one run, or
         with its scheduler and UI (`scheduler`) for `kdflow serve`, whose schedule it must fire."""
+        # Before Prefect reads its settings: the temporary server's telemetry otherwise races its own SQLite
+        # start-up ("database is locked"), and its first start migrates a fresh database, which takes longer
+        # than the 20 s default on 2 busy cores.
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
         from prefect.settings import PREFECT_API_URL
 
         if PREFECT_API_URL.value():

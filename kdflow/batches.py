@@ -247,6 +247,15 @@ def load_in_memory(rows: Sequence[Rows], targets: Sequence[str], input_shape: tu
     return InMemory(torch.cat(xs), [torch.cat(columns[name]) for name in targets])
 
 
+def argmax_targets(data: InMemory | Streamed, rows: Sequence[Rows], input_shape: tuple[int, ...],
+                   spec: TrainSpec) -> InMemory | Streamed:
+    """The rows of `data` (whose first target is the teacher's logits) with the logits' argmax as the only target:
+    hard labels. An in-memory set shares its inputs rather than load them twice."""
+    if isinstance(data, InMemory):
+        return InMemory(data.x, [data.targets[0].argmax(1)])
+    return Streamed(rows, ["argmax"], input_shape, workers=spec.stream_workers, shuffle_row_groups=spec.shuffle_row_groups)
+
+
 def training_data(rows: Sequence[Rows], targets: Sequence[str], input_shape: tuple[int, ...],
                   spec: TrainSpec) -> InMemory | Streamed:
     """In memory when the set fits `spec.memory_budget_mb`, else streamed from its files."""

@@ -59,6 +59,7 @@ def _curves(*models: str) -> PathsOf:
     return lambda paths: [paths.curve(model) for model in models]
 
 
+TRAINING_STAGES = ("train_teacher", "distill", "finetune")  # each declares what it trains (its `trainings`)
 STUDENTS = ("student_distilled", "student_hard_labels", "student_scratch")
 TARGETS = ("target_finetuned", "target_scratch")
 SOFT_LABELLED = ("transfer", "source_train")  # the sets the teacher labels, in the order the student sees them
@@ -186,7 +187,7 @@ def dvc_stages(code_prefix: Path | None = None) -> dict[str, dict]:
     for stage in STAGES.values():
         code = [dep if code_prefix is None else (code_prefix / dep).as_posix() for dep in code_deps(stage.module)]
         entry: dict = {
-            "cmd": f"python -m {stage.module}",
+            "cmd": f"kdflow stage {stage.name}",
             "deps": [*code, *(p.as_posix() for p in stage.deps(RELATIVE))],
             "params": list(stage.params),
             "outs": [p.as_posix() for p in stage.outs(RELATIVE)],

@@ -24,7 +24,7 @@ from kdflow.artifacts import ArtifactError, process_alive
 DEFAULT_EXPERIMENT = "kdflow"
 PARENT_RUN_ENV = "KDFLOW_PARENT_RUN_ID"
 HOST_TAG, PID_TAG = "kdflow.host", "kdflow.pid"  # which process owns a run, to close it if that process dies
-OFFLINE_ENV = "KDFLOW_OFFLINE"  # set by `kdflow run --offline`; honoured by `python -m tasks.<stage>` (dvc repro)
+OFFLINE_ENV = "KDFLOW_OFFLINE"  # set by `kdflow run --offline`; honoured by `kdflow stage <name>` (dvc repro)
 # The experiment's kind as MLflow records it (the tag the UI's kind selector writes): model training, not GenAI.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
@@ -94,7 +94,7 @@ def _unreachable(root: Path, uri: str, reason: str) -> TrackingUnreachable:
     return TrackingUnreachable(
         f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable ({reason}); nothing was run. "
         f"Start the server or correct MLFLOW_TRACKING_URI, or track locally in {local_uri(root)} with "
-        f"`kdflow run --offline` ({OFFLINE_ENV}=1 for `dvc repro` and `python -m tasks.<stage>`)"
+        f"`kdflow run --offline` ({OFFLINE_ENV}=1 for `dvc repro` and `kdflow stage <name>`)"
     )
 
 
@@ -232,7 +232,8 @@ class TrackedRun:
             yield run
 
 
-def _client(root: Path):
+def project_client(root: Path):
+    """An MlflowClient on the project's store and the id of its experiment (made, and tagged, when new)."""
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(root)
@@ -271,7 +272,7 @@ def start_run(root: Path, name: str, parent_run_id: str | None = None, tags: dic
               source: str) -> Iterator[TrackedRun]:
     """A run in the project's experiment; nested under `parent_run_id` or, failing that, `$KDFLOW_PARENT_RUN_ID`.
     `source` names the code that makes it (e.g. `tasks/distill.py`), for the UI's Source column."""
-    client, experiment_id = _client(root)
+    client, experiment_id = project_client(root)
     parent = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
     if parent is None:
         close_orphaned_runs(client, experiment_id)

@@ -12,7 +12,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +107,37 @@ def make_scheduler(spec: TrainSpec, optimizer: torch.optim.Optimizer):
 
 def cross_entropy_loss(logits: torch.Tensor, targets: Sequence[torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits, targets[0])
+
+
+@dataclass
+class Training:
+    """What one model trains, declared once as data by its stage (each stage's `trainings`): the stage trains it,
+    lr-find sweeps its learning rate, a sweep trial trains it with other params.
+
+    `build` makes the fresh model and seeds it itself, so every call gives the same initial weights and leaves
+    the global RNG (dropout's) where the training expects it. `param_groups` and `before_epoch` take that model.
+    """
+
+    name: str  # its checkpoint, curve and MLflow run
+    build: Callable[[], nn.Module]
+    arch: Any  # the architecture spec its checkpoint records
+    train: TrainSpec
+    data: TrainingData  # in memory or streamed (kdflow.batches)
+    val: tuple[torch.Tensor, torch.Tensor]
+    seed: int
+    input_shape: tuple[int, ...]
+    class_names: list[str]
+    loss_fn: LossFn = cross_entropy_loss
+    param_groups: Callable[[nn.Module], list[dict]] | None = None
+    before_epoch: Callable[[nn.Module], Callable[[int], None] | None] | None = None
+    extra_params: dict[str, Any] = field(default_factory=dict)  # what else its MLflow run records
+
+    def setup(self) -> tuple[nn.Module, list[dict] | None, Callable[[int], None] | None]:
+        """A fresh model, its param groups (None: all its parameters at train.lr) and its per-epoch hook."""
+        model = self.build()
+        groups = self.param_groups(model) if self.param_groups is not None else None
+        hook = self.before_epoch(model) if self.before_epoch is not None else None
+        return model, groups, hook
 
 
 @torch.inference_mode()

@@ -17,7 +17,7 @@ from kdflow.layout import MODELS, ProjectPaths
 from kdflow.lineage import relative
 from kdflow.metrics import agreement, classification_metrics, latency_ms_per_sample
 from kdflow.report import comparison_lines, markdown_table, plot_comparison, plot_learning_curves
-from kdflow.stage import stage_main, stage_run
+from kdflow.stage import stage_run
 from kdflow.training import predict_logits
 from models import count_parameters
 
@@ -109,7 +109,3 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
                          paths.report_figure("comparison")):
             tracked.log_artifact(artifact, "report")
     return summary["comparisons"]
-
-
-if __name__ == "__main__":
-    stage_main("evaluate", run)

@@ -9,16 +9,19 @@ Layers whose name and shape match are copied from the student; the rest, and eve
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from kdflow.batches import Rows, training_data
 from kdflow.artifacts import write_json
+from kdflow.batches import Rows, training_data
 from kdflow.checkpoints import expected_spec, load_model
-from kdflow.config import FinetuneSpec, Params
+from kdflow.config import FinetuneSpec, Params, Section
 from kdflow.datasets import load_split, read_dataset_card
 from kdflow.layout import ProjectPaths
-from kdflow.stage import stage_main, stage_run, train_model, write_stage_metrics
-from kdflow.transfer import TransferError, backbone_blocks, copy_matching_layers, set_trainable_blocks
+from kdflow.stage import stage_run, train_model, write_stage_metrics
+from kdflow.training import Training
+from kdflow.transfer import TransferError, TransferReport, backbone_blocks, copy_matching_layers, set_trainable_blocks
 from models import build_model
 
 SOURCE_MODEL = "student_distilled"
@@ -54,53 +57,80 @@ def transferred_model(params: Params, source: torch.nn.Module, arch, input_shape
     return target, copy_matching_layers(source.state_dict(), target, params.finetune.reinit)
 
 
-def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
+@dataclass
+class Transfer:
+    """The distilled student, ready to initialise target models, and the report of what a transfer copies."""
+
+    source: torch.nn.Module
+    arch: Section
+    report: TransferReport
+
+
+def transfer_from_student(params: Params, paths: ProjectPaths, input_shape: tuple[int, ...],
+                          num_classes: int) -> Transfer:
+    """Load the distilled student and try the transfer once: a target it cannot initialise fails here, saying why."""
+    source_checkpoint = paths.checkpoint(SOURCE_MODEL)
+    arch = expected_spec(params, SOURCE_MODEL)
+    source, _ = load_model(source_checkpoint, arch)
+    try:
+        _, report = transferred_model(params, source, arch, input_shape, num_classes)
+    except TransferError as exc:
+        raise TransferError(
+            f"finetune: {exc}: source {SOURCE_MODEL} ({describe_arch(arch)}, {source_checkpoint}), target model "
+            f"({describe_arch(arch)}, finetune.reinit {params.finetune.reinit}); fix: re-initialise fewer layers "
+            "(take backbone prefixes out of finetune.reinit), or distil a student with a backbone (arch linear has "
+            "only a head), rather than fine-tune a model that learnt nothing from the source") from None
+    return Transfer(source, arch, report)
+
+
+def trainings(params: Params, paths: ProjectPaths, transfer: Transfer | None = None) -> list[Training]:
+    """What the stage trains: the target model fine-tuned from the distilled student (`transfer`, made here when
+    not given), and the same architecture from scratch."""
     spec = params.finetune
     card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
     classes = card["target_classes"]
-    source_checkpoint = paths.checkpoint(SOURCE_MODEL)
-    with stage_run(paths, "finetune", params, parent_run_id) as tracked:
-        arch = expected_spec(params, SOURCE_MODEL)
-        source, _ = load_model(source_checkpoint, arch)
-        train = training_data([Rows(paths.split("target_train"))], ["label"], input_shape, spec.train)
-        val = load_split(paths.split("target_val"), input_shape)
+    transfer = transfer or transfer_from_student(params, paths, input_shape, len(classes))
+    train = training_data([Rows(paths.split("target_train"))], ["label"], input_shape, spec.train)
+    val = load_split(paths.split("target_val"), input_shape)
 
-        try:
-            target, report = transferred_model(params, source, arch, input_shape, len(classes))
-        except TransferError as exc:
-            raise TransferError(
-                f"finetune: {exc}: source {SOURCE_MODEL} ({describe_arch(arch)}, {source_checkpoint}), target model "
-                f"({describe_arch(arch)}, finetune.reinit {spec.reinit}); fix: re-initialise fewer layers (take "
-                "backbone prefixes out of finetune.reinit), or distil a student with a backbone (arch linear has "
-                "only a head), rather than fine-tune a model that learnt nothing from the source") from None
+    def scratch() -> torch.nn.Module:
+        torch.manual_seed(params.seed)
+        return build_model(transfer.arch, input_shape, len(classes))
+
+    common = dict(arch=transfer.arch, train=spec.train, data=train, val=(val.x, val.y),
+                  seed=params.seed, input_shape=input_shape, class_names=classes)
+    report = transfer.report
+    return [
+        Training("target_finetuned",
+                 lambda: transferred_model(params, transfer.source, transfer.arch, input_shape, len(classes))[0],
+                 param_groups=lambda model: param_groups(model, spec),
+                 before_epoch=lambda model: unfreeze_schedule(model, spec),
+                 extra_params={"strategy": spec.strategy, "backbone_lr_mult": spec.backbone_lr_mult,
+                               "layers_copied": len(report.copied), "layers_reinitialised": len(report.reinitialised)},
+                 **common),
+        Training("target_scratch", scratch, **common),
+    ]
+
+
+def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
+    spec = params.finetune
+    card = read_dataset_card(paths.dataset_card)
+    with stage_run(paths, "finetune", params, parent_run_id) as tracked:
+        transfer = transfer_from_student(params, paths, tuple(card["input_shape"]), len(card["target_classes"]))
+        report = transfer.report
         report_path = write_json(paths.target_dir / "transfer_report.json",
                                  {"source": SOURCE_MODEL, "strategy": spec.strategy, **report.as_dict()})
         print("\n".join(["transfer from " + SOURCE_MODEL, *report.lines()]))
         tracked.log_artifact(report_path)
-
-        common = dict(seed=params.seed, val=(val.x, val.y), input_shape=input_shape, class_names=classes)
-        finetuned = train_model(
-            tracked, paths, "target_finetuned", target, arch, spec.train, train,
-            param_groups=param_groups(target, spec), before_epoch=unfreeze_schedule(target, spec),
-            extra_params={"strategy": spec.strategy, "backbone_lr_mult": spec.backbone_lr_mult,
-                          "layers_copied": len(report.copied), "layers_reinitialised": len(report.reinitialised)},
-            **common,
-        )
-        torch.manual_seed(params.seed)
-        scratch = train_model(tracked, paths, "target_scratch", build_model(arch, input_shape, len(classes)), arch,
-                              spec.train, train, **common)
+        finetuned, scratch = (train_model(tracked, paths, training) for training in trainings(params, paths, transfer))
         metrics = {
             "target_finetuned_val_accuracy": finetuned.best["val_accuracy"],
             "target_finetuned_best_epoch": finetuned.best_epoch,
             "target_scratch_val_accuracy": scratch.best["val_accuracy"],
             "layers_copied": len(report.copied),
-            "backbone_blocks": len(backbone_blocks(target)),
+            "backbone_blocks": len(backbone_blocks(transfer.source)),
         }
         write_stage_metrics(paths, "finetune", metrics)
         tracked.log_metrics(metrics)
     return metrics
-
-
-if __name__ == "__main__":
-    stage_main("finetune", run)

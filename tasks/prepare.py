@@ -24,7 +24,7 @@ from kdflow.config import Params
 from kdflow.datasets import to_frame
 from kdflow.layout import SPLITS, ProjectPaths
 from kdflow.mnist1d_fast import make_dataset
-from kdflow.stage import stage_main, stage_run
+from kdflow.stage import stage_run
 
 
 def _generate(seed: int, num_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -194,7 +194,3 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         tracked.set_tags({f"kdflow.data.{name}.md5": card["splits"][name]["md5"] for name in SPLITS})
         tracked.log_artifact(paths.dataset_card)
     return metrics
-
-
-if __name__ == "__main__":
-    stage_main("prepare", run)

@@ -22,7 +22,7 @@ from kdflow.config import Params
 from kdflow.datasets import feature_columns, open_parquet, read_dataset_card
 from kdflow.layout import ProjectPaths
 from kdflow.graph import SOFT_LABELLED
-from kdflow.stage import stage_main, stage_run
+from kdflow.stage import stage_run
 from kdflow.training import resolve_device
 
 T = TypeVar("T")
@@ -95,7 +95,3 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         tracked.log_metrics(metrics)
         tracked.log_artifact(paths.soft_labels_manifest)
     return metrics
-
-
-if __name__ == "__main__":
-    stage_main("soft_labels", run)

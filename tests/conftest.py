@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+KDFLOW = str(Path(sys.executable).with_name("kdflow"))  # the console script, as a user runs it
 
 # Nothing the tests run may write to the developer's own stores.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -95,3 +97,9 @@ def write_image_csv():
         return path
 
     return write
+
+
+def pytest_collection_modifyitems(items):
+    """End-to-end files first: the workers take files in this order, so the longest start first and the fast tiers
+    fill the gaps instead of one slow file running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

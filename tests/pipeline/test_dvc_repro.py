@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from kdflow.layout import SPLITS
+from tests.conftest import KDFLOW
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +154,7 @@ def test_kdflow_run_writes_the_same_files_and_numbers_as_dvc(dvc_repo, tmp_path,
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / ".prefect-home")}  # its own temporary Prefect server
     for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
-    done = subprocess.run([sys.executable, "-m", "kdflow", "run", "--params", str(params_path), "--root", str(tmp_path)],
+    done = subprocess.run([KDFLOW, "run", "--params", str(params_path), "--root", str(tmp_path)],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "stages run: prepare, train_teacher, soft_labels, distill, finetune, evaluate" in done.stdout

@@ -308,7 +308,7 @@ def test_every_run_carries_commit_input_digests_and_upstream_run_ids(project, ml
 
 
 def test_lineage_command_prints_the_chain_from_data_to_target_model(project, mlflow_server):
-    from kdflow.cli import app
+    from cli.main import app
 
     root, _, _, _ = project
     client, experiment_id = client_for(mlflow_server)

@@ -14,6 +14,7 @@ import yaml
 
 from kdflow.layout import MODELS, SPLITS
 from kdflow.tracking import git_commit
+from tests.conftest import KDFLOW
 
 pytestmark = pytest.mark.slow
 
@@ -182,7 +183,7 @@ def test_a_second_run_beside_a_running_one_stops_naming_it_and_the_outputs_stay_
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
-    kdflow_run = [sys.executable, "-m", "kdflow", "run", "--params", str(params_path), "--root", str(root), "--force"]
+    kdflow_run = [KDFLOW, "run", "--params", str(params_path), "--root", str(root), "--force"]
     runs = [subprocess.Popen(kdflow_run, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
     rwlock = root / ".dvc" / "tmp" / "rwlock"

@@ -18,7 +18,7 @@ def swept(tmp_path_factory, tiny_params, write_params, prefect_server):
     """`kdflow sweep` through click on a fresh tiny project; its sweep.json and what it printed."""
     from click.testing import CliRunner
 
-    from kdflow.cli import app
+    from cli.main import app
 
     root = tmp_path_factory.mktemp("sweep-project")
     params_path = write_params(root, tiny_params)

@@ -58,7 +58,8 @@ def test_two_processes_follow_the_one_process_curve_and_resume_after_a_kill(proj
     finally:
         torch.set_num_threads(threads)
 
-    command = [sys.executable, "-m", "tasks.distill", "--root", str(ranks.root), "-S", "distill.train.nproc_per_node=2",
+    command = [sys.executable, "-m", "cli.main", "stage", "distill", "--root", str(ranks.root),
+               "-S", "distill.train.nproc_per_node=2",
                *[arg for override in OVERRIDES for arg in ("-S", override)]]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     # Killed, torchrun and all its ranks at once (as when the machine fails), once student_distilled has saved its

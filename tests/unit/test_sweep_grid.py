@@ -83,7 +83,7 @@ def test_every_grid_value_round_trips_through_its_assignment(tmp_path, tiny_para
 
 
 def test_cli_rejects_a_misspelt_grid_key_before_starting_anything(tmp_path, tiny_params, write_params):
-    from kdflow.cli import app
+    from cli.main import app
 
     params_path = write_params(tmp_path, tiny_params)
     result = CliRunner().invoke(app, ["sweep", "--params", str(params_path), "--root", str(tmp_path),
