@@ -8,7 +8,7 @@ import sys
 from benchmarks.harness import RESULTS_DIR
 
 ORDER = ("paper_table", "distillation", "transfer", "throughput_cpu", "throughput_cuda", "pipeline_overhead",
-         "sweep_workers")
+         "sweep_workers", "scale")
 
 
 def section() -> str:

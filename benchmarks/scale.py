@@ -39,7 +39,7 @@ from models import build_model
 from tasks.soft_labels import write_logits
 
 FEATURES, CLASSES = 40, 5
-SIZES, QUICK_SIZES, QUICK_BUDGET_MB = (50_000, 5_000_000), (2_000, 100_000), 16.0
+SIZES, QUICK_SIZES, QUICK_BUDGET_MB = (50_000, 5_000_000), (2_000, 20_000), 1.0
 TARGETS = {"peak_memory_ratio_max": 1.3, "throughput_ratio_min": 0.8}
 
 
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     cli = parser("scale", __doc__.splitlines()[0])
     cli.add_argument("--measure", type=int, default=None, help=argparse.SUPPRESS)
     cli.add_argument("--memory-budget-mb", type=float, default=TrainSpec().memory_budget_mb,
-                     help="train.memory_budget_mb (default: the stage's; --quick: 16, so its larger set streams)")
+                     help="train.memory_budget_mb (default: the stage's; --quick: 1, so its larger set streams)")
     args = cli.parse_args(argv)
     with torch_threads(args.threads):
         if args.measure is not None:

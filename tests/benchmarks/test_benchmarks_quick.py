@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from benchmarks import distillation, paper_table, pipeline_overhead, sweep_workers, throughput, transfer
+from benchmarks import distillation, paper_table, pipeline_overhead, scale, sweep_workers, throughput, transfer
 from benchmarks.harness import mean_ci
 
 
@@ -114,3 +114,15 @@ def test_sweep_workers(dirs):
     assert timings[0]["dask_workers_used"] == 1
     assert timings[1]["speed_up"] == pytest.approx(timings[0]["wall_seconds"] / timings[1]["wall_seconds"])
     assert payload["target"]["met"] == (timings[1]["wall_seconds"] < timings[0]["wall_seconds"])
+
+
+def test_scale(dirs):
+    scale.main(dirs)
+    payload = written(dirs, "scale")
+    small, large = payload["sizes"]
+    assert (small["rows"], small["path"]) == (2_000, "in memory") and (large["rows"], large["path"]) == (20_000, "streamed")
+    assert all(size["peak_pss_mb"] > 0 and math.isfinite(size["train_loss"]) for size in payload["sizes"])
+    ratios = payload["ratios"]
+    assert ratios["peak_memory_ratio"] == pytest.approx(large["peak_pss_mb"] / small["peak_pss_mb"])
+    assert ratios["distill_throughput_ratio"] == pytest.approx(large["distill_rows_per_s"] / small["distill_rows_per_s"])
+    assert payload["met"]["peak_memory"] == (ratios["peak_memory_ratio"] <= 1.3)
