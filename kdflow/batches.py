@@ -183,6 +183,7 @@ class Streamed:
             order = torch.randperm(sum(len(item[0]) for item in held), generator=shuffle)
             x = torch.cat([item[0] for item in held])[order]
             targets = [torch.cat([item[1][k] for item in held])[order] for k in range(len(self.targets))]
+            del held, fresh  # only the shuffled window stays alive while its batches train
             # Full batches now; the rest joins the next window, so only the epoch's last batch is short.
             full = len(x) if last else len(x) - len(x) % batch_size
             on_device = x[:full].to(self.device), [t[:full].to(self.device) for t in targets]
@@ -190,7 +191,8 @@ class Streamed:
                 yield on_device[0][start : start + batch_size], [t[start : start + batch_size] for t in on_device[1]]
             if last:
                 return
-            rest = [(x[full:], [t[full:] for t in targets])] if full < len(x) else []
+            # Copies, so that this window's tensors are freed before the next is read.
+            rest = [(x[full:].clone(), [t[full:].clone() for t in targets])] if full < len(x) else []
 
     def identity(self) -> list[torch.Tensor | str]:
         files = [path for part in self.rows for path in (part.split, part.soft_labels) if path is not None]

@@ -114,7 +114,7 @@ class TrainSpec(Section):
                                                             "from its Parquet files instead of loaded")
     stream_workers: int = Field(2, ge=0, description="threads decoding Parquet row groups on the streamed path (0: "
                                                    "inline); threads, not processes, which each cost ~85 MB")
-    shuffle_row_groups: int = Field(8, gt=0, description="row groups held and shuffled together on the streamed path")
+    shuffle_row_groups: int = Field(4, gt=0, description="row groups held and shuffled together on the streamed path")
     nproc_per_node: int = Field(1, gt=0, description="processes (one per GPU) training this stage under torchrun "
                                                       "with DDP; 1 trains in the stage's own process")
     bf16: bool = Field(False, description="bfloat16 autocast for the forward pass and loss")

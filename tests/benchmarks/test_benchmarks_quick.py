@@ -126,3 +126,5 @@ def test_scale(dirs):
     assert ratios["peak_memory_ratio"] == pytest.approx(large["peak_pss_mb"] / small["peak_pss_mb"])
     assert ratios["distill_throughput_ratio"] == pytest.approx(large["distill_rows_per_s"] / small["distill_rows_per_s"])
     assert payload["met"]["peak_memory"] == (ratios["peak_memory_ratio"] <= 1.3)
+    speeds = payload["same_rows"]["rows_per_s"]
+    assert ratios["streamed_vs_in_memory"] == pytest.approx(speeds["streamed"] / speeds["in memory"])
