@@ -87,7 +87,7 @@ ModelSpec = Annotated[Union[MLPSpec, CNN1DSpec, CNN2DSpec, LinearSpec, CustomSpe
 
 
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
-                              description="auto (CUDA, then MPS, else the CPU), cpu, mps, cuda or cuda:N (a GPU index)")]
+                              description="auto (CUDA, else the CPU), cpu, mps, cuda or cuda:N (a GPU index)")]
 
 
 class TrainSpec(Section):

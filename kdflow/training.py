@@ -56,11 +56,10 @@ def effective_lr(spec: TrainSpec, num_samples: int) -> float:
 
 
 def resolve_device(setting: str) -> torch.device:
-    """`auto` is CUDA when a GPU is visible, then Apple's MPS, else the CPU; a device that is not there is an error."""
+    """`auto` is CUDA when a GPU is visible, else the CPU (MPS only when asked for); a device that
+    is not there is an error."""
     if setting == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(setting)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device is '{setting}' but no CUDA device is available; use 'auto' or 'cpu'")

@@ -13,10 +13,13 @@ from kdflow.artifacts import file_digest, write_json, write_text
 from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import Params
 from kdflow.datasets import load_split, read_dataset_card
-from kdflow.layout import MODELS, ProjectPaths
+from kdflow.figures import (PREDICTION_COLUMNS, RELIABILITY_COLUMNS, csv_text, plot_accuracy_cost,
+                            plot_learning_curves, plot_matrix, plot_reliability)
+from kdflow.layout import CONFUSION_MODEL, MODELS, REPORT_FIGURES, ProjectPaths
 from kdflow.lineage import relative
-from kdflow.metrics import agreement, classification_metrics, latency_ms_per_sample
-from kdflow.report import comparison_lines, markdown_table, plot_comparison, plot_learning_curves
+from kdflow.metrics import (agreement, classification_metrics, confusion_counts, latency_ms_per_sample,
+                            reliability_bins)
+from kdflow.report import comparison_lines, markdown_table
 from kdflow.stage import stage_run
 from kdflow.training import predict_logits
 from models import count_parameters
@@ -57,6 +60,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         models: dict[str, dict] = {}
         evaluated: dict[str, tuple] = {}  # name -> (its model run, its test metrics, its test set's DatasetInput)
         candidates: list[registry.Candidate] = []
+        diagrams: dict[str, tuple[list[dict], float]] = {}  # name -> (its reliability bins, its ECE)
         for name in MODELS:
             checkpoint = paths.checkpoint(name)
             model, meta = load_model(checkpoint, expected_spec(params, name))
@@ -70,6 +74,13 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
             elif task_of(name) == "source":
                 metrics["test_agreement"] = agreement(logits, teacher_logits)
             models[name] = {"task": task_of(name), **metrics}
+            diagrams[name] = (reliability_bins(logits, test.y, spec.ece_bins), metrics["test_ece"])
+            write_text(paths.reliability(name), csv_text(diagrams[name][0], RELIABILITY_COLUMNS))
+            if name == CONFUSION_MODEL:
+                confusion = (confusion_counts(logits, test.y, len(meta["class_names"])), meta["class_names"])
+                write_text(paths.predictions(name), csv_text(
+                    [{"actual": confusion[1][a], "predicted": confusion[1][p]}
+                     for a, p in zip(test.y.tolist(), logits.argmax(1).tolist())], PREDICTION_COLUMNS))
 
             checkpoint_md5 = file_digest(checkpoint)
             run_id = tracking.find_model_run(tracked, checkpoint_md5)
@@ -95,17 +106,22 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         summary = {"models": models, "comparisons": comparisons(models)}
         write_json(paths.summary, summary)
         paths.report_dir.mkdir(parents=True, exist_ok=True)
-        plot_learning_curves({m: paths.curve(m) for m in MODELS}, paths.report_figure("learning_curves"))
-        plot_comparison(summary, paths.report_figure("comparison"))
+        figures = {name: paths.report_figure(name) for name in REPORT_FIGURES}
+        plot_accuracy_cost(summary, figures["accuracy_cost"])
+        counts, class_names = confusion
+        plot_matrix(counts, class_names, class_names,
+                    ("actual class", "predicted class", f"{CONFUSION_MODEL} on the target test set"),
+                    figures["confusion_target"])
+        plot_reliability(diagrams, figures["reliability"])
+        plot_learning_curves({m: paths.curve(m) for m in MODELS}, figures["learning_curves"])
         report = "\n\n".join([
             "# kdflow results", markdown_table(summary), "\n".join(f"- {line}" for line in comparison_lines(summary)),
-            "![comparison](comparison.png)\n\n![learning curves](learning_curves.png)",
+            *(f"![{name.replace('_', ' ')}]({path.name})" for name, path in figures.items()),
         ]) + "\n"
         write_text(paths.report_dir / "report.md", report)
         tracked.log_metrics({f"{name}.{key}": value for name, m in models.items()
                              for key, value in m.items() if key != "task"})
         tracked.log_metrics(summary["comparisons"])
-        for artifact in (paths.summary, paths.report_dir / "report.md", paths.report_figure("learning_curves"),
-                         paths.report_figure("comparison")):
+        for artifact in (paths.summary, paths.report_dir / "report.md", *figures.values()):
             tracked.log_artifact(artifact, "report")
     return summary["comparisons"]

@@ -3,13 +3,14 @@ numbers that agree with each other (a ratio is the quotient of the rates it repo
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import statistics
 
 import pytest
 
-from benchmarks import distillation, paper_table, pipeline_overhead, scale, sweep_workers, throughput, transfer
+from benchmarks import paper_table, throughput, transfer
 from benchmarks.harness import mean_ci
 
 
@@ -18,6 +19,11 @@ def dirs(tmp_path_factory):
     """One work dir for the module, so distillation and transfer share the tiny pipeline's teacher."""
     return ["--quick", "--results-dir", str(tmp_path_factory.mktemp("results")),
             "--work-dir", str(tmp_path_factory.mktemp("work"))]
+
+
+def quick_run(module: str, args: list[str]) -> dict:
+    """`python -m <module> --quick ...` in this process: the entry point docs/benchmarks.md's commands run."""
+    return importlib.import_module(module).main(args)
 
 
 def written(args: list[str], name: str) -> dict:
@@ -35,7 +41,7 @@ def test_mean_ci_is_students_t_by_hand():
 
 
 def test_paper_table(dirs):
-    paper_table.main(dirs)
+    quick_run("benchmarks.paper_table", dirs)
     payload = written(dirs, "paper_table")
     assert payload["split"] == {"train": 800, "test": 200}
     assert set(payload["models"]) == {"logistic_regression", "mlp", "cnn"}
@@ -48,7 +54,7 @@ def test_paper_table(dirs):
 
 
 def test_distillation(dirs):
-    payload = distillation.main(dirs)
+    payload = quick_run("benchmarks.distillation", dirs)
     assert written(dirs, "distillation")["rows"] == json.loads(json.dumps(payload["rows"]))
     rows = payload["rows"]
     assert [(r["transfer_size"], r["temperature"]) for r in rows] == [
@@ -66,7 +72,7 @@ def test_distillation(dirs):
 
 
 def test_transfer(dirs):
-    payload = transfer.main(dirs)
+    payload = quick_run("benchmarks.transfer", dirs)
     written(dirs, "transfer")
     assert set(payload["results"]) == {"5", "10"}
     for result in payload["results"].values():
@@ -77,7 +83,7 @@ def test_transfer(dirs):
 
 
 def test_throughput(dirs):
-    payload = throughput.main(dirs)
+    payload = quick_run("benchmarks.throughput", dirs)
     written(dirs, "throughput_cpu")
     training, ratios = payload["training"], payload["ratios"]
     assert {"engine", "hand_loop", "dataloader"} <= set(training)
@@ -95,7 +101,7 @@ def test_throughput(dirs):
 
 @pytest.mark.slow
 def test_pipeline_overhead(dirs):
-    payload = pipeline_overhead.main(dirs)
+    payload = quick_run("benchmarks.pipeline_overhead", dirs)
     written(dirs, "pipeline_overhead")
     stages = ["prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"]
     assert payload["cold"]["ran"] == stages and payload["warm"]["cached"] == stages
@@ -107,24 +113,10 @@ def test_pipeline_overhead(dirs):
 
 @pytest.mark.slow
 def test_sweep_workers(dirs):
-    payload = sweep_workers.main(dirs)
+    payload = quick_run("benchmarks.sweep_workers", dirs)
     written(dirs, "sweep_workers")
     timings = payload["timings"]
     assert [t["workers"] for t in timings] == [1, 2] and all(t["trials"] == 4 for t in timings)
     assert timings[0]["dask_workers_used"] == 1
     assert timings[1]["speed_up"] == pytest.approx(timings[0]["wall_seconds"] / timings[1]["wall_seconds"])
     assert payload["target"]["met"] == (timings[1]["wall_seconds"] < timings[0]["wall_seconds"])
-
-
-def test_scale(dirs):
-    scale.main(dirs)
-    payload = written(dirs, "scale")
-    small, large = payload["sizes"]
-    assert (small["rows"], small["path"]) == (2_000, "in memory") and (large["rows"], large["path"]) == (20_000, "streamed")
-    assert all(size["peak_pss_mb"] > 0 and math.isfinite(size["train_loss"]) for size in payload["sizes"])
-    ratios = payload["ratios"]
-    assert ratios["peak_memory_ratio"] == pytest.approx(large["peak_pss_mb"] / small["peak_pss_mb"])
-    assert ratios["distill_throughput_ratio"] == pytest.approx(large["distill_rows_per_s"] / small["distill_rows_per_s"])
-    assert payload["met"]["peak_memory"] == (ratios["peak_memory_ratio"] <= 1.3)
-    speeds = payload["same_rows"]["rows_per_s"]
-    assert ratios["streamed_vs_in_memory"] == pytest.approx(speeds["streamed"] / speeds["in memory"])

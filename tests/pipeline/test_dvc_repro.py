@@ -94,6 +94,10 @@ def test_exp_run_shows_the_new_temperature_in_exp_show_metrics_diff_and_plots(dv
         last_val_accuracy = curve[-1].split(",")[3]
         assert "Validation accuracy" in html and "student_distilled.csv" in html
         assert last_val_accuracy in html, "the curve's data is not in the page"
+        for chart in ("Training and validation loss", "Reliability (accuracy per confidence bin)",
+                      "Confusion matrix of target_finetuned on the target task", "confusion_target.png",
+                      "reliability.png", "accuracy_cost.png"):
+            assert chart in html, chart
     finally:  # back to the committed baseline for the tests below
         run(["git", "reset", "-q", "--hard"], repo)
         run([sys.executable, "-m", "dvc", "checkout", "--force"], repo)

@@ -42,13 +42,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """`mlflow server` on a free local port: SQLite backend, artifacts served from a local folder."""
+    """`mlflow server` on a free local port: SQLite backend (the command docs/tracking.md shows, run in its own
+    folder), artifacts served from a local folder."""
     home = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = open(home / "server.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{home / 'db.sqlite'}", "--artifacts-destination", str(home / "artifacts")],
+         "--backend-store-uri", "sqlite:///mlflow.db", "--artifacts-destination", str(home / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, cwd=home, start_new_session=True,  # its own group: it forks workers
     )
     url = f"http://127.0.0.1:{port}"

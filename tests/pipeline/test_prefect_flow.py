@@ -55,7 +55,7 @@ def test_cold_run_runs_every_stage_and_writes_every_artifact(flow_project):
     assert (root / "artifacts" / "soft_labels" / "transfer.parquet").exists()
     report = json.loads((root / "artifacts" / "target" / "transfer_report.json").read_text())
     assert report["copied"] and set(report["reinitialised"]) == {"head.weight", "head.bias"}
-    for picture in ("learning_curves.png", "comparison.png"):
+    for picture in ("accuracy_cost.png", "confusion_target.png", "reliability.png", "learning_curves.png"):
         assert (root / "reports" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (root / "reports" / "report.md").read_text()
     assert all(f"| {model} |" in markdown for model in MODELS)
@@ -104,7 +104,8 @@ def test_mlflow_holds_one_parent_with_nested_stage_and_model_runs(flow_project):
     assert model_runs["student_distilled"].data.params["temperature"] == str(
         float(tiny_params_value(root, "distill", "temperature")))
     evaluate_artifacts = {a.path for a in client.list_artifacts(stages["evaluate"].info.run_id, "report")}
-    assert {"report/summary.json", "report/report.md", "report/comparison.png"} <= evaluate_artifacts
+    assert {"report/summary.json", "report/report.md", "report/accuracy_cost.png", "report/confusion_target.png",
+            "report/reliability.png", "report/learning_curves.png"} <= evaluate_artifacts
 
 
 def tiny_params_value(root, section, key):
