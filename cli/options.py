@@ -70,8 +70,9 @@ def failure_message(exc: BaseException, paths: ProjectPaths, stage: str | None =
     from kdflow.artifacts import ArtifactError, CheckpointError  # torch: not for `kdflow -h`
     from kdflow.record import RecordError
     from kdflow.tracking import TrackingUnreachable
+    from models.errors import ModelError  # a factory or zoo model that cannot be built: the line says the fix
 
-    if isinstance(exc, (ConfigError, TrackingUnreachable, RecordError)):
+    if isinstance(exc, (ConfigError, TrackingUnreachable, RecordError, ModelError)):
         return str(exc)
     if isinstance(exc, CheckpointError):
         return checkpoint_failure(exc, paths)

@@ -32,6 +32,7 @@ from kdflow.datasets import feature_columns, load_split, open_parquet, teacher_l
 from kdflow.losses import UNLABELLED
 
 Batch = tuple[torch.Tensor, list[torch.Tensor]]
+Transform = Callable[[torch.Tensor], torch.Tensor]
 # What a target column holds: the split's labels, the teacher's logits, or their argmax (hard labels).
 TARGETS = ("label", "logits", "argmax")
 _BYTES_PER_VALUE = {"label": 8, "logits": 4, "argmax": 8}
@@ -41,7 +42,9 @@ ALIGN_CHECK_ROWS = 65536  # rows of sample_id compared at a time when checking t
 class TrainingData(Protocol):
     num_samples: int
 
-    def epoch(self, shuffle: torch.Generator, batch_size: int) -> Iterator[Batch]: ...
+    def epoch(self, shuffle: torch.Generator, batch_size: int, transform: Transform | None = None) -> Iterator[Batch]:
+        """One epoch's batches; `transform` (augmentation) applies to the shuffled inputs before they are cut."""
+        ...
 
     def identity(self) -> list[torch.Tensor | str]:
         """What the resume fingerprint hashes for the data: its tensors, or its files' md5s."""
@@ -58,9 +61,11 @@ class InMemory:
     def to(self, device: torch.device) -> "InMemory":
         return InMemory(self.x.to(device), [t.to(device) for t in self.targets])
 
-    def epoch(self, shuffle: torch.Generator, batch_size: int) -> Iterator[Batch]:
+    def epoch(self, shuffle: torch.Generator, batch_size: int, transform: Transform | None = None) -> Iterator[Batch]:
         order = torch.randperm(self.num_samples, generator=shuffle).to(self.x.device)
         x, targets = self.x[order], [t[order] for t in self.targets]
+        if transform is not None:
+            x = transform(x)
         for start in range(0, self.num_samples, batch_size):
             yield x[start : start + batch_size], [t[start : start + batch_size] for t in targets]
 
@@ -170,7 +175,7 @@ class Streamed:
         self.device = device
         return self
 
-    def epoch(self, shuffle: torch.Generator, batch_size: int) -> Iterator[Batch]:
+    def epoch(self, shuffle: torch.Generator, batch_size: int, transform: Transform | None = None) -> Iterator[Batch]:
         order = torch.randperm(len(self.reader), generator=shuffle).tolist()
         loaded = _read_ahead(self.reader.__getitem__, order, self.workers)
         rest: list[Batch] = []
@@ -187,6 +192,8 @@ class Streamed:
             # Full batches now; the rest joins the next window, so only the epoch's last batch is short.
             full = len(x) if last else len(x) - len(x) % batch_size
             on_device = x[:full].to(self.device), [t[:full].to(self.device) for t in targets]
+            if transform is not None:
+                on_device = transform(on_device[0]), on_device[1]
             for start in range(0, full, batch_size):
                 yield on_device[0][start : start + batch_size], [t[start : start + batch_size] for t in on_device[1]]
             if last:

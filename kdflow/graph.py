@@ -69,7 +69,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           deps=lambda paths: [paths.raw_dir],
           outs=lambda paths: [paths.prepared]),
     Stage("train_teacher", "teacher", ("seed", "train_teacher"),
-          deps=lambda paths: [paths.dataset_card, *_splits(paths, "source_train", "source_val")],
+          # data/raw: where a teacher's starting weights (train_teacher.weights) live, so new weights rerun it
+          deps=lambda paths: [paths.dataset_card, *_splits(paths, "source_train", "source_val"), paths.raw_dir],
           outs=lambda paths: [paths.teacher_dir],
           metrics=lambda paths: [paths.stage_metrics("train_teacher")],
           plots=_curves("teacher")),

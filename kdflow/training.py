@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdflow import distributed
+from kdflow.augment import augment, augments
 from kdflow.batches import InMemory, TrainingData
 from kdflow.config import TrainSpec
 from kdflow.resume import ResumeFile
@@ -34,11 +35,12 @@ class FitResult:
     best_val_loss: float = math.inf
     stopped_early: bool = False
     resumed_from_epoch: int = 0  # the last epoch a saved training state held; 0 for a fresh start
+    untrained: dict[str, float] = field(default_factory=dict)  # `epochs: 0`: the validation scores as given
 
     @property
     def best(self) -> dict[str, float]:
         """The record of the epoch whose weights the model was left with."""
-        return self.history[self.best_epoch - 1]
+        return self.history[self.best_epoch - 1] if self.best_epoch else self.untrained
 
 
 def resolve_batch_size(batch_size: int | str, num_samples: int) -> int:
@@ -208,6 +210,13 @@ def fit_batches(
     With `resume`, the training state is saved every `resume.every` epochs, and a saved state with the same
     fingerprint is continued from (its epochs' records are replayed through `on_epoch`); the caller removes it.
     """
+    if spec.epochs == 0:  # a pretrained teacher that only labels: scored as it is
+        model.eval()
+        result = FitResult()
+        if val is not None:
+            result.best_val_loss, accuracy = evaluate_loss(model, *val)
+            result.untrained = {"val_loss": result.best_val_loss, "val_accuracy": accuracy}
+        return result
     device = distributed.local_device(resolve_device(spec.device))
     rank, world = distributed.rank_and_size()
     home = next(model.parameters(), torch.empty(0)).device
@@ -254,6 +263,8 @@ def fit_batches(
     progress = tqdm(range(first_epoch, spec.epochs + 1), desc=description, leave=False, dynamic_ncols=True,
                     disable=None if rank == 0 else True)
     replicas = Replicas(model, device, world)
+    # Augmentation draws from the shuffle generator, on each epoch's (or streamed window's) shuffled inputs.
+    transform = (lambda x: augment(x, spec, shuffle)) if augments(spec) else None
     for epoch in progress:
         if before_epoch is not None:
             before_epoch(epoch)
@@ -261,7 +272,7 @@ def fit_batches(
         model.train()
         net = replicas.current()  # rewrapped when gradual unfreezing changed what trains
         loss_sum = torch.zeros((), device=device)
-        for x_batch, targets_batch in data.epoch(shuffle, batch_size):
+        for x_batch, targets_batch in data.epoch(shuffle, batch_size, transform):
             global_rows = len(x_batch)
             if world > 1:
                 x_batch = x_batch.tensor_split(world)[rank]

@@ -21,8 +21,10 @@ from kdflow.datasets import load_split, read_dataset_card
 from kdflow.layout import ProjectPaths
 from kdflow.stage import stage_run, train_model, write_stage_metrics
 from kdflow.training import Training
-from kdflow.transfer import TransferError, TransferReport, backbone_blocks, copy_matching_layers, set_trainable_blocks
+from kdflow.transfer import (TransferError, TransferReport, backbone_blocks, copy_matching_layers, head_and_backbone,
+                             set_trainable_blocks)
 from models import build_model
+from models.adapters import layout
 
 SOURCE_MODEL = "student_distilled"
 
@@ -34,20 +36,35 @@ def describe_arch(spec) -> str:
 
 
 def param_groups(model: torch.nn.Module, spec: FinetuneSpec) -> list[dict]:
-    backbone = list(model.backbone.parameters())
-    groups = [{"params": list(model.head.parameters())}]
+    head, backbone = head_and_backbone(model)
+    groups = [{"params": head}]
     if backbone:
         groups.insert(0, {"params": backbone, "lr": spec.train.lr * spec.backbone_lr_mult})
     return groups
+
+
+def trainable_from_top(spec: FinetuneSpec, epoch: int) -> int | None:
+    """How many backbone blocks, from the top, train in `epoch` (1-based); None: all (strategy full)."""
+    if spec.strategy == "full":
+        return None
+    return 0 if spec.strategy == "linear_probe" else (epoch - 1) // spec.unfreeze_every
 
 
 def unfreeze_schedule(model: torch.nn.Module, spec: FinetuneSpec):
     """The `before_epoch` hook that sets which blocks train in each epoch, per strategy."""
     if spec.strategy == "full":
         return None
-    if spec.strategy == "linear_probe":
-        return lambda epoch: set_trainable_blocks(model, 0)
-    return lambda epoch: set_trainable_blocks(model, (epoch - 1) // spec.unfreeze_every)
+    return lambda epoch: set_trainable_blocks(model, trainable_from_top(spec, epoch))
+
+
+def block_schedule(model: torch.nn.Module, spec: FinetuneSpec) -> dict:
+    """The model's head and blocks and, per epoch, the blocks that train: what the transfer report shows."""
+    found = layout(model)
+    by_epoch = {}
+    for epoch in range(1, spec.train.epochs + 1):
+        count = trainable_from_top(spec, epoch)
+        by_epoch[str(epoch)] = list(found.blocks if count is None else found.blocks[max(len(found.blocks) - count, 0):])
+    return {"head": list(found.head), "blocks": list(found.blocks), "trainable_blocks_by_epoch": by_epoch}
 
 
 def transferred_model(params: Params, source: torch.nn.Module, arch, input_shape: tuple[int, ...], num_classes: int):
@@ -120,7 +137,8 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         transfer = transfer_from_student(params, paths, tuple(card["input_shape"]), len(card["target_classes"]))
         report = transfer.report
         report_path = write_json(paths.target_dir / "transfer_report.json",
-                                 {"source": SOURCE_MODEL, "strategy": spec.strategy, **report.as_dict()})
+                                 {"source": SOURCE_MODEL, "strategy": spec.strategy, **report.as_dict(),
+                                  **block_schedule(transfer.source, spec)})
         print("\n".join(["transfer from " + SOURCE_MODEL, *report.lines()]))
         tracked.log_artifact(report_path)
         finetuned, scratch = (train_model(tracked, paths, training) for training in trainings(params, paths, transfer))

@@ -15,7 +15,7 @@ def readme_commands() -> list[str]:
 def test_readme_opens_with_the_run_command_then_the_test_command():
     run_command, test_command = readme_commands()[:2]
     assert run_command.endswith("kdflow run") and "pip install torch==2.13.0" in run_command
-    assert test_command.endswith("python -m pytest") and '".[dev]"' in test_command
+    assert test_command.endswith("python -m pytest") and '".[dev,zoo]"' in test_command
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
