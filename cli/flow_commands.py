@@ -33,11 +33,15 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     from kdflow import record, tracking
     from kdflow.report import comparison_lines, text_table
 
+    from flows.server import check_configured_api
+
     go_offline(offline)
     paths = ProjectPaths.at(root)
     try:
         click.echo(tracking.check_tracking(paths.root))  # before anything trains
         params = load_params(params_path, overrides)  # before Prefect starts a server; the flow takes them as read
+        check_configured_api()
+        record.project_params(params_path, paths.root)  # before anything is written to the root
         record.ensure_project(paths.root)
         with record.hold_outputs(paths.root):  # another run holds the project: say so now, not in the flow
             pass
@@ -69,7 +73,7 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     click.echo(f"\nstages run: {', '.join(result['ran']) or 'none'}; "
                f"from DVC's record: {', '.join(result['cached']) or 'none'}")
     uri = tracking.tracking_uri(paths.root)
-    click.echo(f"MLflow: parent run {result['mlflow_run_id']} in experiment 'kdflow' at {uri}")
+    click.echo(f"MLflow: parent run {result['mlflow_run_id']} in experiment 'kdflow' at {tracking.redacted(uri)}")
     if uri.startswith(("http://", "https://")):
         click.echo(f"  browse: {tracking.runs_page(uri, experiment_id)}")
     else:
@@ -95,12 +99,14 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
 def sweep(params_path: str, root: str, overrides: tuple[str, ...], grid_options: tuple[str, ...], workers: int,
           dask_address: str | None) -> None:
     """Map the distill stage over a grid on Dask; print the best trial and its `kdflow run -S` line."""
+    from flows.server import check_configured_api
     from flows.sweep import assignments, grid_points, parse_grid_option
 
     try:
         grid = dict(parse_grid_option(option) for option in grid_options) or None
         for point in grid_points(grid) if grid else [{}]:
             load_params(params_path, [*overrides, *assignments(point)])  # fail before Prefect starts a server
+        check_configured_api()
     except Exception as exc:
         fail_clearly(exc, ProjectPaths.at(root))
     from flows.server import PrefectApi
@@ -131,8 +137,11 @@ def serve(cron: str | None, interval: int | None, name: str, params_path: str, r
     """
     if (cron is None) == (interval is None):
         raise click.UsageError("give one schedule: --cron EXPRESSION or --interval SECONDS")
+    from flows.server import check_configured_api
+
     try:
         load_params(params_path)
+        check_configured_api()
     except Exception as exc:
         fail_clearly(exc, ProjectPaths.at(root))
     from flows.server import PrefectApi

@@ -66,13 +66,14 @@ def missing_input(exc: FileNotFoundError, stage: str, paths: ProjectPaths) -> st
 
 def failure_message(exc: BaseException, paths: ProjectPaths, stage: str | None = None) -> str | None:
     """What to print for a failure the user can fix (a bad params key, a damaged or missing file, an unreachable
-    tracking server, a record DVC refuses); None for anything else, a bug, which keeps its traceback."""
+    tracking server or Prefect API, a record DVC refuses); None for anything else, a bug, which keeps its traceback."""
+    from flows.server import PrefectUnreachable
     from kdflow.artifacts import ArtifactError, CheckpointError  # torch: not for `kdflow -h`
     from kdflow.record import RecordError
     from kdflow.tracking import TrackingUnreachable
     from models.errors import ModelError  # a factory or zoo model that cannot be built: the line says the fix
 
-    if isinstance(exc, (ConfigError, TrackingUnreachable, RecordError, ModelError)):
+    if isinstance(exc, (ConfigError, TrackingUnreachable, RecordError, PrefectUnreachable, ModelError)):
         return str(exc)
     if isinstance(exc, CheckpointError):
         return checkpoint_failure(exc, paths)

@@ -142,5 +142,6 @@ def lineage(run_id: str, root: str) -> None:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     except MlflowException:
-        raise click.ClickException(f"run {run_id} not found at {tracking.tracking_uri(Path(root).resolve())}") from None
+        raise click.ClickException(
+            f"run {run_id} not found at {tracking.redacted(tracking.tracking_uri(Path(root).resolve()))}") from None
     click.echo(runs_lineage.format_chain(client, chain))

@@ -78,18 +78,6 @@ def apply_overrides(params_path: Path, overrides: list[str]) -> None:
         dvc_apply_overrides(params_path, overrides)
 
 
-def project_params(params_path: str, root: Path) -> Path:
-    """The params file DVC reads, `<root>/params.yaml`; another file is refused, as its values would not be the
-    ones dvc.lock records."""
-    path = Path(params_path)
-    path = (path if path.is_absolute() else Path.cwd() / path).resolve()
-    expected = root / "params.yaml"
-    if path != expected:
-        raise ConfigError(f"{params_path}: the flow records its runs in DVC, which reads {expected}; fix: pass "
-                          f"--params {expected} (copy your file there) or --root {path.parent}")
-    return path
-
-
 @flow(name="kdflow-pipeline", log_prints=True)
 def pipeline(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
              force: list[str] | None = None, git_branch: str | None = None,
@@ -113,7 +101,7 @@ def run_pipeline(params_path: str, overrides: list[str] | None, root: str, force
     unknown = forced - set(STAGES)
     if unknown:
         raise ConfigError(f"--force names unknown stages {sorted(unknown)}; stages: {', '.join(STAGES)}")
-    params_file = project_params(params_path, paths.root)
+    params_file = record.project_params(params_path, paths.root)
     # every override checked before any is written
     params = validate(loaded) if loaded is not None else load_params(params_file, overrides or [])
     record.ensure_project(paths.root)

@@ -24,7 +24,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task, unmapped
 from prefect_dask import DaskTaskRunner
 
-from flows.pipeline import apply_overrides, project_params, run_recorded_stage
+from flows.pipeline import apply_overrides, run_recorded_stage
 from flows.retries import STAGE_RETRIES, STAGE_RETRY_DELAYS, STAGE_RETRY_JITTER, retry_on_transient
 from kdflow import graph, record, tracking
 from kdflow.artifacts import write_json
@@ -181,7 +181,7 @@ def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
     overrides = overrides or []
     points = grid_points(grid)
     paths = ProjectPaths.at(root)
-    params_file = project_params(params_path, paths.root)
+    params_file = record.project_params(params_path, paths.root)
     params = load_params(params_file, overrides)
     # Every point is validated before anything runs, so a bad value fails the sweep at once, naming the key.
     trial_params = [load_params(params_file, [*overrides, *assignments(p)]).model_dump(mode="json") for p in points]

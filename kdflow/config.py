@@ -149,7 +149,7 @@ class FileColumns(Section):
     """Rows of a CSV, Parquet or .npz file (`x`, and `y` for labels); kdflow.sources reads and checks them."""
 
     kind: Literal["file"]
-    path: str = Field(min_length=1, description="relative to the project root; keep it under data/raw (a dvc.yaml dep)")
+    path: str = Field(min_length=1, description="relative to the project root; under data/raw (a dvc.yaml dep; prepare refuses a path outside it)")
     features: Optional[list[str]] = Field(None, min_length=1, description="feature columns, in order")
     feature_prefix: Optional[str] = Field(None, min_length=1, description="or: every column starting with this")
     sample_id: Optional[str] = Field(None, description="a column of unique row ids; default: file name and row number")

@@ -55,12 +55,21 @@ def comparison_lines(summary: dict) -> list[str]:
     gap = (f"closes {c['teacher_scratch_gap_closed']:.0%} of the teacher-scratch gap"
            if c["teacher_vs_scratch_points"] > 0 else
            f"no teacher-scratch gap to close (teacher {c['teacher_vs_scratch_points']:+.1f} points vs scratch)")
+    # Whether each technique beat its baselines on validation, the evidence the registry chooses by (kdflow.registry);
+    # a summary written before that choice existed has none.
+    verdicts = [selection["verdict"] for selection in summary.get("selection", {}).values() if selection["verdict"]]
     return [
         f"distillation: student {c['distilled_vs_scratch_points']:+.1f} points vs scratch, "
         f"{c['distilled_vs_hard_labels_points']:+.1f} vs hard labels; "
         f"{gap} with {c['student_teacher_param_ratio']:.0%} of the teacher's parameters",
         f"transfer: fine-tuned {c['finetuned_vs_scratch_points']:+.1f} points vs target model from scratch",
+        *verdicts,
     ]
+
+
+def champion_lines(summary: dict) -> list[str]:
+    """Which model each registered role put forward, and why."""
+    return [f"{name}: {selection['chosen']}, {selection['why']}" for name, selection in summary["selection"].items()]
 
 
 CURVE_COLUMNS = ("epoch", "val_loss", "val_accuracy")

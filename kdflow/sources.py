@@ -8,6 +8,7 @@ are the indices of its classes in `data.source_classes` / `data.target_classes`,
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,8 +165,20 @@ def _sample_ids(frame_ids: pd.Series | None, count: int, path: Path, shown: str,
     return ids
 
 
+def _check_tracked(root: Path, shown: str, where: str) -> None:
+    """A data file must lie under the project's data/raw, prepare's dependency in dvc.yaml: a change to a file
+    anywhere else would not rerun prepare, and the pipeline would go on with the old data (lexical: a link placed
+    in data/raw counts as there)."""
+    raw = os.path.normpath(Path(root) / "data" / "raw")
+    if os.path.commonpath([raw, os.path.normpath(resolve(root, shown))]) != raw:
+        raise DataError(f"{shown} ({where}.path): outside the project's data/raw, which DVC tracks for prepare, so a "
+                        f"change to it would go unnoticed; fix: copy it under data/raw/, `dvc add` it there and "
+                        f"set {where}.path to data/raw/<its name>")
+
+
 def read_rows(spec: FileColumns, root: Path, where: str, labelled: bool) -> Rows:
     """Read and check one file; `where` is its params key (`data.source`), named in every error."""
+    _check_tracked(root, spec.path, where)
     path = resolve(root, spec.path)
     table = _read_table(path, spec.path, where)
     label_name = getattr(spec, "label", "label")

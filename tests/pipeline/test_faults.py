@@ -114,6 +114,8 @@ def test_teacher_killed_mid_training_resumes_to_the_uninterrupted_numbers(projec
     assert read_json(resumed.stage_metrics("train_teacher")) == read_json(reference.stage_metrics("train_teacher"))
     assert resumed.curve("teacher").read_text() == reference.curve("teacher").read_text()
     assert len(resumed.curve("teacher").read_text().splitlines()) == EPOCHS + 1
+    # the same weights, the same bytes: DVC sees no change
+    assert resumed.checkpoint("teacher").read_bytes() == reference.checkpoint("teacher").read_bytes()
 
     from mlflow.tracking import MlflowClient
 
@@ -284,21 +286,30 @@ def mlflow_server(tmp_path):
         server.wait(timeout=60)
 
 
-def test_reachable_tracking_server_takes_the_runs(tmp_path, tiny_params, write_params, monkeypatch,
-                                                 mlflow_server) -> None:
+def test_reachable_tracking_server_takes_the_runs_and_its_password_is_never_shown(
+        tmp_path, tiny_params, write_params, monkeypatch, mlflow_server) -> None:
+    """A user:password in MLFLOW_TRACKING_URI reaches the server (which takes any) and appears nowhere: not in the
+    output, not in a run's tags or params."""
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    password = "pa$$w0rd"
+    with_credentials = mlflow_server.replace("http://", "http://kd:pa%24%24w0rd@")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", with_credentials)
     monkeypatch.delenv("KDFLOW_OFFLINE", raising=False)
+    for moved in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # where kdflow hands MLflow the login
+        monkeypatch.setenv(moved, "")
     project = tmp_path / "project"
     project.mkdir()
     write_params(project, tiny_params)
     output = stage_in_process("prepare", project).output
-    assert f"MLflow runs go to the tracking server {mlflow_server}" in output
+    shown = mlflow_server.replace("http://", "http://kd:***@")
+    assert f"MLflow runs go to the tracking server {shown}" in output
     client = MlflowClient(tracking_uri=mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("kdflow").experiment_id])
     assert [(r.info.run_name, r.info.status) for r in runs] == [("prepare", "FINISHED")]
     assert not (project / "mlflow.db").exists()
+    recorded = [*runs[0].data.tags.values(), *runs[0].data.params.values(), output]
+    assert not [text for text in recorded if password in text or "pa%24%24w0rd" in text]
 
 
 # --- issue 14: nothing wrong, nothing lost, nothing run that should not be --------------------------------------
