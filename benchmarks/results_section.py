@@ -14,7 +14,7 @@ from pathlib import Path
 from benchmarks.harness import REPO_ROOT, RESULTS_DIR
 
 ORDER = ("paper_table", "distillation", "transfer", "throughput_cpu", "throughput_cuda", "pipeline_overhead",
-         "sweep_workers")
+         "sweep_workers", "scale")
 PAGE = REPO_ROOT / "docs" / "benchmarks.md"
 BEGIN = ("<!-- results: generated from benchmarks/results/*.json by `python -m benchmarks.results_section`; "
          "edit there -->\n")

@@ -17,3 +17,7 @@ def app() -> None:
 
 for command in (run, stage, sweep, serve, lr_find, checkout, lineage, dvc_yaml):
     app.add_command(command)
+
+
+if __name__ == "__main__":  # `python -m cli.main`: how torchrun starts a stage's ranks
+    app()

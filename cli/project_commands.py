@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -19,18 +20,28 @@ from kdflow.layout import ProjectPaths
               help="The params file, relative to the root.")
 @root_option("Project root holding data/, artifacts/ and the params file.")
 @overrides_option("Override a params key, as `dvc exp run -S` does. Repeatable.")
-def stage(name: str, params_path: str, root: str, overrides: tuple[str, ...]) -> None:
-    """Run stage NAME once and print its metrics: dvc.yaml's command for it (`dvc repro` records the run)."""
-    from kdflow import tracking
+@click.option("--parent-run-id", default=None, help="The MLflow run to nest the stage's run under (the flow's).")
+def stage(name: str, params_path: str, root: str, overrides: tuple[str, ...], parent_run_id: str | None) -> None:
+    """Run stage NAME once and print its metrics: dvc.yaml's command for it (`dvc repro` records the run).
+
+    A training stage whose `train.nproc_per_node` is above 1 reruns this command as that many torchrun ranks."""
+    from kdflow import distributed, tracking
 
     paths = ProjectPaths.at(root)
     try:  # a bad params file, or a bad data file it names (kdflow.sources.DataError)
         params = load_params(paths.root / params_path, overrides)
-        click.echo(tracking.check_tracking(paths.root))
-        metrics = importlib.import_module(graph.STAGES[name].module).run(params, paths, None)
+        train = getattr(getattr(params, name), "train", None)
+        if train is not None and train.nproc_per_node > 1 and not distributed.launched():
+            sys.exit(distributed.relaunch(train.nproc_per_node, "cli.main", sys.argv[1:]))  # the ranks' status
+        if train is not None:
+            distributed.join(train.device)
+        if distributed.is_main():
+            click.echo(tracking.check_tracking(paths.root))
+        metrics = importlib.import_module(graph.STAGES[name].module).run(params, paths, parent_run_id)
     except Exception as exc:
         fail_clearly(exc, paths, stage=name)
-    click.echo(json.dumps(metrics, indent=2, sort_keys=True))
+    if distributed.is_main():
+        click.echo(json.dumps(metrics, indent=2, sort_keys=True))
 
 
 @click.command("lr-find")

@@ -16,9 +16,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.states import Failed
 
-from kdflow import graph, record, tracking
+from kdflow import distributed, graph, record, tracking
 from kdflow.artifacts import read_json
-from kdflow.config import ConfigError, dump_params, load_params, validate
+from kdflow.config import ConfigError, Params, dump_params, load_params, validate
 from kdflow.layout import ProjectPaths
 from flows.retries import STAGE_RETRIES, STAGE_RETRY_DELAYS, STAGE_RETRY_JITTER, retry_on_transient
 
@@ -34,10 +34,24 @@ class StageFailed(RuntimeError):
 def run_stage(stage: str, params: dict[str, Any], root: str, parent_run_id: str | None, force: bool) -> str:
     """Run `stage` unless DVC's record says it is current; what happened (kdflow.record's outcomes)."""
     paths = ProjectPaths.at(root)
-    outcome = record.run_stage(paths.root, stage, lambda: STAGES[stage](validate(params), paths, parent_run_id),
+    outcome = record.run_stage(paths.root, stage, lambda: call_stage(stage, validate(params), paths, parent_run_id),
                                force=force)
     get_run_logger().info("%s: %s", stage, outcome)
     return outcome
+
+
+def call_stage(stage: str, params: Params, paths: ProjectPaths, parent_run_id: str | None) -> dict:
+    """The stage in this process, or, when its `train.nproc_per_node` asks for more, as that many torchrun ranks
+    running its command (`kdflow stage <stage>`, which reads the params.yaml the flow wrote, as `dvc repro`)."""
+    train = getattr(getattr(params, stage, None), "train", None)
+    if train is None or train.nproc_per_node == 1:
+        return STAGES[stage](params, paths, parent_run_id)
+    arguments = ["stage", stage, "--root", str(paths.root)] + (["--parent-run-id", parent_run_id] if parent_run_id else [])
+    status = distributed.relaunch(train.nproc_per_node, "cli.main", arguments)
+    if status:
+        raise StageFailed(f"stage '{stage}' failed under torchrun ({train.nproc_per_node} processes, exit status "
+                          f"{status}); its output above says why")
+    return read_json(paths.stage_metrics(stage))
 
 
 def run_recorded_stage(stage: str, arguments: tuple, force: bool) -> bool:

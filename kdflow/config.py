@@ -87,6 +87,10 @@ ModelSpec = Annotated[Union[MLPSpec, CNN1DSpec, CNN2DSpec, LinearSpec, CustomSpe
 # --- optimisation ------------------------------------------------------------------------------------------
 
 
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                              description="auto (CUDA, else the CPU), cpu, mps, cuda or cuda:N (a GPU index)")]
+
+
 class TrainSpec(Section):
     """Mini-batch gradient descent: batch_size 1 is SGD, "full" (or >= the set) is full-batch descent."""
 
@@ -106,7 +110,14 @@ class TrainSpec(Section):
         "none", description="lr_effective = lr * (batch/reference_batch_size), or its square root; none keeps lr")
     reference_batch_size: int = Field(128, gt=0, description="the batch size `lr` was tuned for, under lr_scaling")
     resume_every: int = Field(1, ge=0, description="epochs between resumable training-state checkpoints; 0 never")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else the CPU")
+    device: Device = "auto"
+    memory_budget_mb: float = Field(1024, gt=0, description="a training set larger than this in memory is streamed "
+                                                            "from its Parquet files instead of loaded")
+    stream_workers: int = Field(2, ge=0, description="threads decoding Parquet row groups on the streamed path (0: "
+                                                   "inline); threads, not processes, which each cost ~85 MB")
+    shuffle_row_groups: int = Field(4, gt=0, description="row groups held and shuffled together on the streamed path")
+    nproc_per_node: int = Field(1, gt=0, description="processes (one per GPU) training this stage under torchrun "
+                                                      "with DDP; 1 trains in the stage's own process")
     bf16: bool = Field(False, description="bfloat16 autocast for the forward pass and loss")
     hflip: bool = Field(False, description="images: flip left-right at random each epoch (train-time augmentation)")
     crop_padding: int = Field(0, ge=0, description="images: pad by this many pixels and crop back at a random shift")
@@ -252,6 +263,7 @@ class TeacherSpec(Section):
 
 class SoftLabelSpec(Section):
     chunk_size: int = Field(8192, gt=0, description="samples per inference chunk; bounds peak memory")
+    device: Device = "auto"
 
 
 class DistillSpec(Section):

@@ -11,6 +11,7 @@ are the head's, as they are applied, i.e. after `train.lr_scaling`: `train.lr` i
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -72,19 +73,16 @@ def range_test(training: Training, min_lr: float = 1e-6, max_lr: float = 1.0, st
     spec = training.train
     optimizer = make_optimizer(spec, param_groups if param_groups is not None else model.parameters())
     ratios = [group["lr"] / spec.lr for group in optimizer.param_groups]  # relative to the head's rate
-    num_samples = len(training.x)
-    batch_size = resolve_batch_size(spec.batch_size, num_samples)
+    batch_size = resolve_batch_size(spec.batch_size, training.data.num_samples)
     shuffle = torch.Generator().manual_seed(training.seed)
-    order = torch.empty(0, dtype=torch.long)
+    # Epoch after epoch of the training's own batches (in memory or streamed), as fit draws them.
+    batches = itertools.chain.from_iterable(training.data.epoch(shuffle, batch_size) for _ in itertools.count())
     lrs, losses = [], []
     model.train()
-    for lr in exponential_lrs(min_lr, max_lr, steps):
-        if len(order) < batch_size:  # a new epoch's permutation, as fit draws them
-            order = torch.randperm(num_samples, generator=shuffle)
-        batch, order = order[:batch_size], order[batch_size:]
+    for lr, (x, targets) in zip(exponential_lrs(min_lr, max_lr, steps), batches):
         for group, ratio in zip(optimizer.param_groups, ratios):
             group["lr"] = lr * ratio
-        loss = training.loss_fn(model(training.x[batch]), [t[batch] for t in training.targets])
+        loss = training.loss_fn(model(x), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -140,7 +138,7 @@ def lr_find(stage: str, training: Training, paths: ProjectPaths, min_lr: float =
     from kdflow.artifacts import write_json
 
     sweep = range_test(training, min_lr, max_lr, steps)
-    scale = lr_scale(training.train, resolve_batch_size(training.train.batch_size, len(training.x)))
+    scale = lr_scale(training.train, resolve_batch_size(training.train.batch_size, training.data.num_samples))
     summary = {"stage": stage, "suggested_lr": sweep.suggested_lr, "min_loss_lr": sweep.min_loss_lr,
                "suggested_train_lr": sweep.suggested_lr / scale, "steps_run": len(sweep.lrs)}
     plot, curve = paths.root / "plots" / "lr_find" / f"{stage}.png", paths.root / "plots" / "lr_find" / f"{stage}.json"

@@ -15,10 +15,10 @@ from typing import Sequence
 from kdflow.artifacts import check_writable, file_digest, files_in, write_json, write_text
 from kdflow.checkpoints import save_model
 from kdflow.config import Params
-from kdflow import graph
+from kdflow import distributed, graph
 from kdflow.layout import ProjectPaths
 from kdflow.resume import ResumeFile, training_fingerprint
-from kdflow.training import FitResult, Training, effective_lr, fit
+from kdflow.training import FitResult, Training, effective_lr, fit_batches
 
 
 def output_dirs(paths: ProjectPaths, stage: str) -> list[Path]:
@@ -27,6 +27,19 @@ def output_dirs(paths: ProjectPaths, stage: str) -> list[Path]:
     files = [*declared.metrics(paths), *declared.plots(paths)]
     resume = [paths.resume_state("-").parent] if declared.plots(paths) else []
     return sorted({*declared.outs(paths), *(p.parent for p in files), *resume})
+
+
+class Untracked:
+    """What a rank other than 0 tracks under torchrun: nothing (rank 0 records the run)."""
+
+    input_digests: dict = {}
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+    @contextlib.contextmanager
+    def child(self, name: str, tags: dict | None = None):
+        yield self
 
 
 @contextlib.contextmanager
@@ -43,6 +56,9 @@ def stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: st
     """
     from kdflow import consistency, lineage, tracking
 
+    if not distributed.is_main():
+        yield Untracked()
+        return
     declared = graph.STAGES[stage]
     inputs = declared.read_files(paths) + list(extra_inputs)
     digests = consistency.check_inputs(paths, inputs)  # hashed once: checked, tagged, recorded in checkpoints
@@ -76,32 +92,35 @@ def write_curve(path: Path, history: list[dict[str, float]]) -> None:
 
 def train_model(stage_tracked, paths: ProjectPaths, training: Training) -> FitResult:
     """Fit what `training` declares in its own nested MLflow run; write its checkpoint and curve; tag the
-    checkpoint's md5.
+    checkpoint's md5. Under torchrun every rank trains and rank 0 alone does the rest (kdflow.distributed).
 
     Training resumes from `.kdflow/resume/<name>.pt` when a killed run of the same settings and inputs left one;
     a state a live run holds is an ArtifactError (see kdflow.resume).
     """
     from models import count_parameters
 
-    name, train, x, targets, val = training.name, training.train, training.x, training.targets, training.val
+    name, train, data, val = training.name, training.train, training.data, training.val
     settings = {"model": name, "arch": training.arch.model_dump(mode="json"), "train": train.model_dump(mode="json"),
-                "seed": training.seed, "train_samples": len(x), **training.extra_params}
+                "seed": training.seed, "train_samples": data.num_samples, **training.extra_params}
     model, param_groups, before_epoch = training.setup()
     resume = None
     with contextlib.ExitStack() as holding:
         if train.resume_every:
-            fingerprint = training_fingerprint(settings, model, [x, *targets, *val])
+            fingerprint = training_fingerprint(settings, model, [*data.identity(), *val])
             resume = ResumeFile(paths.resume_state(name), fingerprint, train.resume_every)
-            holding.enter_context(resume.held())  # until the state is removed: no other run may take it
+            if distributed.is_main():  # the other ranks only read the state rank 0 writes
+                holding.enter_context(resume.held())  # until the state is removed: no other run may take it
         with stage_tracked.child(name, tags={"kdflow.model": name}) as tracked:
             tracked.log_params({**{k: v for k, v in settings.items() if k != "model"},
-                                "lr_effective": effective_lr(train, len(x))})
-            result = fit(
-                model, x, targets, train, seed=training.seed, loss_fn=training.loss_fn, val=val,
+                                "lr_effective": effective_lr(train, data.num_samples)})
+            result = fit_batches(
+                model, data, train, seed=training.seed, loss_fn=training.loss_fn, val=val,
                 param_groups=param_groups, before_epoch=before_epoch,
                 on_epoch=lambda epoch, record: tracked.log_metrics(record, step=epoch), description=name,
                 resume=resume,
             )
+            if not distributed.is_main():
+                return result
             # What it was trained from, so a later stage can tell a checkpoint of other inputs (kdflow.consistency).
             checkpoint = save_model(paths.checkpoint(name), model, training.arch, training.input_shape,
                                     training.class_names, extra={"inputs": stage_tracked.input_digests})
@@ -115,9 +134,10 @@ def train_model(stage_tracked, paths: ProjectPaths, training: Training) -> FitRe
             tracked.log_artifact(checkpoint, "checkpoint")
             tracked.log_artifact(paths.curve(name), "curves")
         if resume is not None:
-            resume.remove()
+            resume.remove()  # every rank read it before the first epoch's collectives
     return result
 
 
 def write_stage_metrics(paths: ProjectPaths, stage: str, metrics: dict) -> None:
-    write_json(paths.stage_metrics(stage), metrics)
+    if distributed.is_main():
+        write_json(paths.stage_metrics(stage), metrics)

@@ -8,13 +8,12 @@ All three share the architecture, the initial weights and the optimiser settings
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from kdflow.artifacts import ArtifactError
+from kdflow.batches import Rows, TrainingData, argmax_targets, training_data
 from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import Params
-from kdflow.datasets import Split, load_split, read_dataset_card, read_table
+from kdflow.datasets import load_split, read_dataset_card
 from kdflow.graph import SOFT_LABELLED
 from kdflow.layout import ProjectPaths
 from kdflow.losses import kd_loss
@@ -27,25 +26,9 @@ class StudentTooLarge(ValueError):
     pass
 
 
-def teacher_logits_for(split: Split, path) -> torch.Tensor:
-    """The stored logits of `split`'s samples, matched by sample_id."""
-    frame = read_table(path).to_pandas()
-    if "sample_id" not in frame:
-        raise ArtifactError(path, "not a soft-label file (no sample_id column)")
-    frame = frame.set_index("sample_id")
-    missing = np.setdiff1d(split.sample_id, frame.index.to_numpy(dtype=str))
-    if len(missing):
-        raise ArtifactError(path, f"no soft labels for {len(missing)} of the split's samples (e.g. {missing[0]})")
-    return torch.tensor(frame.loc[split.sample_id].to_numpy(np.float32))
-
-
-def distillation_set(paths: ProjectPaths, input_shape: tuple[int, ...]):
-    """The splits the student learns from, and their concatenated inputs, true labels (-1 on transfer) and teacher logits."""
-    sets = {name: load_split(paths.split(name), input_shape) for name in SOFT_LABELLED}
-    x = torch.cat([sets[name].x for name in SOFT_LABELLED])
-    labels = torch.cat([sets[name].y for name in SOFT_LABELLED])
-    logits = torch.cat([teacher_logits_for(sets[name], paths.soft_labels(name)) for name in SOFT_LABELLED])
-    return sets, x, labels, logits
+def distillation_rows(paths: ProjectPaths) -> list[Rows]:
+    """The splits the student learns from, each with its teacher logits (labels are -1 on the transfer set)."""
+    return [Rows(paths.split(name), paths.soft_labels(name)) for name in SOFT_LABELLED]
 
 
 def trainings(params: Params, paths: ProjectPaths) -> list[Training]:
@@ -54,24 +37,26 @@ def trainings(params: Params, paths: ProjectPaths) -> list[Training]:
     card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
     classes = card["source_classes"]
-    sets, x, labels, logits = distillation_set(paths, input_shape)
+    # Each set is held in memory or streamed from disk by its size (train.memory_budget_mb).
+    rows = distillation_rows(paths)
+    distilled = training_data(rows, ["logits", "label"], input_shape, spec.train)
     val = load_split(paths.split("source_val"), input_shape)
 
     def fresh_student() -> torch.nn.Module:
         torch.manual_seed(params.seed)
         return build_model(spec.student, input_shape, len(classes))
 
-    def student(name: str, x: torch.Tensor, targets: list[torch.Tensor], **declared) -> Training:
-        return Training(name, fresh_student, spec.student, spec.train, x, targets, (val.x, val.y), params.seed,
+    def student(name: str, data: TrainingData, **declared) -> Training:
+        return Training(name, fresh_student, spec.student, spec.train, data, (val.x, val.y), params.seed,
                         input_shape, classes, **declared)
 
-    source = sets["source_train"]
     return [
-        student("student_distilled", x, [logits, labels],
+        student("student_distilled", distilled,
                 loss_fn=lambda out, t: kd_loss(out, t[0], t[1], spec.temperature, spec.alpha),
                 extra_params={"temperature": spec.temperature, "alpha": spec.alpha}),
-        student("student_hard_labels", x, [logits.argmax(1)]),
-        student("student_scratch", source.x, [source.y]),
+        student("student_hard_labels", argmax_targets(distilled, rows, input_shape, spec.train)),
+        student("student_scratch", training_data([Rows(paths.split("source_train"))], ["label"], input_shape,
+                                                 spec.train)),
     ]
 
 
@@ -87,7 +72,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
                 f"distill.max_param_ratio={spec.max_param_ratio}; make the student smaller"
             )
         results = {student.name: train_model(tracked, paths, student) for student in students}
-        metrics = {"student_teacher_param_ratio": ratio, "distill_train_samples": len(students[0].x),
+        metrics = {"student_teacher_param_ratio": ratio, "distill_train_samples": students[0].data.num_samples,
                    **{f"{name}_val_accuracy": result.best["val_accuracy"] for name, result in results.items()}}
         write_stage_metrics(paths, "distill", metrics)
         tracked.log_metrics(metrics)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from kdflow.artifacts import write_json
+from kdflow.batches import Rows, training_data
 from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import FinetuneSpec, Params, Section
 from kdflow.datasets import load_split, read_dataset_card
@@ -107,13 +108,14 @@ def trainings(params: Params, paths: ProjectPaths, transfer: Transfer | None = N
     input_shape = tuple(card["input_shape"])
     classes = card["target_classes"]
     transfer = transfer or transfer_from_student(params, paths, input_shape, len(classes))
-    train, val = load_split(paths.split("target_train"), input_shape), load_split(paths.split("target_val"), input_shape)
+    train = training_data([Rows(paths.split("target_train"))], ["label"], input_shape, spec.train)
+    val = load_split(paths.split("target_val"), input_shape)
 
     def scratch() -> torch.nn.Module:
         torch.manual_seed(params.seed)
         return build_model(transfer.arch, input_shape, len(classes))
 
-    common = dict(arch=transfer.arch, train=spec.train, x=train.x, targets=[train.y], val=(val.x, val.y),
+    common = dict(arch=transfer.arch, train=spec.train, data=train, val=(val.x, val.y),
                   seed=params.seed, input_shape=input_shape, class_names=classes)
     report = transfer.report
     return [

@@ -10,6 +10,7 @@ import tempfile
 
 import torch
 
+from kdflow.batches import Rows, training_data
 from kdflow.config import Params
 from kdflow.datasets import load_split, read_dataset_card
 from kdflow.layout import ProjectPaths
@@ -34,7 +35,8 @@ def trainings(params: Params, paths: ProjectPaths) -> list[Training]:
     card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
     classes = card["source_classes"]
-    train, val = (load_split(paths.split(name), input_shape) for name in ("source_train", "source_val"))
+    train = training_data([Rows(paths.split("source_train"))], ["label"], input_shape, spec.train)
+    val = load_split(paths.split("source_val"), input_shape)
     weights = starting_weights(params, paths)
 
     def teacher() -> torch.nn.Module:
@@ -48,7 +50,7 @@ def trainings(params: Params, paths: ProjectPaths) -> list[Training]:
     if weights is not None:  # weights that do not fit stop the stage here, before it writes or tracks anything
         origin = {**weights.origin, "layers_copied": len(load_into(
             build_model(spec.model, input_shape, len(classes)), weights, spec.weights, whole=spec.train.epochs == 0).copied)}
-    return [Training("teacher", teacher, spec.model, spec.train, train.x, [train.y], (val.x, val.y),
+    return [Training("teacher", teacher, spec.model, spec.train, train, (val.x, val.y),
                      params.seed, input_shape, classes, extra_params={f"weights_{k}": v for k, v in origin.items()})]
 
 

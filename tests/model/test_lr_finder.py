@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdflow.batches import InMemory
 from kdflow.config import TrainSpec
 from kdflow.lr_finder import exponential_lrs, range_test, smooth, suggest
 from kdflow.training import Training
@@ -43,7 +44,7 @@ def test_sweep_on_least_squares_stops_past_the_divergence_point() -> None:
         torch.manual_seed(0)
         return nn.Linear(3, 1)
 
-    training = Training("least_squares", model, None, spec, x, [y], (x, y), seed=0, input_shape=(3,), class_names=[],
+    training = Training("least_squares", model, None, spec, InMemory(x, [y]), (x, y), seed=0, input_shape=(3,), class_names=[],
                         loss_fn=lambda out, t: F.mse_loss(out.squeeze(1), t[0]))
     sweep = range_test(training, min_lr=1e-3, max_lr=10.0, steps=100)
     below = [loss for lr, loss in zip(sweep.lrs, sweep.losses) if lr < critical]

@@ -106,22 +106,22 @@ def test_lr_find_sweeps_what_the_stage_trains(project_copy, monkeypatch, stage, 
     root = project_copy()
     captured = {}
 
-    def stage_fit(net, x, targets, spec, *, loss_fn, param_groups, before_epoch, description, **_):
+    def stage_fit(net, data, spec, *, loss_fn, param_groups, before_epoch, description, **_):
         assert description == model
         if before_epoch is not None:
             before_epoch(1)
-        captured["stage"] = {**optimised(spec, param_groups or net.parameters()), "x": x, "targets": targets,
+        captured["stage"] = {**optimised(spec, param_groups or net.parameters()), "x": data.x, "targets": data.targets,
                              "loss_fn": loss_fn, "net": net}
         raise Stop
 
-    monkeypatch.setattr(kdflow.stage, "fit", stage_fit)
+    monkeypatch.setattr(kdflow.stage, "fit_batches", stage_fit)
     with pytest.raises(Stop):
         importlib.import_module(f"tasks.{stage}").run(load_params(root / "params.yaml"), ProjectPaths.at(root))
 
     range_test = kdflow.lr_finder.range_test
 
     def sweep(training, *args, **kwargs):
-        captured["lr_find"] = {"x": training.x, "targets": training.targets, "loss_fn": training.loss_fn}
+        captured["lr_find"] = {"x": training.data.x, "targets": training.data.targets, "loss_fn": training.loss_fn}
         return range_test(training, *args, **kwargs)
 
     def make_optimizer(spec, params):
