@@ -8,6 +8,7 @@ import getpass
 import hashlib
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,57 @@ def test_metrics_link_to_a_logged_model_and_name_the_dataset_they_were_measured_
     assert (metric.key, metric.value, metric.dataset_name, metric.dataset_digest, metric.run_id) == \
         ("test_accuracy", 0.75, "test.parquet", digest, run.run_id)
     assert not (project / "mlruns").exists()
+
+
+def finished_process_id() -> int:
+    """The id of a process that has exited (and been reaped): no process has it now."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_a_run_whose_process_died_is_closed_as_killed_by_the_next_run_and_a_live_ones_is_left(project, monkeypatch):
+    import os
+    import socket
+
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+    client, experiment_id = tracking.project_client(project)
+    host = socket.gethostname()
+    dead_pid = finished_process_id()
+    dead = client.create_run(experiment_id, tags={tracking.HOST_TAG: host, tracking.PID_TAG: str(dead_pid)})
+    alive = client.create_run(experiment_id, tags={tracking.HOST_TAG: host, tracking.PID_TAG: str(os.getpid())})
+    elsewhere = client.create_run(experiment_id, tags={tracking.HOST_TAG: "another-host", tracking.PID_TAG: str(dead_pid)})
+    with tracking.start_run(project, "stage", source="tasks/prepare.py"):
+        pass
+    assert client.get_run(dead.info.run_id).info.status == "KILLED"
+    assert client.get_run(dead.info.run_id).data.tags["kdflow.closed_because"] == (
+        "its process ended without closing the run")
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"  # another machine's pids mean nothing here
+
+
+def test_a_run_that_raises_is_failed_and_a_run_nests_under_the_parent_the_environment_names(project, monkeypatch):
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    with tracking.start_run(project, "pipeline", source="flows/pipeline.py") as parent:
+        pass
+    monkeypatch.setenv(tracking.PARENT_RUN_ENV, parent.run_id)  # what a stage run by `dvc repro` inside a flow sees
+    with pytest.raises(RuntimeError, match="disk full"):
+        with tracking.start_run(project, "prepare", source="tasks/prepare.py") as failed:
+            raise RuntimeError("disk full")
+    run = store(project).get_run(failed.run_id)
+    assert run.info.status == "FAILED" and run.data.tags[MLFLOW_PARENT_RUN_ID] == parent.run_id
+
+
+def test_evaluation_finds_the_newest_run_that_trained_the_checkpoint(project):
+    with tracking.start_run(project, "distill", source="tasks/distill.py") as stage:
+        with stage.child("student_distilled", tags={"kdflow.checkpoint_md5": "a" * 32}) as older:
+            pass
+        time.sleep(0.01)  # start times are in milliseconds: "newest" must not be a tie
+        with stage.child("student_distilled", tags={"kdflow.checkpoint_md5": "a" * 32}) as newer:
+            pass
+        with stage.child("student_scratch", tags={"kdflow.checkpoint_md5": "b" * 32}):
+            pass
+        assert older.run_id != newer.run_id
+        assert tracking.find_model_run(stage, "a" * 32) == newer.run_id
+        assert tracking.find_model_run(stage, "c" * 32) is None

@@ -1,0 +1,54 @@
+"""kdflow.registry's decision against a SQLite store in tmp_path: a version becomes champion only when it beats
+the current champion on the candidate's own test set, scored here; otherwise challenger. Models with known
+accuracies: the test inputs are one-hot class indicators, so a linear model's accuracy is set by its weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kdflow import registry, tracking
+
+CLASSES = 3
+TEST_Y = torch.arange(CLASSES).repeat(4)
+TEST_X = torch.eye(CLASSES)[TEST_Y]
+
+
+def predicting(mapping: list[int]) -> nn.Module:
+    """A linear model that predicts class mapping[c] for the indicator of class c."""
+    model = nn.Linear(CLASSES, CLASSES)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(CLASSES)[mapping].T)
+        model.bias.zero_()
+    return model.eval()
+
+
+def test_champion_only_on_beating_the_champion_on_the_same_test_set(tmp_path):
+    client, experiment_id = tracking.project_client(tmp_path)
+    uri = tracking.tracking_uri(tmp_path)
+
+    def register(model: nn.Module) -> registry.Decision:
+        run_id = client.create_run(experiment_id, run_name="student_distilled").info.run_id
+        candidate = registry.Candidate("student_distilled", model, TEST_X, TEST_Y, run_id, "0" * 32, "1" * 32)
+        return registry.register(client, uri, candidate)
+
+    first = register(predicting([0, 1, 0]))  # 2 of 3 classes right
+    assert (first.registered_name, first.version, first.alias, first.reason) == (
+        "kdflow-student", "1", "champion", "no champion yet")
+    assert first.candidate_accuracy == pytest.approx(2 / 3) and first.champion_accuracy is None
+
+    better = register(predicting([0, 1, 2]))
+    assert (better.version, better.alias, better.reason) == ("2", "champion", "beats champion v1")
+    assert (better.candidate_accuracy, better.champion_accuracy) == (pytest.approx(1.0), pytest.approx(2 / 3))
+
+    equal = register(predicting([0, 1, 2]))  # a tie keeps the champion
+    assert (equal.alias, equal.reason, equal.champion_version) == ("challenger", "does not beat champion v2", "2")
+
+    assert str(client.get_model_version_by_alias("kdflow-student", "champion").version) == "2"
+    assert str(client.get_model_version_by_alias("kdflow-student", "challenger").version) == "3"
+    tags = client.get_model_version("kdflow-student", "3").tags
+    assert tags["kdflow.decision"] == "challenger: does not beat champion v2"
+    assert float(tags["kdflow.champion_test_accuracy"]) == pytest.approx(1.0)
+    assert registry.describe(better) == ("kdflow-student v2 -> champion (beats champion v1; test_accuracy 1.0000 vs "
+                                         "champion 0.6667)")
