@@ -1,5 +1,5 @@
 """kdflow.registry's decision against a SQLite store in tmp_path: a version becomes champion only when it beats
-the current champion on the candidate's own test set, scored here; otherwise challenger. Models with known
+the current champion on the candidate's validation set, scored here; otherwise challenger. Models with known
 accuracies: the test inputs are one-hot class indicators, so a linear model's accuracy is set by its weights."""
 
 from __future__ import annotations
@@ -9,10 +9,13 @@ import torch
 from torch import nn
 
 from kdflow import registry, tracking
+from kdflow.registry import ROLES, Selection
+
+STUDENT = ROLES[1]
 
 CLASSES = 3
-TEST_Y = torch.arange(CLASSES).repeat(4)
-TEST_X = torch.eye(CLASSES)[TEST_Y]
+VAL_Y = torch.arange(CLASSES).repeat(4)
+VAL_X = torch.eye(CLASSES)[VAL_Y]
 
 
 def predicting(mapping: list[int]) -> nn.Module:
@@ -24,13 +27,14 @@ def predicting(mapping: list[int]) -> nn.Module:
     return model.eval()
 
 
-def test_champion_only_on_beating_the_champion_on_the_same_test_set(tmp_path):
+def test_champion_only_on_beating_the_champion_on_the_same_validation_set(tmp_path):
     client, experiment_id = tracking.project_client(tmp_path)
     uri = tracking.tracking_uri(tmp_path)
 
     def register(model: nn.Module) -> registry.Decision:
         run_id = client.create_run(experiment_id, run_name="student_distilled").info.run_id
-        candidate = registry.Candidate("student_distilled", model, TEST_X, TEST_Y, run_id, "0" * 32, "1" * 32)
+        selection = Selection(STUDENT, {"student_distilled": 0.9, "student_hard_labels": 0.8, "student_scratch": 0.5})
+        candidate = registry.Candidate(selection, model, VAL_X, VAL_Y, run_id, "0" * 32, "1" * 32)
         return registry.register(client, uri, candidate)
 
     first = register(predicting([0, 1, 0]))  # 2 of 3 classes right
@@ -39,16 +43,17 @@ def test_champion_only_on_beating_the_champion_on_the_same_test_set(tmp_path):
     assert first.candidate_accuracy == pytest.approx(2 / 3) and first.champion_accuracy is None
 
     better = register(predicting([0, 1, 2]))
-    assert (better.version, better.alias, better.reason) == ("2", "champion", "beats champion v1")
+    assert (better.version, better.alias, better.reason) == ("2", "champion", "beats champion v1 on validation")
     assert (better.candidate_accuracy, better.champion_accuracy) == (pytest.approx(1.0), pytest.approx(2 / 3))
 
     equal = register(predicting([0, 1, 2]))  # a tie keeps the champion
-    assert (equal.alias, equal.reason, equal.champion_version) == ("challenger", "does not beat champion v2", "2")
+    assert (equal.alias, equal.reason, equal.champion_version) == ("challenger", "does not beat champion v2 on validation", "2")
 
     assert str(client.get_model_version_by_alias("kdflow-student", "champion").version) == "2"
     assert str(client.get_model_version_by_alias("kdflow-student", "challenger").version) == "3"
     tags = client.get_model_version("kdflow-student", "3").tags
-    assert tags["kdflow.decision"] == "challenger: does not beat champion v2"
-    assert float(tags["kdflow.champion_test_accuracy"]) == pytest.approx(1.0)
-    assert registry.describe(better) == ("kdflow-student v2 -> champion (beats champion v1; test_accuracy 1.0000 vs "
-                                         "champion 0.6667)")
+    assert tags["kdflow.decision"] == "challenger: does not beat champion v2 on validation"
+    assert float(tags["kdflow.champion_val_accuracy"]) == pytest.approx(1.0)
+    assert "kdflow.champion_test_accuracy" not in tags
+    assert registry.describe(better) == ("kdflow-student v2 (student_distilled) -> champion (beats champion v1 on "
+                                         "validation; val_accuracy 1.0000 vs champion 0.6667)")
