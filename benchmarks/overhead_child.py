@@ -45,7 +45,7 @@ def instrument() -> dict:
                 timings["stage_seconds"][stage] = time.perf_counter() - started
         return wrapper
 
-    for module, name in [(tasks.prepare, "build_splits"), (kdflow.stage, "fit"), (tasks.soft_labels, "write_logits"),
+    for module, name in [(tasks.prepare, "build_splits"), (kdflow.stage, "fit_batches"), (tasks.soft_labels, "write_logits"),
                          (tasks.evaluate, "predict_logits"), (tasks.evaluate, "latency_ms_per_sample")]:
         timed_compute(module, name)
     for stage, run in list(flows.pipeline.STAGES.items()):

@@ -30,7 +30,8 @@ def stage(name: str, params_path: str, root: str, overrides: tuple[str, ...], pa
     paths = ProjectPaths.at(root)
     try:  # a bad params file, or a bad data file it names (kdflow.sources.DataError)
         params = load_params(paths.root / params_path, overrides)
-        train = getattr(getattr(params, name), "train", None)
+        # Training stages have a train section under their own; prepare, soft_labels and evaluate have none.
+        train = getattr(getattr(params, name, None), "train", None)
         if train is not None and train.nproc_per_node > 1 and not distributed.launched():
             sys.exit(distributed.relaunch(train.nproc_per_node, "cli.main", sys.argv[1:]))  # the ranks' status
         if train is not None:
@@ -68,7 +69,9 @@ def lr_find(stage: str, params_path: str, root: str, overrides: tuple[str, ...],
     try:
         click.echo(tracking.check_tracking(paths.root))
         params = load_params(params_path, overrides)
-        missing = next((p for p in graph.STAGES[stage].deps(paths) if not p.exists()), None)
+        # Only what a stage writes: raw data (data/raw, weights a teacher starts from) is the user's to bring.
+        missing = next((p for p in graph.STAGES[stage].deps(paths) if not p.exists() and graph.producer(paths, p)),
+                       None)
         if missing is not None:
             raise click.ClickException(f"{missing}: missing; run the stages before {stage} first "
                                        f"(`dvc repro {graph.producer(paths, missing)}` runs them)")

@@ -15,7 +15,7 @@ import numpy as np
 
 from kdflow.artifacts import file_digest
 from kdflow.media_specs import ImageSpec, TextSpec
-from kdflow.sources import DataError, Rows, _plural, read_rows, resolve
+from kdflow.sources import DataError, Rows, _plural, check_tracked, read_rows, resolve
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -132,6 +132,7 @@ def folder_digest(folder: Path) -> str:
 
 def read(spec, root: Path, where: str, labelled: bool, data) -> Rows:
     """Any data section's rows: an image folder, a table with an image or text column, or numeric columns."""
+    check_tracked(root, spec.path, where)  # a folder as much as a file: prepare depends on data/raw alone
     if spec.kind == "images":
         return read_image_folder(spec, root, where, labelled, data.images)
     rows = read_rows(spec, root, where, labelled)

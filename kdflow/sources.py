@@ -165,7 +165,7 @@ def _sample_ids(frame_ids: pd.Series | None, count: int, path: Path, shown: str,
     return ids
 
 
-def _check_tracked(root: Path, shown: str, where: str) -> None:
+def check_tracked(root: Path, shown: str, where: str) -> None:
     """A data file must lie under the project's data/raw, prepare's dependency in dvc.yaml: a change to a file
     anywhere else would not rerun prepare, and the pipeline would go on with the old data (lexical: a link placed
     in data/raw counts as there)."""
@@ -178,7 +178,6 @@ def _check_tracked(root: Path, shown: str, where: str) -> None:
 
 def read_rows(spec: FileColumns, root: Path, where: str, labelled: bool) -> Rows:
     """Read and check one file; `where` is its params key (`data.source`), named in every error."""
-    _check_tracked(root, spec.path, where)
     path = resolve(root, spec.path)
     table = _read_table(path, spec.path, where)
     label_name = getattr(spec, "label", "label")

@@ -55,10 +55,10 @@ def trainings(params: Params, paths: ProjectPaths) -> list[Training]:
 
 
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
-    [training] = trainings(params, paths)
     weights = params.train_teacher.weights
     local = [resolve(paths.root, weights)] if weights and not weights.startswith("models:/") else []
     with stage_run(paths, "train_teacher", params, parent_run_id, extra_inputs=local) as tracked:
+        [training] = trainings(params, paths)  # after stage_run has checked the inputs it reads
         tracked.set_tags({f"kdflow.teacher_weights.{key.removeprefix('weights_')}": value
                           for key, value in training.extra_params.items()})
         result = train_model(tracked, paths, training)

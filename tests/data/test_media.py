@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,12 @@ def png(colour: tuple[int, int, int], size: tuple[int, int] = (4, 6)) -> bytes:
     return buffer.getvalue()
 
 
+def raw(root: Path) -> Path:
+    """The project's data/raw, where prepare reads its data from (made here)."""
+    (root / "data/raw").mkdir(parents=True, exist_ok=True)
+    return root / "data/raw"
+
+
 def data_params(**data) -> object:
     base = {"source_classes": ["a", "b"], "target_classes": ["c", "d"], "target_labels_per_class": 2,
             "target_val_per_class": 2}
@@ -30,10 +37,10 @@ def data_params(**data) -> object:
 
 def test_an_image_is_resized_and_normalised_per_channel(tmp_path):
     for name in ("a", "b"):
-        (tmp_path / "images" / name).mkdir(parents=True)
+        (tmp_path / "data/raw/images" / name).mkdir(parents=True)
         for i in range(2):
-            (tmp_path / "images" / name / f"{i}.png").write_bytes(png((255, 0, 51) if name == "a" else (0, 0, 0)))
-    data = data_params(source={"kind": "images", "path": "images"},
+            (tmp_path / "data/raw/images" / name / f"{i}.png").write_bytes(png((255, 0, 51) if name == "a" else (0, 0, 0)))
+    data = data_params(source={"kind": "images", "path": "data/raw/images"},
                        images={"size": [3, 2], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.25, 0.2]})
     rows = read(data.source, tmp_path, "data.source", True, data)
     assert rows.features.shape == (4, 3, 3, 2)
@@ -61,40 +68,40 @@ def test_an_image_folder_gives_every_split(tmp_path, image_folder):
 
 @pytest.mark.parametrize(("damage", "message"), [
     (lambda folder: (folder / "a" / "1.png").write_bytes(b"not a png"),
-     r"^images/a/1.png: not a readable image \(UnidentifiedImageError: .*\); fix: replace it with a PNG or JPEG"),
+     r"^data/raw/images/a/1.png: not a readable image \(UnidentifiedImageError: .*\); fix: replace it with a PNG or JPEG"),
     (lambda folder: [p.unlink() for p in (folder / "b").glob("*.png") if p.name != "000.png"],
-     r"^images/b \(data.source\): class 'b' has 1 image, fewer than data.images.min_per_class 2; fix: add images"),
+     r"^data/raw/images/b \(data.source\): class 'b' has 1 image, fewer than data.images.min_per_class 2; fix: add images"),
 ])
 def test_a_bad_image_folder_is_one_line_naming_the_file(tmp_path, image_folder, damage, message):
-    image_folder(tmp_path / "images", ["a", "b"], 3, size=4)
-    damage(tmp_path / "images")
-    data = data_params(source={"kind": "images", "path": "images"})
+    image_folder(tmp_path / "data/raw/images", ["a", "b"], 3, size=4)
+    damage(tmp_path / "data/raw/images")
+    data = data_params(source={"kind": "images", "path": "data/raw/images"})
     with pytest.raises(DataError, match=message):
         read(data.source, tmp_path, "data.source", True, data)
 
 
 def test_a_parquet_column_of_image_bytes(tmp_path):
-    data = data_params(source={"kind": "file", "path": "images.parquet", "image_column": "image"},
+    data = data_params(source={"kind": "file", "path": "data/raw/images.parquet", "image_column": "image"},
                        images={"size": [2, 2], "mean": [0, 0, 0], "std": [1, 1, 1]})
     # Hugging Face datasets store an image as {bytes, path}
     records = [{"bytes": png((0, 0, 0)), "path": None}, {"bytes": png((255, 255, 255)), "path": None}]
-    pd.DataFrame({"image": records, "label": ["b", "a"]}).to_parquet(tmp_path / "images.parquet")
+    pd.DataFrame({"image": records, "label": ["b", "a"]}).to_parquet(raw(tmp_path) / "images.parquet")
     np.testing.assert_array_equal(read(data.source, tmp_path, "data.source", True, data).features[:, 0, 0, 0], [0.0, 1.0])
     frame = pd.DataFrame({"image": [png((255, 255, 255)), png((0, 0, 0))], "label": ["a", "b"]})
-    frame.to_parquet(tmp_path / "images.parquet")
+    frame.to_parquet(raw(tmp_path) / "images.parquet")
     rows = read(data.source, tmp_path, "data.source", True, data)
     np.testing.assert_array_equal(rows.features[:, 0, 0, 0], [1.0, 0.0])
     frame.loc[1, "image"] = b""
-    frame.to_parquet(tmp_path / "images.parquet")
-    with pytest.raises(DataError, match=r"^images.parquet: image column 'image' holds no image bytes at data row 2"):
+    frame.to_parquet(raw(tmp_path) / "images.parquet")
+    with pytest.raises(DataError, match=r"^data/raw/images.parquet: image column 'image' holds no image bytes at data row 2"):
         read(data.source, tmp_path, "data.source", True, data)
 
 
 def test_texts_become_the_saved_tokenizers_ids(tmp_path, save_tokenizer):
     save_tokenizer(tmp_path / "tokenizer")
     index = {word: float(i) for word, i in json.loads((tmp_path / "tokenizer/tokenizer.json").read_text())["model"]["vocab"].items()}
-    pd.DataFrame({"text": ["red apple", "sky"], "label": ["a", "b"]}).to_csv(tmp_path / "t.csv", index=False)
-    data = data_params(source={"kind": "file", "path": "t.csv", "text_column": "text"},
+    pd.DataFrame({"text": ["red apple", "sky"], "label": ["a", "b"]}).to_csv(raw(tmp_path) / "t.csv", index=False)
+    data = data_params(source={"kind": "file", "path": "data/raw/t.csv", "text_column": "text"},
                        text={"tokenizer": "tokenizer", "max_length": 5})
     rows = read(data.source, tmp_path, "data.source", True, data)
     unknown, cls, sep = index["[UNK]"], index["[CLS]"], index["[SEP]"]
@@ -105,12 +112,12 @@ def test_texts_become_the_saved_tokenizers_ids(tmp_path, save_tokenizer):
 
 def test_an_empty_text_is_named_with_its_row(tmp_path, save_tokenizer):
     save_tokenizer(tmp_path / "tokenizer")
-    pd.DataFrame({"text": ["sea", "  ", "ice"], "label": ["a", "b", "a"]}).to_csv(tmp_path / "t.csv", index=False)
-    data = data_params(source={"kind": "file", "path": "t.csv", "text_column": "text"}, text={"tokenizer": "tokenizer"})
-    with pytest.raises(DataError, match=r"^t.csv: text column 'text' is empty or not text in 1 row \(first at data row 2\)"):
+    pd.DataFrame({"text": ["sea", "  ", "ice"], "label": ["a", "b", "a"]}).to_csv(raw(tmp_path) / "t.csv", index=False)
+    data = data_params(source={"kind": "file", "path": "data/raw/t.csv", "text_column": "text"}, text={"tokenizer": "tokenizer"})
+    with pytest.raises(DataError, match=r"^data/raw/t.csv: text column 'text' is empty or not text in 1 row \(first at data row 2\)"):
         read(data.source, tmp_path, "data.source", True, data)
 
 
 def test_a_text_column_needs_a_tokenizer():
     with pytest.raises(ConfigError, match=r"data.source.text_column needs data.text: \{tokenizer: "):
-        data_params(source={"kind": "file", "path": "t.csv", "text_column": "text"})
+        data_params(source={"kind": "file", "path": "data/raw/t.csv", "text_column": "text"})

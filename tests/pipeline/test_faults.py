@@ -523,7 +523,7 @@ def test_a_read_only_output_folder_stops_the_stage_before_it_writes_or_trains(pr
     directory = root / folder
     before = {p: p.read_bytes() for p in directory.iterdir()}
     refuse_writes_under(monkeypatch, directory)
-    monkeypatch.setattr(kdflow.stage, "fit", lambda *a, **k: pytest.fail("trained into a read-only folder"))
+    monkeypatch.setattr(kdflow.stage, "fit_batches", lambda *a, **k: pytest.fail("trained into a read-only folder"))
     message = stage_error(stage, root)
     assert message == (f"Error: {directory}: cannot write there (Read-only file system); fix: make the "
                                       "folder writable (or free space on its disk) and rerun")
