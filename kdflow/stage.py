@@ -24,7 +24,7 @@ from kdflow.training import FitResult, Training, effective_lr, fit_batches
 def output_dirs(paths: ProjectPaths, stage: str) -> list[Path]:
     """The folders `stage` writes into, from its declaration (and the resume state of a stage that trains)."""
     declared = graph.STAGES[stage]
-    files = [*declared.metrics(paths), *declared.plots(paths)]
+    files = declared.kept_in_git(paths)
     resume = [paths.resume_state("-").parent] if declared.plots(paths) else []
     return sorted({*declared.outs(paths), *(p.parent for p in files), *resume})
 

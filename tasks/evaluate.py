@@ -120,6 +120,8 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
                                                           "why": s.reason(), "verdict": s.verdict()}
                                  for s in selections}}
         write_json(paths.summary, summary)
+        for name, row in models.items():
+            write_json(paths.test_metrics(name), row)
         paths.report_dir.mkdir(parents=True, exist_ok=True)
         figures = {name: paths.report_figure(name) for name in REPORT_FIGURES}
         plot_accuracy_cost(summary, figures["accuracy_cost"])

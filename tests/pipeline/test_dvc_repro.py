@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdflow.layout import SPLITS
+from kdflow.layout import MODELS, SPLITS
 from tests.conftest import KDFLOW
 
 pytestmark = pytest.mark.slow
@@ -69,6 +70,16 @@ def test_repro_runs_every_stage_then_nothing(dvc_repo):
     assert stages_run(second) == []
     assert "Data and pipelines are up to date" in second
 
+    # The models' test metrics as the report's table: a row per model, a column per metric, nothing else.
+    table = [line.split() for line in run([sys.executable, "-m", "dvc", "metrics", "show"], repo).splitlines()]
+    assert table[0] == ["Path", "latency_ms", "parameters", "task", "test_accuracy", "test_agreement", "test_ece",
+                        "test_macro_f1", "test_nll"]
+    assert [row[0] for row in table[1:]] == [f"metrics/test/{model}.json" for model in MODELS]
+    summary = json.loads((repo / "metrics" / "summary.json").read_text())
+    for row in table[1:]:
+        tested = summary["models"][Path(row[0]).stem]
+        assert row[3] == tested["task"] and float(row[4]) == pytest.approx(tested["test_accuracy"], abs=1e-5)
+
 
 def test_exp_run_shows_the_new_temperature_in_exp_show_metrics_diff_and_plots(dvc_repo, tmp_path):
     repo, _ = dvc_repo
@@ -81,12 +92,11 @@ def test_exp_run_shows_the_new_temperature_in_exp_show_metrics_diff_and_plots(dv
         assert 4.0 in temperatures and 8 in temperatures, temperatures
 
         diff = json.loads(run([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], repo))
-        summary = diff["metrics/summary.json"]
-        assert summary["models.student_distilled.test_nll"]["diff"] != 0
-        teacher_changes = {key for key in summary if key.startswith("models.teacher.")}
-        assert teacher_changes <= {"models.teacher.latency_ms"}, "the teacher did not change, only its timing may"
+        assert diff["metrics/test/student_distilled.json"]["test_nll"]["diff"] != 0
+        teacher_changes = set(diff.get("metrics/test/teacher.json", {}))
+        assert teacher_changes <= {"latency_ms"}, "the teacher did not change, only its timing may"
         readable = run([sys.executable, "-m", "dvc", "metrics", "diff"], repo)
-        assert "models.student_distilled.test_nll" in readable
+        assert re.search(r"metrics/test/student_distilled.json +test_nll ", readable), readable
 
         run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
         html = (tmp_path / "plots" / "index.html").read_text()
