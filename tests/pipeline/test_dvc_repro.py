@@ -23,8 +23,10 @@ STAGES = ["prepare", "train_teacher", "soft_labels", "distill", "finetune", "eva
 
 
 def run(command: list[str], cwd: Path) -> str:
-    # `python` in dvc.yaml's commands must be this interpreter, whatever PATH the test runner had.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # `kdflow` in dvc.yaml's commands must be this interpreter's, whatever PATH the test runner had, and run the
+    # code copied into the repository, which dvc.yaml names as the stages' code deps.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(cwd)}
     completed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     assert completed.returncode == 0, f"{' '.join(command)} failed:\n{completed.stdout}\n{completed.stderr}"
     return completed.stdout + completed.stderr
@@ -37,7 +39,7 @@ def stages_run(output: str) -> list[str]:
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory, tiny_params, write_params):
     repo = tmp_path_factory.mktemp("dvc-repo")
-    for folder in ("kdflow", "models", "tasks", "flows"):
+    for folder in ("kdflow", "models", "tasks", "flows", "cli"):
         shutil.copytree(REPO_ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
     (repo / "data" / "raw").mkdir(parents=True)  # prepare's dependency on users' raw files
