@@ -30,7 +30,7 @@ def stage(name: str, params_path: str, root: str, overrides: tuple[str, ...], pa
     paths = ProjectPaths.at(root)
     try:  # a bad params file, or a bad data file it names (kdflow.sources.DataError)
         params = load_params(paths.root / params_path, overrides)
-        train = getattr(getattr(params, name), "train", None)
+        train = getattr(getattr(params, name, None), "train", None)  # prepare has no params section of its name
         if train is not None and train.nproc_per_node > 1 and not distributed.launched():
             sys.exit(distributed.relaunch(train.nproc_per_node, "cli.main", sys.argv[1:]))  # the ranks' status
         if train is not None:
