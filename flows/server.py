@@ -54,6 +54,7 @@ def check_configured_api() -> None:
         return
     try:
         probe_health(url, PROBE_TIMEOUT_S)
+        return  # it answered
     except urllib.error.HTTPError as exc:  # it answered; only a server error means it cannot take runs
         if exc.code < 500:
             return
