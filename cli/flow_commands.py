@@ -100,12 +100,11 @@ def sweep(params_path: str, root: str, overrides: tuple[str, ...], grid_options:
           dask_address: str | None) -> None:
     """Map the distill stage over a grid on Dask; print the best trial and its `kdflow run -S` line."""
     from flows.server import check_configured_api
-    from flows.sweep import assignments, grid_points, parse_grid_option
+    from flows.sweep import parse_grid_option, sweep_params
 
     try:
         grid = dict(parse_grid_option(option) for option in grid_options) or None
-        for point in grid_points(grid) if grid else [{}]:
-            load_params(params_path, [*overrides, *assignments(point)])  # fail before Prefect starts a server
+        loaded = sweep_params(params_path, grid, list(overrides))  # fail before Prefect starts a server
         check_configured_api()
     except Exception as exc:
         fail_clearly(exc, ProjectPaths.at(root))
@@ -116,7 +115,7 @@ def sweep(params_path: str, root: str, overrides: tuple[str, ...], grid_options:
 
     with api.settings():
         summary = run_sweep(params_path=params_path, grid=grid, overrides=list(overrides), root=root,
-                            workers=workers, dask_address=dask_address)
+                            workers=workers, dask_address=dask_address, loaded=loaded)
     click.echo("\n" + results_table(summary["trials"], list(summary["grid"])) + "\n")
     click.echo(best_lines(summary))
     click.echo(f"trials: {Path(summary['best']['trial_dir']).parent}; MLflow: sweep run {summary['mlflow_run_id']}")

@@ -33,6 +33,14 @@ from kdflow.figures import plot_matrix
 from kdflow.layout import ProjectPaths
 
 UPSTREAM = graph.upstream("distill")
+
+
+@dataclass(frozen=True)
+class SweepParams:
+    shared: dict[str, Any]  # the upstream stages' params: params.yaml with the overrides
+    trials: list[dict[str, Any]]  # each grid point's, in grid order
+
+
 DEFAULT_GRID = {"distill.temperature": [1.0, 2.0, 4.0, 8.0], "distill.alpha": [0.5, 1.0]}
 SELECT_BY = "student_distilled_val_accuracy"  # from the distill stage's metrics; higher is better
 
@@ -172,19 +180,27 @@ def results_table(trials: list[dict], keys: list[str]) -> str:
     return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in [header, *rows])
 
 
+def sweep_params(params_path: str | Path, grid: dict[str, list] | None, overrides: list[str]) -> SweepParams:
+    """The params every trial shares and each grid point's (the default grid without `grid`), every point
+    validated before anything runs, so a bad value fails the sweep at once, naming the key."""
+    trials = [load_params(params_path, [*overrides, *assignments(p)]) for p in grid_points(grid or DEFAULT_GRID)]
+    return SweepParams(load_params(params_path, overrides).model_dump(mode="json"),
+                       [params.model_dump(mode="json") for params in trials])
+
+
 @flow(name="kdflow-sweep", task_runner=DaskTaskRunner(cluster_kwargs=local_cluster(2)))
 def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None, overrides: list[str] | None = None,
-          root: str = ".") -> dict:
-    """Run the upstream stages (cached), then one distill trial per grid point; report the best."""
+          root: str = ".", loaded: SweepParams | None = None) -> dict:
+    """Run the upstream stages (cached), then one distill trial per grid point; report the best. `loaded`: the
+    sweep's params when the caller has read them already (`kdflow sweep` does, before Prefect starts)."""
     logger = get_run_logger()
     grid = grid or DEFAULT_GRID
     overrides = overrides or []
     points = grid_points(grid)
     paths = ProjectPaths.at(root)
     params_file = record.project_params(params_path, paths.root)
-    params = load_params(params_file, overrides)
-    # Every point is validated before anything runs, so a bad value fails the sweep at once, naming the key.
-    trial_params = [load_params(params_file, [*overrides, *assignments(p)]).model_dump(mode="json") for p in points]
+    loaded = loaded or sweep_params(params_file, grid, overrides)
+    params, trial_params = validate(loaded.shared), loaded.trials
     with tracking.start_run(paths.root, "sweep", tags={"kdflow.runner": "prefect-dask"},
                             source="flows/sweep.py") as sweep_run:
         sweep_run.log_params({"grid": json.dumps(grid), "trials": len(points), "select_by": SELECT_BY})
@@ -243,7 +259,7 @@ def dask_runner(workers: int | None = None, address: str | None = None) -> DaskT
 
 def run_sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
               overrides: list[str] | None = None, root: str = ".", workers: int | None = None,
-              dask_address: str | None = None) -> dict:
+              dask_address: str | None = None, loaded: SweepParams | None = None) -> dict:
     """The sweep flow on the chosen cluster.
 
     Its Dask workers must talk to the flow's Prefect server: without PREFECT_API_URL each would start a temporary
@@ -254,4 +270,4 @@ def run_sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = N
 
     run = sweep.with_options(task_runner=dask_runner(workers, dask_address))
     with PrefectApi.start().settings():
-        return run(params_path=params_path, grid=grid, overrides=overrides, root=root)
+        return run(params_path=params_path, grid=grid, overrides=overrides, root=root, loaded=loaded)

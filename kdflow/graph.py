@@ -30,8 +30,12 @@ class Stage:
     step: str  # what the stage makes, as the lineage chain names it
     params: tuple[str, ...]  # params.yaml sections; `seed` where the stage draws random numbers
     deps: PathsOf  # every file or folder the stage reads, besides its code
-    outs: PathsOf  # cached in DVC; restored by `dvc checkout` / `kdflow checkout`
-    metrics: PathsOf = lambda paths: []  # small JSON kept in git (cache: false)
+    # Cached in DVC; restored by `dvc checkout` / `kdflow checkout`. The stages' JSON besides the models' test
+    # metrics is here too: an output DVC leaves to git that is neither a metric nor a plot turns its run cache off.
+    outs: PathsOf
+    # `dvc metrics show` and `diff`: the models' test metrics only, one flat file per model, so DVC's table reads as
+    # the report's, a row per model and a column per metric (JSON kept in git, cache: false)
+    metrics: PathsOf = lambda paths: []
     plots: PathsOf = lambda paths: []  # CSV for `dvc plots` kept in git (cache: false): curves, predictions, bins
 
     @property
@@ -47,8 +51,12 @@ class Stage:
         stage names from params.yaml itself."""
         return [p for p in self.deps(paths) if p != paths.raw_dir]
 
+    def kept_in_git(self, paths: ProjectPaths) -> list[Path]:
+        """What the stage writes that DVC leaves to git (cache: false)."""
+        return [*self.metrics(paths), *self.plots(paths)]
+
     def written(self, paths: ProjectPaths) -> list[Path]:
-        return [*self.outs(paths), *self.metrics(paths), *self.plots(paths)]
+        return [*self.outs(paths), *self.kept_in_git(paths)]
 
 
 def _splits(paths: ProjectPaths, *names: str) -> list[Path]:
@@ -71,8 +79,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("train_teacher", "teacher", ("seed", "train_teacher"),
           # data/raw: where a teacher's starting weights (train_teacher.weights) live, so new weights rerun it
           deps=lambda paths: [paths.dataset_card, *_splits(paths, "source_train", "source_val"), paths.raw_dir],
-          outs=lambda paths: [paths.teacher_dir],
-          metrics=lambda paths: [paths.stage_metrics("train_teacher")],
+          outs=lambda paths: [paths.teacher_dir, paths.stage_metrics("train_teacher")],
           plots=_curves("teacher")),
     Stage("soft_labels", "soft labels", ("soft_labels",),
           deps=lambda paths: [paths.dataset_card, paths.checkpoint("teacher"), *_splits(paths, *SOFT_LABELLED)],
@@ -81,21 +88,19 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           deps=lambda paths: [paths.dataset_card, paths.checkpoint("teacher"),
                               *_splits(paths, *SOFT_LABELLED, "source_val"),
                               *(paths.soft_labels(name) for name in SOFT_LABELLED), paths.soft_labels_manifest],
-          outs=lambda paths: [paths.students_dir],
-          metrics=lambda paths: [paths.stage_metrics("distill")],
+          outs=lambda paths: [paths.students_dir, paths.stage_metrics("distill")],
           plots=_curves(*STUDENTS)),
     Stage("finetune", "target model", ("seed", "finetune"),
           deps=lambda paths: [paths.dataset_card, paths.checkpoint("student_distilled"),
                               *_splits(paths, "target_train", "target_val")],
-          outs=lambda paths: [paths.target_dir],
-          metrics=lambda paths: [paths.stage_metrics("finetune")],
+          outs=lambda paths: [paths.target_dir, paths.stage_metrics("finetune")],
           plots=_curves(*TARGETS)),
     Stage("evaluate", "evaluation", ("evaluate",),
           deps=lambda paths: [paths.dataset_card, *(paths.checkpoint(model) for model in MODELS),
                               *_splits(paths, "source_val", "source_test", "target_val", "target_test"),
                               *(paths.curve(m) for m in MODELS)],
-          outs=lambda paths: [paths.report_dir],
-          metrics=lambda paths: [paths.summary],
+          outs=lambda paths: [paths.report_dir, paths.summary],
+          metrics=lambda paths: [paths.test_metrics(model) for model in MODELS],
           plots=lambda paths: [paths.predictions(CONFUSION_MODEL), *(paths.reliability(m) for m in MODELS)]),
 )}
 

@@ -85,6 +85,10 @@ class ProjectPaths:
     def summary(self) -> Path:
         return self.metrics_dir / "summary.json"
 
+    def test_metrics(self, model: str) -> Path:
+        """One model's test metrics, a row of `dvc metrics show`."""
+        return self.metrics_dir / "test" / f"{model}.json"
+
     def curve(self, model: str) -> Path:
         """Per-epoch history as CSV, the form `dvc plots` reads."""
         return self.root / "plots" / "curves" / f"{model}.csv"

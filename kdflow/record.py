@@ -196,7 +196,7 @@ def git_kept_files(root: Path) -> list[Path]:
     paths = ProjectPaths.at(root)
     kept = [paths.dvc_lock, paths.root / "params.yaml"]
     for stage in graph.STAGES.values():
-        kept.extend(p for p in [*stage.metrics(paths), *stage.plots(paths)] if p.exists())
+        kept.extend(p for p in stage.kept_in_git(paths) if p.exists())
     return kept
 
 

@@ -24,9 +24,10 @@ from kdflow.training import FitResult, Training, effective_lr, fit_batches
 def output_dirs(paths: ProjectPaths, stage: str) -> list[Path]:
     """The folders `stage` writes into, from its declaration (and the resume state of a stage that trains)."""
     declared = graph.STAGES[stage]
-    files = [*declared.metrics(paths), *declared.plots(paths)]
+    folders = [p for p in declared.outs(paths) if not p.suffix]  # an out with a suffix is a file: metrics/<stage>.json
+    files = [*declared.kept_in_git(paths), *(p for p in declared.outs(paths) if p.suffix)]
     resume = [paths.resume_state("-").parent] if declared.plots(paths) else []
-    return sorted({*declared.outs(paths), *(p.parent for p in files), *resume})
+    return sorted({*folders, *(p.parent for p in files), *resume})
 
 
 class Untracked:

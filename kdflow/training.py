@@ -17,12 +17,12 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from kdflow import distributed
 from kdflow.augment import augment, augments
 from kdflow.batches import InMemory, TrainingData
 from kdflow.config import TrainSpec
+from kdflow.progress import progress
 from kdflow.resume import ResumeFile
 
 LossFn = Callable[[torch.Tensor, Sequence[torch.Tensor]], torch.Tensor]
@@ -260,12 +260,11 @@ def fit_batches(
             for epoch, record in enumerate(result.history, start=1):
                 on_epoch(epoch, record)
 
-    progress = tqdm(range(first_epoch, spec.epochs + 1), desc=description, leave=False, dynamic_ncols=True,
-                    disable=None if rank == 0 else True)
+    epochs = progress(range(first_epoch, spec.epochs + 1), description, unit="epoch", shown=rank == 0)
     replicas = Replicas(model, device, world)
     # Augmentation draws from the shuffle generator, on each epoch's (or streamed window's) shuffled inputs.
     transform = (lambda x: augment(x, spec, shuffle)) if augments(spec) else None
-    for epoch in progress:
+    for epoch in epochs:
         if before_epoch is not None:
             before_epoch(epoch)
         started = time.perf_counter()
@@ -296,7 +295,7 @@ def fit_batches(
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(epoch, record)
-        progress.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k in ("train_loss", "val_accuracy")})
+        epochs.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k in ("train_loss", "val_accuracy")})
 
         if val is not None:
             # Track the monitored value as "lower is better" so one comparison serves loss and accuracy.
@@ -321,7 +320,7 @@ def fit_batches(
             })
         if result.stopped_early:
             break
-    progress.close()
+    epochs.close()
     if best_state is None:
         result.best_epoch = len(result.history)
     else:

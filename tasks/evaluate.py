@@ -21,6 +21,7 @@ from kdflow.layout import CONFUSION_MODEL, MODELS, REPORT_FIGURES, ProjectPaths
 from kdflow.lineage import relative
 from kdflow.metrics import (accuracy, agreement, classification_metrics, confusion_counts, latency_ms_per_sample,
                             reliability_bins)
+from kdflow.progress import progress
 from kdflow.report import champion_lines, comparison_lines, markdown_table
 from kdflow.stage import stage_run
 from kdflow.training import predict_logits
@@ -65,7 +66,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         loaded: dict[str, tuple] = {}  # name -> (the model, its run id, its checkpoint's md5)
         val_accuracy: dict[str, float] = {}  # what the registry chooses by; the test set never decides
         diagrams: dict[str, tuple[list[dict], float]] = {}  # name -> (its reliability bins, its ECE)
-        for name in MODELS:
+        for name in progress(MODELS, "evaluate", unit="model"):
             checkpoint = paths.checkpoint(name)
             model, meta = load_model(checkpoint, expected_spec(params, name))
             test = tests[task_of(name)]
@@ -120,6 +121,8 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
                                                           "why": s.reason(), "verdict": s.verdict()}
                                  for s in selections}}
         write_json(paths.summary, summary)
+        for name, row in models.items():
+            write_json(paths.test_metrics(name), row)
         paths.report_dir.mkdir(parents=True, exist_ok=True)
         figures = {name: paths.report_figure(name) for name in REPORT_FIGURES}
         plot_accuracy_cost(summary, figures["accuracy_cost"])

@@ -24,6 +24,7 @@ from kdflow.config import Params
 from kdflow.datasets import to_frame
 from kdflow.layout import SPLITS, ProjectPaths
 from kdflow.mnist1d_fast import make_dataset
+from kdflow.progress import progress
 from kdflow.stage import stage_run
 
 
@@ -178,7 +179,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         }
         if raw:
             card["raw_files_md5"] = raw
-        for name in SPLITS:
+        for name in progress(SPLITS, "prepare: writing splits", unit="split"):
             sample_ids, features, labels = splits[name]
             path = write_parquet(paths.split(name), to_frame(sample_ids, features, labels))
             classes = card["target_classes" if name.startswith("target") else "source_classes"]

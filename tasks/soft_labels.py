@@ -22,6 +22,7 @@ from kdflow.config import Params
 from kdflow.datasets import feature_columns, open_parquet, read_dataset_card
 from kdflow.layout import ProjectPaths
 from kdflow.graph import SOFT_LABELLED
+from kdflow.progress import progress
 from kdflow.stage import stage_run
 from kdflow.training import resolve_device
 
@@ -55,6 +56,7 @@ def write_logits(teacher: torch.nn.Module, source: Path, target: Path, input_sha
             yield batch.column("sample_id").cast(pa.string()), x
 
     rows = 0
+    labelled = progress(description=f"soft labels: {source.stem}", total=reader.metadata.num_rows, unit="rows")
     # Chunks are written in a background thread too (compressing releases the GIL), one at a time, in order.
     with (atomic_path(target) as temporary, pq.ParquetWriter(temporary, schema, compression="zstd") as writer,
           ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind") as write_behind):
@@ -66,10 +68,12 @@ def write_logits(teacher: torch.nn.Module, source: Path, target: Path, input_sha
                 written.result()  # one chunk in flight: memory stays flat, a write error surfaces here
             written = write_behind.submit(writer.write_table, pa.Table.from_arrays(columns, schema=schema))
             rows += len(x)
+            labelled.update(len(x))
         if written is not None:
             written.result()
         if rows == 0:
             writer.write_table(schema.empty_table())
+    labelled.close()
     return rows
 
 

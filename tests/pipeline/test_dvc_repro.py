@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdflow.layout import SPLITS
+from kdflow.layout import MODELS, SPLITS
 from tests.conftest import KDFLOW
 
 pytestmark = pytest.mark.slow
@@ -22,8 +23,10 @@ STAGES = ["prepare", "train_teacher", "soft_labels", "distill", "finetune", "eva
 
 
 def run(command: list[str], cwd: Path) -> str:
-    # `python` in dvc.yaml's commands must be this interpreter, whatever PATH the test runner had.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # `kdflow` in dvc.yaml's commands must be this interpreter's, whatever PATH the test runner had, and run the
+    # code copied into the repository, which dvc.yaml names as the stages' code deps.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(cwd)}
     completed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     assert completed.returncode == 0, f"{' '.join(command)} failed:\n{completed.stdout}\n{completed.stderr}"
     return completed.stdout + completed.stderr
@@ -36,7 +39,7 @@ def stages_run(output: str) -> list[str]:
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory, tiny_params, write_params):
     repo = tmp_path_factory.mktemp("dvc-repo")
-    for folder in ("kdflow", "models", "tasks", "flows"):
+    for folder in ("kdflow", "models", "tasks", "flows", "cli"):
         shutil.copytree(REPO_ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
     (repo / "data" / "raw").mkdir(parents=True)  # prepare's dependency on users' raw files
@@ -69,6 +72,16 @@ def test_repro_runs_every_stage_then_nothing(dvc_repo):
     assert stages_run(second) == []
     assert "Data and pipelines are up to date" in second
 
+    # The models' test metrics as the report's table: a row per model, a column per metric, nothing else.
+    table = [line.split() for line in run([sys.executable, "-m", "dvc", "metrics", "show"], repo).splitlines()]
+    assert table[0] == ["Path", "latency_ms", "parameters", "task", "test_accuracy", "test_agreement", "test_ece",
+                        "test_macro_f1", "test_nll"]
+    assert [row[0] for row in table[1:]] == [f"metrics/test/{model}.json" for model in MODELS]
+    summary = json.loads((repo / "metrics" / "summary.json").read_text())
+    for row in table[1:]:
+        tested = summary["models"][Path(row[0]).stem]
+        assert row[3] == tested["task"] and float(row[4]) == pytest.approx(tested["test_accuracy"], abs=1e-5)
+
 
 def test_exp_run_shows_the_new_temperature_in_exp_show_metrics_diff_and_plots(dvc_repo, tmp_path):
     repo, _ = dvc_repo
@@ -81,12 +94,11 @@ def test_exp_run_shows_the_new_temperature_in_exp_show_metrics_diff_and_plots(dv
         assert 4.0 in temperatures and 8 in temperatures, temperatures
 
         diff = json.loads(run([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], repo))
-        summary = diff["metrics/summary.json"]
-        assert summary["models.student_distilled.test_nll"]["diff"] != 0
-        teacher_changes = {key for key in summary if key.startswith("models.teacher.")}
-        assert teacher_changes <= {"models.teacher.latency_ms"}, "the teacher did not change, only its timing may"
+        assert diff["metrics/test/student_distilled.json"]["test_nll"]["diff"] != 0
+        teacher_changes = set(diff.get("metrics/test/teacher.json", {}))
+        assert teacher_changes <= {"latency_ms"}, "the teacher did not change, only its timing may"
         readable = run([sys.executable, "-m", "dvc", "metrics", "diff"], repo)
-        assert "models.student_distilled.test_nll" in readable
+        assert re.search(r"metrics/test/student_distilled.json +test_nll ", readable), readable
 
         run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
         html = (tmp_path / "plots" / "index.html").read_text()

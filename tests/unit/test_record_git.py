@@ -16,14 +16,14 @@ def git(root: Path, *args: str) -> str:
 
 def project(tmp_path: Path) -> Path:
     root = tmp_path / "project"
-    (root / "metrics").mkdir(parents=True)
+    (root / "metrics" / "test").mkdir(parents=True)
     (root / "params.yaml").write_text("seed: 1\n")
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "params")
     (root / "dvc.lock").write_text("schema: '2.0'\n")
     (root / "params.yaml").write_text("seed: 2\n")
-    (root / "metrics" / "summary.json").write_text('{"accuracy": 0.5}\n')
+    (root / "metrics" / "test" / "teacher.json").write_text('{"accuracy": 0.5}\n')
     return root
 
 
@@ -34,7 +34,7 @@ def test_another_branch_gets_the_record_and_the_working_tree_and_index_stay_as_t
     assert commit == git(root, "rev-parse", "kdflow-runs")
     assert git(root, "log", "-1", "--format=%s", "kdflow-runs") == "kdflow run abc"
     assert git(root, "show", "kdflow-runs:params.yaml") == "seed: 2"
-    assert git(root, "show", "kdflow-runs:metrics/summary.json") == '{"accuracy": 0.5}'
+    assert git(root, "show", "kdflow-runs:metrics/test/teacher.json") == '{"accuracy": 0.5}'
     assert git(root, "show", "kdflow-runs:dvc.lock") == "schema: '2.0'"
     assert git(root, "rev-parse", "kdflow-runs^") == git(root, "rev-parse", "main")
     assert git(root, "status", "--porcelain") == status_before
@@ -47,7 +47,7 @@ def test_the_checked_out_branch_gets_a_commit_of_the_record_only(tmp_path):
     commit = record.commit_to_git(root, "main", "kdflow run abc")
     assert commit == git(root, "rev-parse", "HEAD")
     assert sorted(git(root, "show", "--name-only", "--format=", "HEAD").splitlines()) == [
-        "dvc.lock", "metrics/summary.json", "params.yaml"]
+        "dvc.lock", "metrics/test/teacher.json", "params.yaml"]
     assert git(root, "status", "--porcelain") == "?? notes.txt"
 
 

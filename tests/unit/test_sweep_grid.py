@@ -124,3 +124,14 @@ def test_temperature_alpha_map_keeps_the_best_trial_of_each_cell():
     assert values[0][0] == 0.65 and values[1] == [0.70, 0.85]
     assert math.isnan(values[0][1])  # T=1, α=1 was not in the grid: an empty cell
     assert temperature_alpha_map([{"point": {"distill.temperature": 2}, "metrics": {SELECT_BY: 0.5}}]) is None
+
+
+def test_sweep_params_are_the_shared_overrides_plus_each_point_in_grid_order(tmp_path, tiny_params, write_params):
+    from flows.sweep import sweep_params
+
+    params_path = write_params(tmp_path, tiny_params)
+    loaded = sweep_params(params_path, {"distill.temperature": [1, 8], "distill.alpha": [0.5]}, ["seed=7"])
+    assert loaded.shared["seed"] == 7 and loaded.shared["distill"] == loaded.trials[0]["distill"] | {
+        "temperature": tiny_params["distill"]["temperature"], "alpha": tiny_params["distill"]["alpha"]}
+    assert [(t["seed"], t["distill"]["temperature"], t["distill"]["alpha"]) for t in loaded.trials] == [
+        (7, 1.0, 0.5), (7, 8.0, 0.5)]
