@@ -1,8 +1,10 @@
-"""The pipeline as one Prefect flow: the same stage functions `dvc repro` runs, as tasks, in dependency order.
+"""The pipeline as one Prefect flow: the same stage functions `dvc repro` runs, as tasks, each started as soon as
+the stages it reads from are done (one per model: the baselines train while the teacher does), on the runner
+the caller chooses (flows.runners: local processes by default, a Dask cluster, or one after another).
 
-There is one record of what was computed from what, DVC's (kdflow.record): each task asks DVC whether its stage
-is up to date, as `dvc repro` would, runs the stage function when it is not, and records the result in dvc.lock
-and DVC's cache. So `kdflow run` then `dvc repro` runs nothing, and the other way round. Prefect adds the
+There is one record of what was computed from what, DVC's (kdflow.record): before a stage starts, the flow asks
+DVC whether it is up to date, as `dvc repro` would; a task runs the stage function when it is not, and the flow's
+own process records the result in dvc.lock and DVC's cache (one writer, however many stages run at once). So `kdflow run` then `dvc repro` runs nothing, and the other way round. Prefect adds the
 schedules, retries and the UI of runs. After the stages, a configured DVC remote receives the outputs, and the
 parent MLflow run keeps dvc.lock (and what git keeps), so `kdflow checkout <run>` can restore the run's bytes.
 """
@@ -10,13 +12,16 @@ parent MLflow run keeps dvc.lock (and what git keeps), so `kdflow checkout <run>
 from __future__ import annotations
 
 import importlib
+import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.futures import as_completed
 from prefect.states import Failed
 
-from kdflow import graph, record, tracking
+from flows import runners
+from kdflow import graph, record, schedule, tracking
 from kdflow.artifacts import read_json
 from kdflow.config import ConfigError, dump_params, load_params, validate
 from kdflow.layout import ProjectPaths
@@ -31,28 +36,69 @@ class StageFailed(RuntimeError):
 
 @task(task_run_name="{stage}", retries=STAGE_RETRIES, retry_delay_seconds=STAGE_RETRY_DELAYS,
       retry_jitter_factor=STAGE_RETRY_JITTER, retry_condition_fn=retry_on_transient)
-def run_stage(stage: str, params: dict[str, Any], root: str, parent_run_id: str | None, force: bool) -> str:
-    """Run `stage` unless DVC's record says it is current; what happened (kdflow.record's outcomes)."""
-    paths = ProjectPaths.at(root)
-    outcome = record.run_stage(paths.root, stage, lambda: STAGES[stage](validate(params), paths, parent_run_id),
-                               force=force)
-    get_run_logger().info("%s: %s", stage, outcome)
-    return outcome
+def train_stage(stage: str, params: dict[str, Any], root: str, parent_run_id: str | None,
+                slot: schedule.Slot | None) -> float:
+    """Run `stage`'s function, which DVC's record says must run (the flow records it after); its seconds. In a
+    `slot`, with that slot's thread budget and GPU; without, as the process is (the serial schedule)."""
+    if slot is not None:
+        schedule.use_slot(slot)
+    started = time.perf_counter()
+    STAGES[stage](validate(params), ProjectPaths.at(root), parent_run_id)
+    return time.perf_counter() - started
 
 
-def run_recorded_stage(stage: str, arguments: tuple, force: bool) -> bool:
-    """Run `stage` as a task; True when it did not run (DVC's record had it, as is or in its run cache).
+def failure(stage: str, state) -> Exception:
+    """The error a stage's failed task state stands for: DVC's own, or StageFailed naming the stage."""
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, record.RecordError):
+        return error
+    failed = StageFailed(f"stage '{stage}' failed: {type(error).__name__}: {error}")
+    failed.__cause__ = error
+    return failed
 
-    `arguments` are run_stage's (params, root, parent_run_id). A stage that fails for good raises StageFailed
-    naming it, with the stage's own error as the cause.
+
+def run_stages(names: list[str], arguments: tuple, forced: set[str], runner: runners.StageRunner) -> dict:
+    """Run the stages `names` (in pipeline order) as their inputs become ready, on `runner`'s slots; each is first
+    decided by DVC's record (skipped, restored, or run) and recorded by this process when it finishes, so dvc.lock
+    has one writer. `arguments` are train_stage's (params, root, parent_run_id).
+
+    A stage that fails for good raises StageFailed (or RecordError) once the stages already running have finished
+    and been recorded: nothing done is lost. Returns {"ran", "cached", "seconds"} (stages in pipeline order).
     """
-    state = run_stage(stage, *arguments, force, return_state=True)
-    if state.is_failed():
-        error = state.result(raise_on_failure=False)
-        if isinstance(error, record.RecordError):
-            raise error
-        raise StageFailed(f"stage '{stage}' failed: {type(error).__name__}: {error}") from error
-    return state.result() != record.RAN
+    root = arguments[1]
+    needs = {name: [up for up in graph.needs(name) if up in names] for name in names}
+    pending, done, seconds, cached = list(names), set(), {}, []
+    free, running, failed = list(runner.slots), {}, None
+    while pending or running:
+        decided = False
+        for stage in schedule.ready(pending, done, needs) if failed is None else []:
+            if not free:
+                break
+            pending.remove(stage)
+            if record.begin_stage(root, stage, stage in forced) is not None:
+                cached.append(stage)
+                done.add(stage)
+                decided = True  # its dependants may be ready now
+                continue
+            slot = free.pop(0)
+            running[runner.submit(train_stage, stage, *arguments, slot)] = (stage, slot)
+        if decided:
+            continue
+        if not running:
+            break
+        future = next(as_completed(list(running)))
+        stage, slot = running.pop(future)
+        free.insert(0, slot)
+        if future.state.is_failed():
+            failed = failed or failure(stage, future.state)
+            continue
+        seconds[stage] = future.result()
+        record.commit_stage(root, stage)
+        done.add(stage)
+    if failed is not None:
+        raise failed
+    order = list(names)
+    return {"ran": [s for s in order if s in seconds], "cached": [s for s in order if s in cached], "seconds": seconds}
 
 
 def apply_overrides(params_path: Path, overrides: list[str]) -> None:
@@ -78,18 +124,21 @@ def project_params(params_path: str, root: Path) -> Path:
 
 @flow(name="kdflow-pipeline", log_prints=True)
 def pipeline(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
-             force: list[str] | None = None, git_branch: str | None = None) -> dict:
-    """Run every stage that DVC's record says is not current; `force` names stages to rerun regardless ("all" for
-    every stage); `git_branch` commits the run's dvc.lock, params and metrics on that branch."""
+             force: list[str] | None = None, git_branch: str | None = None, serial: bool = False,
+             workers: int | None = None, dask_address: str | None = None) -> dict:
+    """Run every stage that DVC's record says is not current, each as soon as its inputs are ready; `force` names
+    stages to rerun regardless ("all" for every stage); `git_branch` commits the run's dvc.lock, params and
+    metrics on that branch. Where the stages run: flows.runners (`serial`, `workers`, `dask_address`)."""
     try:
-        return run_pipeline(params_path, overrides, root, force, git_branch)
+        return run_pipeline(params_path, overrides, root, force, git_branch,
+                            runners.choose(serial, workers, dask_address))
     except (ConfigError, record.RecordError, StageFailed) as exc:
         # The flow run fails with the error's one line (a call raises it), not a traceback in the log.
         return Failed(message=str(exc), data=exc)
 
 
 def run_pipeline(params_path: str, overrides: list[str] | None, root: str, force: list[str] | None,
-                 git_branch: str | None) -> dict:
+                 git_branch: str | None, runner: runners.StageRunner) -> dict:
     logger = get_run_logger()
     paths = ProjectPaths.at(root)
     forced = set(STAGES) if force and "all" in force else set(force or [])
@@ -100,17 +149,20 @@ def run_pipeline(params_path: str, overrides: list[str] | None, root: str, force
     params = load_params(params_file, overrides or [])  # every override checked before any is written
     record.ensure_project(paths.root)
     logger.info(tracking.check_tracking(paths.root))  # a served run checks its tracking server too
-    ran, cached = [], []
     with record.hold_outputs(paths.root):
         apply_overrides(params_file, overrides or [])
-        with tracking.start_run(paths.root, "pipeline", tags={"kdflow.runner": "prefect"},
+        with tracking.start_run(paths.root, "pipeline", tags={"kdflow.runner": "prefect",
+                                                              "kdflow.schedule": runner.kind},
                                 source="flows/pipeline.py") as parent:
             parent.log_params(params.model_dump(mode="json"))
             parent.client.log_text(parent.run_id, dump_params(params), "params.yaml")
             arguments = (params.model_dump(mode="json"), str(paths.root), parent.run_id)
-            for stage in STAGES:
-                (cached if run_recorded_stage(stage, arguments, stage in forced) else ran).append(stage)
-            parent.set_tags({"kdflow.stages_run": ",".join(ran) or "-", "kdflow.stages_cached": ",".join(cached) or "-"})
+            with runner:
+                done = run_stages(list(STAGES), arguments, forced, runner)
+            ran, cached = done["ran"], done["cached"]
+            parent.set_tags({"kdflow.stages_run": ",".join(ran) or "-", "kdflow.stages_cached": ",".join(cached) or "-",
+                             "kdflow.slots": len(runner.slots)})
+            parent.log_metrics({f"seconds.{stage}": value for stage, value in done["seconds"].items()})
             summary = read_json(paths.summary)
             parent.log_metrics({f"{m}.test_accuracy": v["test_accuracy"] for m, v in summary["models"].items()})
             parent.log_metrics(summary["comparisons"])
@@ -120,4 +172,5 @@ def run_pipeline(params_path: str, overrides: list[str] | None, root: str, force
             commit = record.commit_to_git(paths.root, git_branch, f"kdflow run {parent.run_id}") if git_branch else None
             record.log_record(parent, paths.root, remote, commit)
     logger.info("stages run: %s; from DVC's record: %s", ", ".join(ran) or "none", ", ".join(cached) or "none")
-    return {"summary": summary, "ran": ran, "cached": cached, "mlflow_run_id": parent.run_id, "git_commit": commit}
+    return {"summary": summary, "ran": ran, "cached": cached, "stage_seconds": done["seconds"],
+            "mlflow_run_id": parent.run_id, "git_commit": commit, "schedule": runner.kind, "slots": len(runner.slots)}

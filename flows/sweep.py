@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
-from prefect_dask import DaskTaskRunner
 
-from flows.pipeline import apply_overrides, project_params, run_recorded_stage
+from flows import runners
+from flows.pipeline import apply_overrides, project_params, run_stages
 from flows.retries import STAGE_RETRIES, STAGE_RETRY_DELAYS, STAGE_RETRY_JITTER, retry_on_transient
 from kdflow import graph, record, tracking
 from kdflow.artifacts import write_json
@@ -139,12 +139,6 @@ def distill_trial(index: int, point: dict[str, Any], params: dict[str, Any], roo
             "dask_worker": worker}
 
 
-def local_cluster(workers: int) -> dict:
-    """A local Dask cluster of single-threaded worker processes, listening on 127.0.0.1 only."""
-    return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
-            "dashboard_address": "127.0.0.1:8787"}
-
-
 def results_table(trials: list[dict], keys: list[str]) -> str:
     header = ["trial", *keys, SELECT_BY]
     rows = [[f"trial-{t['trial']:02d}", *(str(t["point"][k]) for k in keys), f"{t['metrics'][SELECT_BY]:.4f}"]
@@ -153,7 +147,7 @@ def results_table(trials: list[dict], keys: list[str]) -> str:
     return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in [header, *rows])
 
 
-@flow(name="kdflow-sweep", task_runner=DaskTaskRunner(cluster_kwargs=local_cluster(2)))
+@flow(name="kdflow-sweep", task_runner=runners.dask_runner(2))
 def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None, overrides: list[str] | None = None,
           root: str = ".") -> dict:
     """Run the upstream stages (cached), then one distill trial per grid point; report the best."""
@@ -173,8 +167,8 @@ def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
         record.ensure_project(paths.root)
         with record.hold_outputs(paths.root):
             apply_overrides(params_file, overrides)  # the upstream stages' record names the params they ran with
-            for stage in UPSTREAM:
-                run_recorded_stage(stage, arguments, force=False)
+            with runners.choose(serial=True) as in_turn:  # in this process: the trials take the cluster
+                run_stages(UPSTREAM, arguments, set(), in_turn)
         sweep_dir = paths.root / "sweeps" / sweep_run.run_id
         futures = distill_trial.map(
             index=list(range(len(points))), point=points, params=trial_params, root=unmapped(str(paths.root)),
@@ -208,13 +202,6 @@ def best_lines(summary: dict) -> str:
     return f"best: trial-{best['trial']:02d} ({SELECT_BY} {best['metrics'][SELECT_BY]:.4f})\n{summary['command']}"
 
 
-def dask_runner(workers: int | None = None, address: str | None = None) -> DaskTaskRunner:
-    """A runner on the cluster at `address`, or on a local cluster of `workers` processes."""
-    if address:
-        return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs=local_cluster(workers or 2))
-
-
 def run_sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
               overrides: list[str] | None = None, root: str = ".", workers: int | None = None,
               dask_address: str | None = None) -> dict:
@@ -226,6 +213,6 @@ def run_sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = N
     """
     from flows.server import PrefectApi
 
-    run = sweep.with_options(task_runner=dask_runner(workers, dask_address))
+    run = sweep.with_options(task_runner=runners.dask_runner(workers, dask_address))
     with PrefectApi.start().settings():
         return run(params_path=params_path, grid=grid, overrides=overrides, root=root)

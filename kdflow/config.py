@@ -106,6 +106,8 @@ class TrainSpec(Section):
     reference_batch_size: int = Field(128, gt=0, description="the batch size `lr` was tuned for, under lr_scaling")
     resume_every: int = Field(1, ge=0, description="epochs between resumable training-state checkpoints; 0 never")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else the CPU")
+    threads: int = Field(1, gt=0, description="torch intra-op threads on the CPU, whichever runner trains the model: "
+                                              "the count changes the weights' last bits, so it is fixed here")
     bf16: bool = Field(False, description="bfloat16 autocast for the forward pass and loss")
 
 
@@ -260,8 +262,11 @@ class Params(Section):
         return seed
 
     def section(self, name: str) -> dict[str, Any]:
-        """One stage's section as plain data, for hashing and for logging to MLflow."""
-        return getattr(self, name).model_dump(mode="json")
+        """One stage's section (or a part of one, `distill.student`) as plain data, for hashing and for logging."""
+        node = self
+        for part in name.split("."):
+            node = getattr(node, part)
+        return node.model_dump(mode="json")
 
 
 # --- loading -----------------------------------------------------------------------------------------------

@@ -25,16 +25,17 @@ from kdflow.config import ConfigError, Params, TrainSpec, load_params
 from kdflow import graph
 from kdflow.layout import ProjectPaths
 from kdflow.resume import ResumeFile, training_fingerprint
-from kdflow.training import FitResult, LossFn, cross_entropy_loss, effective_lr, fit
+from kdflow.training import FitResult, LossFn, cross_entropy_loss, effective_lr, fit, intra_op_threads
 
 StageFn = Callable[[Params, ProjectPaths, "str | None"], dict]
 
 def output_dirs(paths: ProjectPaths, stage: str) -> list[Path]:
     """The folders `stage` writes into, from its declaration (and the resume state of a stage that trains)."""
     declared = graph.STAGES[stage]
-    files = [*declared.metrics(paths), *declared.plots(paths)]
+    files = [*declared.metrics(paths), *declared.plots(paths), *(p for p in declared.outs(paths) if p.suffix)]
+    folders = [p for p in declared.outs(paths) if not p.suffix]  # an out is a file (teacher.pt) or a folder
     resume = [paths.resume_state("-").parent] if declared.plots(paths) else []
-    return sorted({*declared.outs(paths), *(p.parent for p in files), *resume})
+    return sorted({*folders, *(p.parent for p in files), *resume})
 
 
 @contextlib.contextmanager
@@ -119,11 +120,12 @@ def train_model(
         with stage_tracked.child(name, tags={"kdflow.model": name}) as tracked:
             tracked.log_params({**{k: v for k, v in settings.items() if k != "model"},
                                 "lr_effective": effective_lr(train, len(x))})
-            result = fit(
-                model, x, targets, train, seed=seed, loss_fn=loss_fn, val=val, param_groups=param_groups,
-                before_epoch=before_epoch, on_epoch=lambda epoch, record: tracked.log_metrics(record, step=epoch),
-                description=name, resume=resume,
-            )
+            with intra_op_threads(train.threads):  # the same count under every runner: the same bytes
+                result = fit(
+                    model, x, targets, train, seed=seed, loss_fn=loss_fn, val=val, param_groups=param_groups,
+                    before_epoch=before_epoch, on_epoch=lambda epoch, record: tracked.log_metrics(record, step=epoch),
+                    description=name, resume=resume,
+                )
             # What it was trained from, so a later stage can tell a checkpoint of other inputs (kdflow.consistency).
             checkpoint = save_model(paths.checkpoint(name), model, spec, input_shape, class_names,
                                     extra={"inputs": stage_tracked.input_digests})

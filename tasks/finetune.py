@@ -1,4 +1,5 @@
-"""Stage `finetune`: the distilled student becomes the target-task model, beside a from-scratch baseline.
+"""Stage `finetune`: the distilled student becomes the target-task model (its from-scratch baseline is the stage
+tasks.target_scratch).
 
 Layers whose name and shape match are copied from the student; the rest, and every layer named by
 `finetune.reinit` (the head by default), keep a fresh initialisation. Strategies:
@@ -53,16 +54,21 @@ def transferred_model(params: Params, source: torch.nn.Module, arch, input_shape
     return target, copy_matching_layers(source.state_dict(), target, params.finetune.reinit)
 
 
-def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
-    spec = params.finetune
+def target_task(paths: ProjectPaths):
+    """What both target models train on: input shape, class names, and the target train and validation splits."""
     card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
-    classes = card["target_classes"]
+    train, val = (load_split(paths.split(name), input_shape) for name in ("target_train", "target_val"))
+    return input_shape, card["target_classes"], train, val
+
+
+def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
+    spec = params.finetune
     source_checkpoint = paths.checkpoint(SOURCE_MODEL)
     with stage_run(paths, "finetune", params, parent_run_id) as tracked:
         arch = expected_spec(params, SOURCE_MODEL)
         source, _ = load_model(source_checkpoint, arch)
-        train, val = load_split(paths.split("target_train"), input_shape), load_split(paths.split("target_val"), input_shape)
+        input_shape, classes, train, val = target_task(paths)
 
         try:
             target, report = transferred_model(params, source, arch, input_shape, len(classes))
@@ -77,21 +83,16 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         print("\n".join(["transfer from " + SOURCE_MODEL, *report.lines()]))
         tracked.log_artifact(report_path)
 
-        common = dict(seed=params.seed, val=(val.x, val.y), input_shape=input_shape, class_names=classes)
         finetuned = train_model(
             tracked, paths, "target_finetuned", target, arch, spec.train, train.x, [train.y],
             param_groups=param_groups(target, spec), before_epoch=unfreeze_schedule(target, spec),
             extra_params={"strategy": spec.strategy, "backbone_lr_mult": spec.backbone_lr_mult,
                           "layers_copied": len(report.copied), "layers_reinitialised": len(report.reinitialised)},
-            **common,
+            seed=params.seed, val=(val.x, val.y), input_shape=input_shape, class_names=classes,
         )
-        torch.manual_seed(params.seed)
-        scratch = train_model(tracked, paths, "target_scratch", build_model(arch, input_shape, len(classes)), arch,
-                              spec.train, train.x, [train.y], **common)
         metrics = {
             "target_finetuned_val_accuracy": finetuned.best["val_accuracy"],
             "target_finetuned_best_epoch": finetuned.best_epoch,
-            "target_scratch_val_accuracy": scratch.best["val_accuracy"],
             "layers_copied": len(report.copied),
             "backbone_blocks": len(backbone_blocks(target)),
         }

@@ -17,7 +17,7 @@ from kdflow.layout import ProjectPaths
 from kdflow.losses import kd_loss
 from kdflow.lr_finder import STAGES, Problem
 from models import build_model
-from tasks.distill import distillation_set
+from tasks.students import distillation_set
 from tasks.finetune import SOURCE_MODEL, param_groups, transferred_model, unfreeze_schedule
 
 

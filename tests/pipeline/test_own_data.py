@@ -14,11 +14,12 @@ import pytest
 
 from kdflow.checkpoints import load_model
 from kdflow.config import CNN2DSpec
+from kdflow import graph
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"]
+STAGES = list(graph.STAGES)
 RAW = "data/raw/digits.csv"
 
 
