@@ -20,7 +20,7 @@ from kdflow import graph, schedule
 def local_cluster(workers: int) -> dict:
     """A local Dask cluster of single-threaded worker processes, listening on 127.0.0.1 only."""
     return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
-            "dashboard_address": None}
+            "dashboard_address": "127.0.0.1:8787"}
 
 
 def dask_runner(workers: int | None = None, address: str | None = None):
@@ -41,20 +41,26 @@ def machine() -> tuple[int, int]:
 
 @dataclass
 class StageRunner:
-    """A Prefect task runner and the slots stages run in: at most one stage per slot at a time."""
+    """A Prefect task runner and the slots stages run in: at most one stage per slot at a time. The task runner
+    starts (a local cluster: its worker processes) at the first stage that must run, so a run that DVC's record
+    answers in full starts none."""
 
     kind: str  # "processes", "dask" or "serial", for the run's record
     runner: Any
     slots: list[schedule.Slot | None] = field(default_factory=lambda: [None])
+    started: bool = False
 
     def __enter__(self) -> "StageRunner":
-        self.runner.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.runner.__exit__(*exc)
+        if self.started:
+            self.runner.__exit__(*exc)
 
     def submit(self, task, stage: str, params: dict, root: str, parent_run_id: str | None, slot):
+        if not self.started:
+            self.runner.__enter__()
+            self.started = True
         return self.runner.submit(task, parameters={"stage": stage, "params": params, "root": root,
                                                     "parent_run_id": parent_run_id, "slot": slot})
 

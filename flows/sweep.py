@@ -1,11 +1,11 @@
 """A hyperparameter sweep: the `distill` stage mapped over a grid, trials fanned out on Prefect's Dask task runner.
 
 The stages distill depends on run first as the pipeline runs them (skipped when DVC's record has them), so a
-sweep after `kdflow run` starts straight with the trials. Each trial is a Prefect task that runs `tasks.distill`
-with its grid point applied, in a Dask worker process: it reads the project's data, teacher and soft labels, and
-writes its students, metrics and curves under `sweeps/<sweep run id>/trial-NN/`, leaving the pipeline's own
-outputs alone. In MLflow, the sweep is one run `sweep` with a nested run per trial (its grid point as params,
-the distill stage and its models nested below). The best trial by the distilled student's validation accuracy
+sweep after `kdflow run` starts straight with the trials. Each trial is a Prefect task that runs the student
+stages (`distill` and its baselines `student_hard_labels`, `student_scratch`) with its grid point applied, in a Dask
+worker process: it reads the project's data, teacher and soft labels, and writes its students, metrics and curves
+under `sweeps/<sweep run id>/trial-NN/`, leaving the pipeline's own outputs alone. In MLflow, the sweep is one run
+`sweep` with a nested run per trial (its grid point as params, the student stages and their models nested below). The best trial by the distilled student's validation accuracy
 is reported, with the `kdflow run -S ...` line that reproduces it in the pipeline.
 
 Workers get plain data (params as a dict, paths as strings), never tensors. On a remote cluster
@@ -23,7 +23,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task, unmapped
 
 from flows import runners
-from flows.pipeline import apply_overrides, project_params, run_stages
+from flows.pipeline import STAGES, apply_overrides, project_params, run_stages
 from flows.retries import STAGE_RETRIES, STAGE_RETRY_DELAYS, STAGE_RETRY_JITTER, retry_on_transient
 from kdflow import graph, record, tracking
 from kdflow.artifacts import write_json
@@ -31,6 +31,9 @@ from kdflow.config import ConfigError, format_override, load_params, syntax_prob
 from kdflow.layout import ProjectPaths
 
 UPSTREAM = graph.upstream("distill")
+# A grid point may change the student or its training (distill.student, distill.train): each trial trains the
+# distilled student and its two baselines, each in its stage.
+TRIAL_STAGES = [name for name, stage in graph.STAGES.items() if stage.model in graph.STUDENTS]
 DEFAULT_GRID = {"distill.temperature": [1.0, 2.0, 4.0, 8.0], "distill.alpha": [0.5, 1.0]}
 SELECT_BY = "student_distilled_val_accuracy"  # from the distill stage's metrics; higher is better
 
@@ -118,10 +121,8 @@ def assignments(point: dict[str, Any]) -> list[str]:
       retry_jitter_factor=STAGE_RETRY_JITTER, retry_condition_fn=retry_on_transient)
 def distill_trial(index: int, point: dict[str, Any], params: dict[str, Any], root: str, trial_dir: str,
                   sweep_run_id: str) -> dict:
-    """One grid point through `tasks.distill`, in its own directory and nested MLflow run."""
+    """One grid point through the student stages (TRIAL_STAGES), in its own directory and nested MLflow run."""
     import torch
-
-    from tasks import distill
 
     # One trial per worker process: more intra-op threads would only fight the other workers for the cores.
     torch.set_num_threads(1)
@@ -133,7 +134,9 @@ def distill_trial(index: int, point: dict[str, Any], params: dict[str, Any], roo
                             tags={"kdflow.sweep_trial": index, "kdflow.dask_worker": worker},
                             source="flows/sweep.py") as trial:
         trial.log_params(point)
-        metrics = distill.run(validate(params), paths, trial.run_id)
+        metrics = {}
+        for stage in TRIAL_STAGES:
+            metrics.update(STAGES[stage](validate(params), paths, trial.run_id))
         trial.log_metrics(metrics)
     return {"trial": index, "point": point, "metrics": metrics, "trial_dir": trial_dir, "mlflow_run_id": trial.run_id,
             "dask_worker": worker}
