@@ -87,6 +87,7 @@ def child(root: str, stages: str) -> None:
         # Each stage's seconds where it ran (a worker process, or this one); the compute timers see this one only.
         timings.update(ran=result["ran"], cached=result["cached"], slots=result.get("slots"),
                        stage_seconds=result.get("stage_seconds", timings["stage_seconds"]),
+                       stage_cpu_seconds=result.get("stage_cpu_seconds", {}),
                        summary_accuracy={model: metrics["test_accuracy"]
                                          for model, metrics in result["summary"]["models"].items()})
     else:

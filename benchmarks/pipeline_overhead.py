@@ -201,16 +201,22 @@ def lock_outs(root: Path, stage: str) -> list:
 
 
 def schedule_table(plan: dict, cold: dict, serial: dict) -> str:
-    """Per model: its compute in the concurrent run and in the serial one, and whether it is on the critical path."""
-    rows = [[stage, f"{seconds:.1f}", f"{serial['stage_seconds'].get(stage, 0.0):.1f}",
-             "yes" if stage in plan["critical_path"] else ""] for stage, seconds in plan["compute_seconds"].items()]
-    rows += [["**total compute**", f"{plan['total_compute_seconds']:.1f}",
-              f"{sum(serial['stage_seconds'].values()):.1f}", ""],
-             ["**critical path**", f"{plan['critical_path_seconds']:.1f}", "", " → ".join(plan["critical_path"])],
-             [f"**bound** max(critical path, total / {plan['cores']} cores)", f"{plan['bound_seconds']:.1f}", "", ""],
-             ["**cold run, wall** (concurrent, serial)", f"{cold['wall_seconds']:.1f}", f"{serial['wall_seconds']:.1f}",
-              f"{cold.get('slots', '?')} worker processes"]]
-    return table(["stage (model)", "concurrent s", "serial s", "critical path"], rows)
+    """Per model: its compute in the concurrent run and in the serial one (wall and CPU seconds: on a shared machine
+    the difference is the wait for a core), and whether it is on the critical path."""
+    def cpu(run: dict, stage: str) -> str:
+        return f"{run['stage_cpu_seconds'][stage]:.1f}" if stage in run.get("stage_cpu_seconds", {}) else ""
+
+    rows = [[stage, f"{seconds:.1f}", cpu(cold, stage), f"{serial['stage_seconds'].get(stage, 0.0):.1f}",
+             cpu(serial, stage), "yes" if stage in plan["critical_path"] else ""]
+            for stage, seconds in plan["compute_seconds"].items()]
+    rows += [["**total compute**", f"{plan['total_compute_seconds']:.1f}", f"{sum(cold['stage_cpu_seconds'].values()):.1f}",
+              f"{sum(serial['stage_seconds'].values()):.1f}", f"{sum(serial['stage_cpu_seconds'].values()):.1f}", ""],
+             ["**critical path**", f"{plan['critical_path_seconds']:.1f}", "", "", "", " → ".join(plan["critical_path"])],
+             [f"**bound** max(critical path, total / {plan['cores']} cores)", f"{plan['bound_seconds']:.1f}", "", "", "",
+              ""],
+             ["**cold run, wall** (concurrent, serial)", f"{cold['wall_seconds']:.1f}", "", f"{serial['wall_seconds']:.1f}",
+              "", f"{cold.get('slots', '?')} worker processes"]]
+    return table(["stage (model)", "concurrent s", "CPU s", "serial s", "CPU s", "critical path"], rows)
 
 
 def overhead_table(serial: dict) -> str:

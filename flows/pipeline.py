@@ -37,14 +37,15 @@ class StageFailed(RuntimeError):
 @task(task_run_name="{stage}", retries=STAGE_RETRIES, retry_delay_seconds=STAGE_RETRY_DELAYS,
       retry_jitter_factor=STAGE_RETRY_JITTER, retry_condition_fn=retry_on_transient)
 def train_stage(stage: str, params: dict[str, Any], root: str, parent_run_id: str | None,
-                slot: schedule.Slot | None) -> float:
-    """Run `stage`'s function, which DVC's record says must run (the flow records it after); its seconds. In a
+                slot: schedule.Slot | None) -> tuple[float, float]:
+    """Run `stage`'s function, which DVC's record says must run (the flow records it after); its wall and CPU
+    seconds (the CPU time of its process: on a shared machine, the work apart from the wait for a core). In a
     `slot`, with that slot's thread budget and GPU; without, as the process is (the serial schedule)."""
     if slot is not None:
         schedule.use_slot(slot)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     STAGES[stage](validate(params), ProjectPaths.at(root), parent_run_id)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def failure(stage: str, state) -> Exception:
@@ -63,11 +64,12 @@ def run_stages(names: list[str], arguments: tuple, forced: set[str], runner: run
     has one writer. `arguments` are train_stage's (params, root, parent_run_id).
 
     A stage that fails for good raises StageFailed (or RecordError) once the stages already running have finished
-    and been recorded: nothing done is lost. Returns {"ran", "cached", "seconds"} (stages in pipeline order).
+    and been recorded: nothing done is lost. Returns {"ran", "cached", "seconds", "cpu_seconds"} (stages in
+    pipeline order).
     """
     root = arguments[1]
     needs = {name: [up for up in graph.needs(name) if up in names] for name in names}
-    pending, done, seconds, cached = list(names), set(), {}, []
+    pending, done, seconds, cpu_seconds, cached = list(names), set(), {}, {}, []
     free, running, failed = list(runner.slots), {}, None
     while pending or running:
         decided = False
@@ -92,13 +94,14 @@ def run_stages(names: list[str], arguments: tuple, forced: set[str], runner: run
         if future.state.is_failed():
             failed = failed or failure(stage, future.state)
             continue
-        seconds[stage] = future.result()
+        seconds[stage], cpu_seconds[stage] = future.result()
         record.commit_stage(root, stage)
         done.add(stage)
     if failed is not None:
         raise failed
     order = list(names)
-    return {"ran": [s for s in order if s in seconds], "cached": [s for s in order if s in cached], "seconds": seconds}
+    return {"ran": [s for s in order if s in seconds], "cached": [s for s in order if s in cached], "seconds": seconds,
+            "cpu_seconds": cpu_seconds}
 
 
 def apply_overrides(params_path: Path, overrides: list[str]) -> None:
@@ -162,7 +165,8 @@ def run_pipeline(params_path: str, overrides: list[str] | None, root: str, force
             ran, cached = done["ran"], done["cached"]
             parent.set_tags({"kdflow.stages_run": ",".join(ran) or "-", "kdflow.stages_cached": ",".join(cached) or "-",
                              "kdflow.slots": len(runner.slots)})
-            parent.log_metrics({f"seconds.{stage}": value for stage, value in done["seconds"].items()})
+            parent.log_metrics({f"{kind}.{stage}": value for kind in ("seconds", "cpu_seconds")
+                                for stage, value in done[kind].items()})
             summary = read_json(paths.summary)
             parent.log_metrics({f"{m}.test_accuracy": v["test_accuracy"] for m, v in summary["models"].items()})
             parent.log_metrics(summary["comparisons"])
@@ -173,4 +177,5 @@ def run_pipeline(params_path: str, overrides: list[str] | None, root: str, force
             record.log_record(parent, paths.root, remote, commit)
     logger.info("stages run: %s; from DVC's record: %s", ", ".join(ran) or "none", ", ".join(cached) or "none")
     return {"summary": summary, "ran": ran, "cached": cached, "stage_seconds": done["seconds"],
+            "stage_cpu_seconds": done["cpu_seconds"],
             "mlflow_run_id": parent.run_id, "git_commit": commit, "schedule": runner.kind, "slots": len(runner.slots)}

@@ -1,7 +1,7 @@
 """Scheduling the stage graph: which stages may start, where each runs, and what the best schedule costs.
 
-Pure functions of the graph (kdflow.graph.needs) and of measured seconds; the flow (flows/pipeline.py) and the
-benchmark (benchmarks/pipeline_overhead.py) both use them.
+Pure functions of the graph (kdflow.graph.needs) and of measured seconds, which the flow (flows/pipeline.py) and
+the benchmark (benchmarks/pipeline_overhead.py) both use; and use_slot, which puts a worker process in its slot.
 """
 
 from __future__ import annotations
