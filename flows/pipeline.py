@@ -97,6 +97,7 @@ def run_stages(names: list[str], arguments: tuple, forced: set[str], runner: run
         seconds[stage], cpu_seconds[stage] = future.result()
         record.commit_stage(root, stage)
         done.add(stage)
+    record.order_lock(root)
     if failed is not None:
         raise failed
     order = list(names)

@@ -180,6 +180,24 @@ def commit_stage(root: Path, name: str) -> None:
             raise _busy(exc, root) from None
 
 
+def order_lock(root: Path) -> None:
+    """List dvc.lock's stages in the order dvc.yaml declares them. DVC appends a stage the first time it records
+    it, and stages that run at once finish in any order: without this, the same run would write dvc.lock's
+    entries in another order each time (the same content, other bytes, a diff in git)."""
+    from dvc.utils.serialize import modify_yaml
+
+    path = ProjectPaths.at(root).dvc_lock
+    if not path.exists():
+        return
+    with modify_yaml(path) as lock:
+        stages = lock.get("stages", {})
+        ordered = [name for name in graph.STAGES if name in stages] + [n for n in stages if n not in graph.STAGES]
+        if list(stages) != ordered:
+            entries = {name: stages[name] for name in ordered}
+            stages.clear()
+            stages.update(entries)
+
+
 def push_to_default_remote(root: Path) -> tuple[str | None, int]:
     """Send every output in dvc.lock to the default remote, when one is configured: (its name, files sent)."""
     with open_repo(root) as repo:

@@ -45,6 +45,7 @@ def test_both_runners_write_the_same_bytes_and_test_accuracy(two_runs):
     assert dask["ran"] == serial["ran"] == list(graph.STAGES)
     assert (dask["schedule"], dask["slots"], serial["schedule"]) == ("dask", 2, "serial")
     locks = [yaml.safe_load((root / "dvc.lock").read_text())["stages"] for root in (dask_root, serial_root)]
+    assert list(locks[0]) == list(locks[1]) == list(graph.STAGES)  # recorded in any order, listed in one
     for stage in graph.STAGES:
         if stage == "evaluate":  # its report holds measured latency
             continue
