@@ -4,40 +4,27 @@ from __future__ import annotations
 
 from kdflow import record
 
-RECORDED = """schema: '2.0'
-stages:
-  prepare:
-    cmd: python -m tasks.prepare
-  student_scratch:
-    cmd: python -m tasks.student_scratch
-    outs:
-    - path: artifacts/students/student_scratch.pt
-      md5: 0123456789abcdef0123456789abcdef
-      size: 10
-  train_teacher:
-    cmd: python -m tasks.train_teacher
-"""
+HEADER = "schema: '2.0'\nstages:\n"
+ENTRIES = {  # as DVC writes them; the scratch student's with its output
+    "prepare": "  prepare:\n    cmd: python -m tasks.prepare\n",
+    "student_scratch": ("  student_scratch:\n    cmd: python -m tasks.student_scratch\n    outs:\n"
+                        "    - path: artifacts/students/student_scratch.pt\n"
+                        "      md5: 0123456789abcdef0123456789abcdef\n      size: 10\n"),
+    "train_teacher": "  train_teacher:\n    cmd: python -m tasks.train_teacher\n",
+}
+
+
+def lock_text(*stages: str) -> str:
+    return HEADER + "".join(ENTRIES[stage] for stage in stages)
 
 
 def test_order_lock_puts_the_stages_in_declaration_order_and_keeps_their_content(tmp_path):
-    (tmp_path / "dvc.lock").write_text(RECORDED)
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(lock_text("prepare", "student_scratch", "train_teacher"))  # recorded as they finished
     record.order_lock(tmp_path)
-    assert (tmp_path / "dvc.lock").read_text() == """schema: '2.0'
-stages:
-  prepare:
-    cmd: python -m tasks.prepare
-  train_teacher:
-    cmd: python -m tasks.train_teacher
-  student_scratch:
-    cmd: python -m tasks.student_scratch
-    outs:
-    - path: artifacts/students/student_scratch.pt
-      md5: 0123456789abcdef0123456789abcdef
-      size: 10
-"""
-    ordered = (tmp_path / "dvc.lock").read_bytes()
+    assert lock.read_text() == lock_text("prepare", "train_teacher", "student_scratch")
     record.order_lock(tmp_path)  # in order already: the same bytes
-    assert (tmp_path / "dvc.lock").read_bytes() == ordered
+    assert lock.read_text() == lock_text("prepare", "train_teacher", "student_scratch")
 
 
 def test_no_lock_yet_is_left_alone(tmp_path):
