@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdflow.layout import SPLITS
 from kdflow import graph
+from kdflow.layout import SPLITS
 
 pytestmark = pytest.mark.slow
 

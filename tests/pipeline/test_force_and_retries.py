@@ -8,8 +8,8 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from kdflow.config import ConfigError
 from kdflow import graph
+from kdflow.config import ConfigError
 
 pytestmark = pytest.mark.slow
 

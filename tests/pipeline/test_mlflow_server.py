@@ -20,14 +20,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdflow import record
+from kdflow import graph, record
 from kdflow.checkpoints import expected_spec, load_model, save_model
 from kdflow.config import load_params
 from kdflow.datasets import load_split
 from kdflow.layout import MODELS, ProjectPaths
 from kdflow.lineage import INPUT_PREFIX, OUTPUT_PREFIX, tagged_files
 from tasks import evaluate
-from kdflow import graph
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from kdflow import graph
 from kdflow.checkpoints import load_model
 from kdflow.config import CNN2DSpec
-from kdflow import graph
 
 pytestmark = pytest.mark.slow
 

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from kdflow import graph
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kdflow import graph
 from kdflow.layout import MODELS, SPLITS
 from kdflow.tracking import git_commit
-from kdflow import graph
 
 pytestmark = pytest.mark.slow
 
