@@ -48,9 +48,8 @@ def train_stage(stage: str, params: dict[str, Any], root: str, parent_run_id: st
     return time.perf_counter() - started, time.process_time() - cpu_started
 
 
-def failure(stage: str, state) -> Exception:
-    """The error a stage's failed task state stands for: DVC's own, or StageFailed naming the stage."""
-    error = state.result(raise_on_failure=False)
+def failure(stage: str, error: Exception) -> Exception:
+    """The error a stage's failed task raised, as the flow raises it: DVC's own, or StageFailed naming the stage."""
     if isinstance(error, record.RecordError):
         return error
     failed = StageFailed(f"stage '{stage}' failed: {type(error).__name__}: {error}")
@@ -91,10 +90,11 @@ def run_stages(names: list[str], arguments: tuple, forced: set[str], runner: run
         future = next(as_completed(list(running)))
         stage, slot = running.pop(future)
         free.insert(0, slot)
-        if future.state.is_failed():
-            failed = failed or failure(stage, future.state)
+        try:  # the task's own result: its state, read back from the API, may lag behind it
+            seconds[stage], cpu_seconds[stage] = future.result()
+        except Exception as error:  # noqa: BLE001 - whatever the stage raised, once its retries are spent
+            failed = failed or failure(stage, error)
             continue
-        seconds[stage], cpu_seconds[stage] = future.result()
         record.commit_stage(root, stage)
         done.add(stage)
     record.order_lock(root)
