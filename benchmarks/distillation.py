@@ -19,11 +19,10 @@ from benchmarks.harness import fmt, mean_ci, parser, table, write_results
 from benchmarks.workspace import load_overridden, quick_overrides, workspace
 from kdflow.artifacts import read_json
 from kdflow.checkpoints import expected_spec, load_model
-from kdflow.datasets import load_split
+from kdflow.datasets import load_split, teacher_logits_for
 from kdflow.losses import kd_loss
 from kdflow.training import fit, intra_op_threads, predict_logits
 from models import build_model
-from tasks.distill import teacher_logits_for
 
 SIZES = (0, 5000, 25000, 50000)
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)

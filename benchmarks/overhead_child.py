@@ -59,10 +59,8 @@ def child(root: str, stages: str) -> None:
 
     The flow is started as `kdflow run` starts it: Prefect's temporary server first, then the stages' imports.
     """
-    from kdflow.cli import _prefect_defaults
     from flows.server import PrefectApi
 
-    _prefect_defaults()
     if stages == "prefect":  # the server's start alone, nothing of the project's
         with PrefectApi.start().settings():
             print("KDFLOW-BENCH {}")
@@ -78,7 +76,7 @@ def child(root: str, stages: str) -> None:
     from kdflow.config import load_params
     from kdflow.layout import ProjectPaths
 
-    tracking._client(Path(root).resolve())  # as `kdflow run` does; for the stages, not in the first timed one
+    tracking.project_client(Path(root).resolve())  # as `kdflow run` does; for the stages, not in the first timed one
     if api is not None:
         with api.settings():
             # (only when asked: a --baseline commit's flow may predate the option)

@@ -58,9 +58,6 @@ def environment(**values: str | None) -> Iterator[None]:
 
 
 def run(args) -> dict:
-    from kdflow.cli import _prefect_defaults
-
-    _prefect_defaults()
     timings = []
     with contextlib.ExitStack() as stack:
         directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="kdflow-sweep-bench-"))
@@ -68,9 +65,10 @@ def run(args) -> dict:
         stack.enter_context(environment(PREFECT_HOME=str(Path(directory) / ".prefect-home"), MLFLOW_TRACKING_URI=None,
                                         KDFLOW_OFFLINE=None))
         from flows.server import PrefectApi
-        from flows.sweep import run_sweep
 
         stack.enter_context(PrefectApi.start().settings())  # one server for every sweep, started before the timing
+        from flows.sweep import run_sweep
+
         root = Path(directory)
         params_path = root / "params.yaml"
         params_path.write_text(bench_params(args.epochs, args.quick))

@@ -4,9 +4,9 @@ the caller chooses (flows.runners: local processes by default, a Dask cluster, o
 
 There is one record of what was computed from what, DVC's (kdflow.record): before a stage starts, the flow asks
 DVC whether it is up to date, as `dvc repro` would; a task runs the stage function when it is not, and the flow's
-own process records the result in dvc.lock and DVC's cache (one writer, however many stages run at once). So `kdflow run` then `dvc repro` runs nothing, and the other way round. Prefect adds the
-schedules, retries and the UI of runs. After the stages, a configured DVC remote receives the outputs, and the
-parent MLflow run keeps dvc.lock (and what git keeps), so `kdflow checkout <run>` can restore the run's bytes.
+own process records the result in dvc.lock and DVC's cache (one writer, however many stages run at once). So
+`kdflow run` then `dvc repro` runs nothing, and the other way round. Prefect adds the schedules, retries and the
+UI of runs. After the stages, a configured DVC remote receives the outputs, and the parent MLflow run keeps dvc.lock (and what git keeps), so `kdflow checkout <run>` can restore the run's bytes.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from prefect.futures import as_completed
 from prefect.states import Failed
 
 from flows import runners
-from kdflow import graph, record, schedule, tracking
+from kdflow import distributed, graph, record, schedule, tracking
 from kdflow.artifacts import read_json
-from kdflow.config import ConfigError, dump_params, load_params, validate
+from kdflow.config import ConfigError, Params, dump_params, load_params, validate
 from kdflow.layout import ProjectPaths
+from kdflow.stage import stage_train_spec
 from flows.retries import STAGE_RETRIES, STAGE_RETRY_DELAYS, STAGE_RETRY_JITTER, retry_on_transient
 
 STAGES = {name: importlib.import_module(stage.module).run for name, stage in graph.STAGES.items()}
@@ -44,8 +45,22 @@ def train_stage(stage: str, params: dict[str, Any], root: str, parent_run_id: st
     if slot is not None:
         schedule.use_slot(slot)
     started, cpu_started = time.perf_counter(), time.process_time()
-    STAGES[stage](validate(params), ProjectPaths.at(root), parent_run_id)
+    call_stage(stage, validate(params), ProjectPaths.at(root), parent_run_id)
     return time.perf_counter() - started, time.process_time() - cpu_started
+
+
+def call_stage(stage: str, params: Params, paths: ProjectPaths, parent_run_id: str | None) -> dict:
+    """The stage in this process, or, when its `train.nproc_per_node` asks for more, as that many torchrun ranks
+    running its command (`kdflow stage <stage>`, which reads the params.yaml the flow wrote, as `dvc repro`)."""
+    train = stage_train_spec(params, stage)
+    if train is None or train.nproc_per_node == 1:
+        return STAGES[stage](params, paths, parent_run_id)
+    arguments = ["stage", stage, "--root", str(paths.root)] + (["--parent-run-id", parent_run_id] if parent_run_id else [])
+    status = distributed.relaunch(train.nproc_per_node, "cli.main", arguments)
+    if status:
+        raise StageFailed(f"stage '{stage}' failed under torchrun ({train.nproc_per_node} processes, exit status "
+                          f"{status}); its output above says why")
+    return read_json(paths.stage_metrics(stage))
 
 
 def failure(stage: str, error: Exception) -> Exception:
@@ -114,43 +129,35 @@ def apply_overrides(params_path: Path, overrides: list[str]) -> None:
         dvc_apply_overrides(params_path, overrides)
 
 
-def project_params(params_path: str, root: Path) -> Path:
-    """The params file DVC reads, `<root>/params.yaml`; another file is refused, as its values would not be the
-    ones dvc.lock records."""
-    path = Path(params_path)
-    path = (path if path.is_absolute() else Path.cwd() / path).resolve()
-    expected = root / "params.yaml"
-    if path != expected:
-        raise ConfigError(f"{params_path}: the flow records its runs in DVC, which reads {expected}; fix: pass "
-                          f"--params {expected} (copy your file there) or --root {path.parent}")
-    return path
-
-
 @flow(name="kdflow-pipeline", log_prints=True)
 def pipeline(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
-             force: list[str] | None = None, git_branch: str | None = None, serial: bool = False,
-             workers: int | None = None, dask_address: str | None = None) -> dict:
+             force: list[str] | None = None, git_branch: str | None = None,
+             params: dict[str, Any] | None = None, serial: bool = False, workers: int | None = None,
+             dask_address: str | None = None) -> dict:
     """Run every stage that DVC's record says is not current, each as soon as its inputs are ready; `force` names
     stages to rerun regardless ("all" for every stage); `git_branch` commits the run's dvc.lock, params and
-    metrics on that branch. Where the stages run: flows.runners (`serial`, `workers`, `dask_address`)."""
+    metrics on that branch. `params` are those of `params_path` with `overrides`, when the caller has loaded them
+    already (`kdflow run` does, to fail before Prefect starts); a scheduled run reads the file as it is then.
+    Where the stages run: flows.runners (`serial`, `workers`, `dask_address`)."""
     try:
         return run_pipeline(params_path, overrides, root, force, git_branch,
-                            runners.choose(serial, workers, dask_address))
+                            runners.choose(serial, workers, dask_address), params)
     except (ConfigError, record.RecordError, StageFailed) as exc:
         # The flow run fails with the error's one line (a call raises it), not a traceback in the log.
         return Failed(message=str(exc), data=exc)
 
 
 def run_pipeline(params_path: str, overrides: list[str] | None, root: str, force: list[str] | None,
-                 git_branch: str | None, runner: runners.StageRunner) -> dict:
+                 git_branch: str | None, runner: runners.StageRunner, loaded: dict[str, Any] | None = None) -> dict:
     logger = get_run_logger()
     paths = ProjectPaths.at(root)
     forced = set(STAGES) if force and "all" in force else set(force or [])
     unknown = forced - set(STAGES)
     if unknown:
         raise ConfigError(f"--force names unknown stages {sorted(unknown)}; stages: {', '.join(STAGES)}")
-    params_file = project_params(params_path, paths.root)
-    params = load_params(params_file, overrides or [])  # every override checked before any is written
+    params_file = record.project_params(params_path, paths.root)
+    # every override checked before any is written
+    params = validate(loaded) if loaded is not None else load_params(params_file, overrides or [])
     record.ensure_project(paths.root)
     logger.info(tracking.check_tracking(paths.root))  # a served run checks its tracking server too
     with record.hold_outputs(paths.root):

@@ -1,4 +1,5 @@
 """The Prefect API a run talks to: `PREFECT_API_URL` when set, else a temporary local server, started early.
+Every command that runs a flow (and every benchmark) gets its API here, and nowhere else.
 
 Without `PREFECT_API_URL`, Prefect would start a temporary server at the flow's first call, and the run would wait
 for it (about 12 s here: Prefect imports its server code in this process, then a subprocess imports it again).
@@ -24,6 +25,44 @@ import urllib.request
 from typing import Callable, Iterator
 
 STOP_TIMEOUT_S = 10
+PROBE_TIMEOUT_S = 5
+
+
+class PrefectUnreachable(RuntimeError):
+    """The Prefect API in PREFECT_API_URL does not answer."""
+
+
+def _default_settings() -> None:
+    """Before Prefect reads its settings: the temporary server's telemetry otherwise races its own SQLite start-up
+    ("database is locked"), and its first start migrates a fresh database, which takes longer than the 20 s default
+    on 2 busy cores."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def check_configured_api() -> None:
+    """A configured API (PREFECT_API_URL, from the environment or a Prefect profile) must answer its health check
+    before anything runs: a dead one would otherwise fail the flow's first call with Prefect's own traceback. A
+    URL's password is never shown."""
+    _default_settings()
+    from prefect.settings import PREFECT_API_URL
+
+    from kdflow.tracking import probe_health, redacted
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    try:
+        probe_health(url, PROBE_TIMEOUT_S)
+    except urllib.error.HTTPError as exc:  # it answered; only a server error means it cannot take runs
+        if exc.code < 500:
+            return
+        reason = f"HTTP {exc.code} {exc.reason}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = str(getattr(exc, "reason", exc)).replace(url, redacted(url))
+    raise PrefectUnreachable(
+        f"Prefect API {redacted(url)} (PREFECT_API_URL) is unreachable ({reason}); nothing was run. Start that "
+        "server (`prefect server start`), correct PREFECT_API_URL, or unset it for a temporary local server")
 
 
 def _free_port() -> int:
@@ -46,8 +85,10 @@ class PrefectApi:
 
     @classmethod
     def start(cls, scheduler: bool = False) -> "PrefectApi":
-        """The configured server, or a temporary one starting now in the background: API only for one run, or
-        with its scheduler and UI (`scheduler`) for `kdflow serve`, whose schedule it must fire."""
+        """The configured server (`check_configured_api` first), or a temporary one starting now in the background:
+        API only for one run, or with its scheduler and UI (`scheduler`) for `kdflow serve`, whose schedule it must
+        fire."""
+        _default_settings()
         from prefect.settings import PREFECT_API_URL
 
         if PREFECT_API_URL.value():

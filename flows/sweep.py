@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task, unmapped
 
 from flows import runners
-from flows.pipeline import STAGES, apply_overrides, project_params, run_stages
+from flows.pipeline import STAGES, apply_overrides, run_stages
 from flows.retries import STAGE_RETRIES, STAGE_RETRY_DELAYS, STAGE_RETRY_JITTER, retry_on_transient
 from kdflow import graph, record, tracking
 from kdflow.artifacts import write_json
 from kdflow.config import ConfigError, format_override, load_params, syntax_problem, validate
+from kdflow.figures import plot_matrix
 from kdflow.layout import ProjectPaths
 
 UPSTREAM = graph.upstream("distill")
@@ -142,6 +144,23 @@ def distill_trial(index: int, point: dict[str, Any], params: dict[str, Any], roo
             "dask_worker": worker}
 
 
+def temperature_alpha_map(trials: list[dict]) -> tuple[list, list, list[list[float]]] | None:
+    """The best SELECT_BY of each (temperature, α) cell, when the grid varies both (over any other keys it varies);
+    rows by temperature, columns by α, each ascending; None when the grid does not vary both."""
+    keys = ("distill.temperature", "distill.alpha")
+    if not all(key in trials[0]["point"] for key in keys):
+        return None
+    temperatures = sorted({t["point"][keys[0]] for t in trials})
+    alphas = sorted({t["point"][keys[1]] for t in trials})
+    values = [[float("nan")] * len(alphas) for _ in temperatures]
+    for trial in trials:
+        row, column = temperatures.index(trial["point"][keys[0]]), alphas.index(trial["point"][keys[1]])
+        value, current = trial["metrics"][SELECT_BY], values[row][column]
+        if math.isnan(current) or value > current:
+            values[row][column] = value
+    return temperatures, alphas, values
+
+
 def results_table(trials: list[dict], keys: list[str]) -> str:
     header = ["trial", *keys, SELECT_BY]
     rows = [[f"trial-{t['trial']:02d}", *(str(t["point"][k]) for k in keys), f"{t['metrics'][SELECT_BY]:.4f}"]
@@ -159,7 +178,7 @@ def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
     overrides = overrides or []
     points = grid_points(grid)
     paths = ProjectPaths.at(root)
-    params_file = project_params(params_path, paths.root)
+    params_file = record.project_params(params_path, paths.root)
     params = load_params(params_file, overrides)
     # Every point is validated before anything runs, so a bad value fails the sweep at once, naming the key.
     trial_params = [load_params(params_file, [*overrides, *assignments(p)]).model_dump(mode="json") for p in points]
@@ -195,6 +214,13 @@ def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
         summary = {"grid": grid, "select_by": SELECT_BY, "trials": trials, "best": best, "command": command,
                    "mlflow_run_id": sweep_run.run_id}
         write_json(sweep_dir / "sweep.json", summary)
+        cells = temperature_alpha_map(trials)
+        if cells is not None:
+            temperatures, alphas, values = cells
+            plot_matrix(values, [f"T={t:g}" for t in temperatures], [f"α={a:g}" for a in alphas],
+                        ("temperature", "α (weight of the soft term)", SELECT_BY), sweep_dir / "temperature_alpha.png",
+                        number_format="{:.3f}")
+            sweep_run.log_artifact(sweep_dir / "temperature_alpha.png", "sweep")
     logger.info("sweep of %d trials in %s; MLflow run %s\n%s\n%s", len(trials), sweep_dir, sweep_run.run_id,
                 results_table(trials, list(grid)), best_lines(summary))
     return summary

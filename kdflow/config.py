@@ -13,19 +13,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, ValidationError, field_validator,
+from pydantic import (AfterValidator, BaseModel, Discriminator, Field, StrictInt, Tag, ValidationError, field_validator,
                       model_validator)
+
+from kdflow.media_specs import ImageFolderSource, ImageFolderTransfer, ImageSpec, TextSpec
+from kdflow.sections import Section
+from kdflow.zoo_specs import HFSpec, TimmSpec, TorchvisionSpec
 
 STAGE_SECTIONS = ("data", "train_teacher", "soft_labels", "distill", "finetune", "evaluate")
 
 
 class ConfigError(ValueError):
     """A params file that does not fit the schema."""
-
-
-class Section(BaseModel):
-    # Strict: `epochs: true` is not 1 and `lr: "0.1"` is not a number; a float field still takes an int (`lr: 1`).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # --- architectures -----------------------------------------------------------------------------------------
@@ -65,8 +64,9 @@ class LinearSpec(Section):
 
 
 class CustomSpec(Section):
-    """A user's own architecture: `factory(input_shape=..., num_classes=..., **options)` returning a module with
-    a `backbone` (Sequential of blocks) and a `head` (Linear), as the built-in ones."""
+    """A user's own architecture: `factory(input_shape=..., num_classes=..., **options)` returning a module whose
+    classifier models.adapters finds: a `head` beside a `backbone` Sequential (as the built-in ones), a timm-style
+    `get_classifier()`, or a final Linear layer."""
 
     arch: Literal["custom"]
     factory: str = Field(description="import path of a function, 'my_pkg.nets:make_student'")
@@ -80,16 +80,21 @@ class CustomSpec(Section):
         return factory
 
 
-ModelSpec = Annotated[Union[MLPSpec, CNN1DSpec, CNN2DSpec, LinearSpec, CustomSpec], Field(discriminator="arch")]
+ModelSpec = Annotated[Union[MLPSpec, CNN1DSpec, CNN2DSpec, LinearSpec, CustomSpec, TimmSpec, TorchvisionSpec, HFSpec],
+                      Field(discriminator="arch")]
 
 
 # --- optimisation ------------------------------------------------------------------------------------------
 
 
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                              description="auto (CUDA, else the CPU), cpu, mps, cuda or cuda:N (a GPU index)")]
+
+
 class TrainSpec(Section):
     """Mini-batch gradient descent: batch_size 1 is SGD, "full" (or >= the set) is full-batch descent."""
 
-    epochs: int = Field(30, gt=0)
+    epochs: int = Field(30, ge=0, description="0: no training, for a teacher started from weights only")
     batch_size: Union[Annotated[int, Field(gt=0)], Literal["full"]] = 128
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: float = Field(1e-3, gt=0)
@@ -105,10 +110,19 @@ class TrainSpec(Section):
         "none", description="lr_effective = lr * (batch/reference_batch_size), or its square root; none keeps lr")
     reference_batch_size: int = Field(128, gt=0, description="the batch size `lr` was tuned for, under lr_scaling")
     resume_every: int = Field(1, ge=0, description="epochs between resumable training-state checkpoints; 0 never")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else the CPU")
+    device: Device = "auto"
     threads: int = Field(1, gt=0, description="torch intra-op threads on the CPU, whichever runner trains the model: "
                                               "the count changes the weights' last bits, so it is fixed here")
+    memory_budget_mb: float = Field(1024, gt=0, description="a training set larger than this in memory is streamed "
+                                                            "from its Parquet files instead of loaded")
+    stream_workers: int = Field(2, ge=0, description="threads decoding Parquet row groups on the streamed path (0: "
+                                                   "inline); threads, not processes, which each cost ~85 MB")
+    shuffle_row_groups: int = Field(4, gt=0, description="row groups held and shuffled together on the streamed path")
+    nproc_per_node: int = Field(1, gt=0, description="processes (one per GPU) training this stage under torchrun "
+                                                      "with DDP; 1 trains in the stage's own process")
     bf16: bool = Field(False, description="bfloat16 autocast for the forward pass and loss")
+    hflip: bool = Field(False, description="images: flip left-right at random each epoch (train-time augmentation)")
+    crop_padding: int = Field(0, ge=0, description="images: pad by this many pixels and crop back at a random shift")
 
 
 # --- data --------------------------------------------------------------------------------------------------
@@ -137,15 +151,19 @@ class FileColumns(Section):
     """Rows of a CSV, Parquet or .npz file (`x`, and `y` for labels); kdflow.sources reads and checks them."""
 
     kind: Literal["file"]
-    path: str = Field(min_length=1, description="relative to the project root; keep it under data/raw (a dvc.yaml dep)")
+    path: str = Field(min_length=1, description="relative to the project root; under data/raw (a dvc.yaml dep; prepare refuses a path outside it)")
     features: Optional[list[str]] = Field(None, min_length=1, description="feature columns, in order")
     feature_prefix: Optional[str] = Field(None, min_length=1, description="or: every column starting with this")
     sample_id: Optional[str] = Field(None, description="a column of unique row ids; default: file name and row number")
+    image_column: Optional[str] = Field(None, min_length=1, description="or: a column of PNG/JPEG bytes (data.images)")
+    text_column: Optional[str] = Field(None, min_length=1, description="or: a column of texts (data.text's tokenizer)")
 
     @model_validator(mode="after")
     def _one_feature_rule(self) -> "FileColumns":
-        if self.features is not None and self.feature_prefix is not None:
-            raise ValueError("give features or feature_prefix, not both")
+        given = [name for name in ("features", "feature_prefix", "image_column", "text_column")
+                 if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of features, feature_prefix, image_column, text_column, not {' and '.join(given)}")
         return self
 
 
@@ -172,21 +190,25 @@ def _kind(value: Any) -> Any:
     return value.get("kind", "mnist1d") if isinstance(value, Mapping) else getattr(value, "kind", None)
 
 
-SourceSpec = Annotated[Union[Annotated[MNIST1DSource, Tag("mnist1d")], Annotated[FileSource, Tag("file")]],
+SourceSpec = Annotated[Union[Annotated[MNIST1DSource, Tag("mnist1d")], Annotated[FileSource, Tag("file")],
+                             Annotated[ImageFolderSource, Tag("images")]], Discriminator(_kind)]
+TransferSpec = Annotated[Union[Annotated[MNIST1DTransfer, Tag("mnist1d")], Annotated[FileTransfer, Tag("file")],
+                               Annotated[ImageFolderTransfer, Tag("images")]], Discriminator(_kind)]
+TargetSpec = Annotated[Union[Annotated[LabelledFile, Tag("file")], Annotated[ImageFolderSource, Tag("images")]],
                        Discriminator(_kind)]
-TransferSpec = Annotated[Union[Annotated[MNIST1DTransfer, Tag("mnist1d")], Annotated[FileTransfer, Tag("file")]],
-                         Discriminator(_kind)]
 
 
 class DataSpec(Section):
     source: SourceSpec = MNIST1DSource()
     source_classes: list[ClassName] = Field(default=[0, 1, 2, 3, 4], min_length=2)
     transfer: TransferSpec = MNIST1DTransfer()
-    target: Optional[LabelledFile] = Field(None, description="the target task's own file; default: from the source")
+    target: Optional[TargetSpec] = Field(None, description="the target task's own file; default: from the source")
     target_classes: list[ClassName] = Field(default=[5, 6, 7, 8, 9], min_length=2)
     target_labels_per_class: int = Field(50, gt=0, description="labelled target training samples per class")
     target_val_per_class: int = Field(50, gt=0)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="share of each source class held out")
+    images: ImageSpec = Field(ImageSpec(), description="how image folders and image columns become rows")
+    text: Optional[TextSpec] = Field(None, description="the tokenizer of text columns")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DataSpec":
@@ -205,6 +227,9 @@ class DataSpec(Section):
             shared = [c for c in self.source_classes if str(c) in target]
             if shared:
                 raise ValueError(f"source_classes and target_classes share {shared}; the target task needs new classes")
+        texts = [name for name in ("source", "transfer", "target") if getattr(getattr(self, name), "text_column", None)]
+        if texts and self.text is None:
+            raise ValueError(f"data.{texts[0]}.text_column needs data.text: {{tokenizer: <folder of a saved tokenizer>}}")
         if self.source.kind == self.transfer.kind == "mnist1d" and self.transfer.size and self.transfer.seed == self.source.seed:
             raise ValueError("transfer.seed equals source.seed, so the transfer set would repeat the source samples")
         return self
@@ -213,13 +238,34 @@ class DataSpec(Section):
 # --- stages ------------------------------------------------------------------------------------------------
 
 
+def _trains(train: TrainSpec) -> TrainSpec:
+    if train.epochs == 0:
+        raise ValueError("epochs: 0 trains nothing; only a teacher started from weights (train_teacher.weights) "
+                         "may skip training")
+    return train
+
+
+# What a student or target model trains with: at least one epoch.
+TrainingSpec = Annotated[TrainSpec, AfterValidator(_trains)]
+
+
 class TeacherSpec(Section):
     model: ModelSpec = CNN1DSpec(arch="cnn1d")
+    weights: Optional[str] = Field(
+        None, min_length=1, description="start from these weights: a state dict (.pt, .safetensors) under the "
+                                        "project root, or an MLflow model URI (models:/kdflow-teacher@champion)")
     train: TrainSpec = TrainSpec()
+
+    @model_validator(mode="after")
+    def _weights_for_no_training(self) -> "TeacherSpec":
+        if self.weights is None:
+            _trains(self.train)
+        return self
 
 
 class SoftLabelSpec(Section):
     chunk_size: int = Field(8192, gt=0, description="samples per inference chunk; bounds peak memory")
+    device: Device = "auto"
 
 
 class DistillSpec(Section):
@@ -228,7 +274,7 @@ class DistillSpec(Section):
     student: ModelSpec = MLPSpec(arch="mlp")
     temperature: float = Field(4.0, gt=0.0)
     alpha: float = Field(1.0, ge=0.0, le=1.0)
-    train: TrainSpec = TrainSpec()
+    train: TrainingSpec = TrainSpec()
     max_param_ratio: float = Field(0.25, gt=0.0, le=1.0, description="student params / teacher params, at most")
 
 
@@ -237,7 +283,7 @@ class FinetuneSpec(Section):
     backbone_lr_mult: float = Field(1.0, ge=0.0, le=1.0)
     unfreeze_every: int = Field(5, gt=0, description="epochs between unfreezing blocks, gradual_unfreeze only")
     reinit: list[str] = Field(default=["head"], description="layer name prefixes re-initialised even on a match")
-    train: TrainSpec = TrainSpec()
+    train: TrainingSpec = TrainSpec()
 
 
 class EvaluateSpec(Section):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from kdflow.layout import MODELS, ProjectPaths
+from kdflow.layout import CONFUSION_MODEL, MODELS, REPORT_FIGURES, ProjectPaths
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = ("kdflow", "models", "tasks")
@@ -32,8 +32,8 @@ class Stage:
     deps: PathsOf  # every file or folder the stage reads, besides its code
     outs: PathsOf  # cached in DVC; restored by `dvc checkout` / `kdflow checkout`
     metrics: PathsOf = lambda paths: []  # small JSON kept in git (cache: false)
-    plots: PathsOf = lambda paths: []  # per-epoch CSV curves kept in git (cache: false)
-    model: str | None = None  # the model a training stage trains
+    plots: PathsOf = lambda paths: []  # CSV for `dvc plots` kept in git (cache: false): curves, predictions, bins
+    model: str | None = None  # the model a training stage trains (its `trainings` declares that one model)
 
     @property
     def module(self) -> str:
@@ -84,7 +84,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           deps=lambda paths: [paths.raw_dir],
           outs=lambda paths: [paths.prepared]),
     Stage("train_teacher", "teacher", ("seed", "train_teacher"),
-          deps=lambda paths: [paths.dataset_card, *_splits(paths, "source_train", "source_val")],
+          # data/raw: where a teacher's starting weights (train_teacher.weights) live, so new weights rerun it
+          deps=lambda paths: [paths.dataset_card, *_splits(paths, "source_train", "source_val"), paths.raw_dir],
           **_model_outputs("train_teacher", "teacher")),
     Stage("soft_labels", "soft labels", ("soft_labels",),
           deps=lambda paths: [paths.dataset_card, paths.checkpoint("teacher"), *_splits(paths, *SOFT_LABELLED)],
@@ -107,10 +108,16 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           **_model_outputs("target_scratch", "target_scratch")),
     Stage("evaluate", "evaluation", ("evaluate",),
           deps=lambda paths: [paths.dataset_card, *(paths.checkpoint(model) for model in MODELS),
-                              *_splits(paths, "source_test", "target_test"), *(paths.curve(m) for m in MODELS)],
+                              *_splits(paths, "source_val", "source_test", "target_val", "target_test"),
+                              *(paths.curve(m) for m in MODELS)],
           outs=lambda paths: [paths.report_dir],
-          metrics=lambda paths: [paths.summary]),
+          metrics=lambda paths: [paths.summary],
+          plots=lambda paths: [paths.predictions(CONFUSION_MODEL), *(paths.reliability(m) for m in MODELS)]),
 )}
+
+
+# The stages that train a model, each declaring it (its module's `trainings`, which returns that one Training).
+TRAINING_STAGES = tuple(name for name, stage in STAGES.items() if stage.model)
 
 
 def trainer(model: str) -> str:
@@ -213,7 +220,7 @@ def dvc_stages(code_prefix: Path | None = None) -> dict[str, dict]:
     for stage in STAGES.values():
         code = [dep if code_prefix is None else (code_prefix / dep).as_posix() for dep in code_deps(stage.module)]
         entry: dict = {
-            "cmd": f"python -m {stage.module}",
+            "cmd": f"kdflow stage {stage.name}",
             "deps": [*code, *(p.as_posix() for p in stage.deps(RELATIVE))],
             "params": list(stage.params),
             "outs": [p.as_posix() for p in stage.outs(RELATIVE)],
@@ -227,11 +234,20 @@ def dvc_stages(code_prefix: Path | None = None) -> dict[str, dict]:
 
 
 def dvc_plots() -> list[dict]:
-    """dvc.yaml's top-level `plots`: every model's validation curves on one chart each, and the report's figures."""
-    curves = {RELATIVE.curve(model).as_posix(): None for model in MODELS}
-    charts = [{title: {"template": "linear", "x": "epoch", "y": {path: column for path in curves}}}
-              for title, column in (("Validation accuracy", "val_accuracy"), ("Validation loss", "val_loss"))]
-    return [*charts, *(RELATIVE.report_figure(name).as_posix() for name in ("comparison", "learning_curves"))]
+    """dvc.yaml's top-level `plots`: every model's curves, its reliability diagram and the target task's confusion
+    matrix, each on one chart, then the report's figures."""
+    curves = [RELATIVE.curve(model).as_posix() for model in MODELS]
+    charts = [
+        {"Validation accuracy": {"template": "linear", "x": "epoch", "y": {path: "val_accuracy" for path in curves}}},
+        {"Training and validation loss": {"template": "linear", "x": "epoch",
+                                          "y": {path: ["train_loss", "val_loss"] for path in curves}}},
+        {"Reliability (accuracy per confidence bin)": {
+            "template": "linear", "x": "confidence",
+            "y": {RELATIVE.reliability(model).as_posix(): "accuracy" for model in MODELS}}},
+        {f"Confusion matrix of {CONFUSION_MODEL} on the target task": {
+            "template": "confusion", "x": "actual", "y": {RELATIVE.predictions(CONFUSION_MODEL).as_posix(): "predicted"}}},
+    ]
+    return [*charts, *(RELATIVE.report_figure(name).as_posix() for name in REPORT_FIGURES)]
 
 
 HEADER = """\

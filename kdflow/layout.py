@@ -9,6 +9,10 @@ SPLITS = ("source_train", "source_val", "source_test", "transfer", "target_train
 
 # Models trained by the pipeline, in the order the results table lists them.
 MODELS = ("teacher", "student_distilled", "student_hard_labels", "student_scratch", "target_finetuned", "target_scratch")
+# The model whose confusion matrix the report draws: the product, on the target task.
+CONFUSION_MODEL = "target_finetuned"
+# The report's pictures (kdflow.figures), reports/<name>.png.
+REPORT_FIGURES = ("accuracy_cost", "confusion_target", "reliability", "learning_curves")
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,14 @@ class ProjectPaths:
     def curve(self, model: str) -> Path:
         """Per-epoch history as CSV, the form `dvc plots` reads."""
         return self.root / "plots" / "curves" / f"{model}.csv"
+
+    def predictions(self, model: str) -> Path:
+        """Each test sample's actual and predicted class as CSV, what DVC's confusion-matrix template reads."""
+        return self.root / "plots" / "predictions" / f"{model}.csv"
+
+    def reliability(self, model: str) -> Path:
+        """The model's reliability-diagram bins as CSV (confidence, accuracy per bin) for `dvc plots`."""
+        return self.root / "plots" / "reliability" / f"{model}.csv"
 
     @property
     def report_dir(self) -> Path:

@@ -1,4 +1,4 @@
-"""Learning-rate range test (Smith, "Cyclical learning rates", 2017; fastai's lr_find), on a stage's own problem.
+"""Learning-rate range test (Smith, "Cyclical learning rates", 2017; fastai's lr_find), on what a stage trains.
 
 A throwaway copy of the model the stage would train takes `steps` mini-batch steps (the stage's batch size,
 optimiser and loss) while the learning rate grows exponentially from `min_lr` to `max_lr`. The loss is smoothed
@@ -11,6 +11,7 @@ are the head's, as they are applied, i.e. after `train.lr_scaling`: `train.lr` i
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -19,27 +20,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
-from kdflow.config import Params, TrainSpec
 from kdflow.layout import ProjectPaths
-from kdflow.training import LossFn, cross_entropy_loss, lr_scale, make_optimizer, resolve_batch_size
+from kdflow.training import Training, lr_scale, make_optimizer, resolve_batch_size
 
-STAGES = ("train_teacher", "distill", "finetune")
 SMOOTHING = 0.9  # a time constant of ~10 steps: 0.98 lags a 100-step sweep by half a decade
 DIVERGENCE = 4.0
-
-
-@dataclass
-class Problem:
-    """What a stage trains: its model (fresh), data, loss, param groups and training settings."""
-
-    model: nn.Module
-    x: torch.Tensor
-    targets: Sequence[torch.Tensor]
-    spec: TrainSpec
-    loss_fn: LossFn = cross_entropy_loss
-    param_groups: list | None = None
 
 
 @dataclass
@@ -79,23 +65,24 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float]) -> tuple[float, flo
     return float(lrs[int(np.argmin(slope))]), float(lrs[lowest])
 
 
-def range_test(problem: Problem, seed: int, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 100) -> Sweep:
-    model, spec = problem.model, problem.spec
-    optimizer = make_optimizer(spec, problem.param_groups if problem.param_groups is not None else model.parameters())
+def range_test(training: Training, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 100) -> Sweep:
+    """The sweep on a fresh copy of what `training` declares, as its first epoch would set it up."""
+    model, param_groups, before_epoch = training.setup()
+    if before_epoch is not None:
+        before_epoch(1)  # the first epoch's trainable blocks
+    spec = training.train
+    optimizer = make_optimizer(spec, param_groups if param_groups is not None else model.parameters())
     ratios = [group["lr"] / spec.lr for group in optimizer.param_groups]  # relative to the head's rate
-    num_samples = len(problem.x)
-    batch_size = resolve_batch_size(spec.batch_size, num_samples)
-    shuffle = torch.Generator().manual_seed(seed)
-    order = torch.empty(0, dtype=torch.long)
+    batch_size = resolve_batch_size(spec.batch_size, training.data.num_samples)
+    shuffle = torch.Generator().manual_seed(training.seed)
+    # Epoch after epoch of the training's own batches (in memory or streamed), as fit draws them.
+    batches = itertools.chain.from_iterable(training.data.epoch(shuffle, batch_size) for _ in itertools.count())
     lrs, losses = [], []
     model.train()
-    for lr in exponential_lrs(min_lr, max_lr, steps):
-        if len(order) < batch_size:  # a new epoch's permutation, as fit draws them
-            order = torch.randperm(num_samples, generator=shuffle)
-        batch, order = order[:batch_size], order[batch_size:]
+    for lr, (x, targets) in zip(exponential_lrs(min_lr, max_lr, steps), batches):
         for group, ratio in zip(optimizer.param_groups, ratios):
             group["lr"] = lr * ratio
-        loss = problem.loss_fn(model(problem.x[batch]), [t[batch] for t in problem.targets])
+        loss = training.loss_fn(model(x), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -143,15 +130,15 @@ def log_curve(tracked, sweep: Sweep) -> None:
         tracked.client.log_batch(tracked.run_id, metrics=metrics[start : start + 1000])
 
 
-def lr_find(stage: str, problem: Problem, params: Params, paths: ProjectPaths, min_lr: float = 1e-6,
-            max_lr: float = 1.0, steps: int = 100) -> dict:
-    """Run the range test on `problem`, what `stage` trains (tasks.problems builds it); write
+def lr_find(stage: str, training: Training, paths: ProjectPaths, min_lr: float = 1e-6, max_lr: float = 1.0,
+            steps: int = 100) -> dict:
+    """Run the range test on `training`, the first model `stage` trains (its `trainings` declares it); write
     plots/lr_find/<stage>.png and .json; log the run `lr_find:<stage>`."""
     from kdflow import tracking
     from kdflow.artifacts import write_json
 
-    sweep = range_test(problem, params.seed, min_lr, max_lr, steps)
-    scale = lr_scale(problem.spec, resolve_batch_size(problem.spec.batch_size, len(problem.x)))
+    sweep = range_test(training, min_lr, max_lr, steps)
+    scale = lr_scale(training.train, resolve_batch_size(training.train.batch_size, training.data.num_samples))
     summary = {"stage": stage, "suggested_lr": sweep.suggested_lr, "min_loss_lr": sweep.min_loss_lr,
                "suggested_train_lr": sweep.suggested_lr / scale, "steps_run": len(sweep.lrs)}
     plot, curve = paths.root / "plots" / "lr_find" / f"{stage}.png", paths.root / "plots" / "lr_find" / f"{stage}.json"
@@ -159,8 +146,8 @@ def lr_find(stage: str, problem: Problem, params: Params, paths: ProjectPaths, m
     write_json(curve, {**summary, **sweep.as_dict()})
     with tracking.start_run(paths.root, f"lr_find:{stage}", tags={"kdflow.stage": "lr_find"},
                              source="kdflow/lr_finder.py") as tracked:
-        tracked.log_params({"stage": stage, "min_lr": min_lr, "max_lr": max_lr, "steps": steps, "seed": params.seed,
-                            "train": problem.spec.model_dump(mode="json")})
+        tracked.log_params({"stage": stage, "min_lr": min_lr, "max_lr": max_lr, "steps": steps, "seed": training.seed,
+                            "model": training.name, "train": training.train.model_dump(mode="json")})
         log_curve(tracked, sweep)
         tracked.log_metrics({k: v for k, v in summary.items() if k != "stage"})
         tracked.log_artifact(plot, "lr_find")

@@ -31,18 +31,36 @@ def negative_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> float
     return F.cross_entropy(logits, labels).item()
 
 
-def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
-    """Guo et al. (2017): |accuracy - confidence| per equal-width confidence bin, weighted by the bin's share."""
+def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> list[dict]:
+    """The non-empty equal-width confidence bins: their edges, mean confidence, accuracy, |gap| between the two,
+    and share of the samples, as a reliability diagram draws them."""
     confidence, predicted = F.softmax(logits, dim=1).max(1)
     correct = (predicted == labels).float()
     edges = torch.linspace(0, 1, bins + 1)
-    error = 0.0
+    rows = []
     for low, high in zip(edges[:-1], edges[1:]):
         in_bin = (confidence > low) & (confidence <= high)
         if in_bin.any():
-            gap = (correct[in_bin].mean() - confidence[in_bin].mean()).abs().item()
-            error += gap * in_bin.float().mean().item()
+            rows.append({"low": low.item(), "high": high.item(), "confidence": confidence[in_bin].mean().item(),
+                         "accuracy": correct[in_bin].mean().item(),
+                         "gap": (correct[in_bin].mean() - confidence[in_bin].mean()).abs().item(),
+                         "share": in_bin.float().mean().item()})
+    return rows
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """Guo et al. (2017): |accuracy - confidence| per equal-width confidence bin, weighted by the bin's share."""
+    error = 0.0
+    for row in reliability_bins(logits, labels, bins):
+        error += row["gap"] * row["share"]
     return error
+
+
+def confusion_counts(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> np.ndarray:
+    """counts[actual, predicted]: how many test samples of each class went to each predicted class."""
+    predicted = logits.argmax(1).numpy()
+    flat = labels.numpy().astype(np.int64) * num_classes + predicted
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def agreement(logits: torch.Tensor, reference_logits: torch.Tensor) -> float:

@@ -25,6 +25,7 @@ from typing import Iterator
 
 from kdflow import graph
 from kdflow.artifacts import file_digest, write_text
+from kdflow.config import ConfigError
 from kdflow.layout import ProjectPaths
 
 UP_TO_DATE, RESTORED = "up to date", "restored from the run cache"
@@ -50,6 +51,19 @@ def code_prefix(root: Path) -> Path | None:
 def _git_toplevel(root: Path) -> Path | None:
     done = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
     return Path(done.stdout.strip()).resolve() if done.returncode == 0 else None
+
+
+def project_params(params_path: str | Path, root: Path) -> Path:
+    """The params file DVC reads, `<root>/params.yaml`; another file is refused, as its values would not be the
+    ones dvc.lock records (`kdflow run --params ../params.yaml` from a subfolder would otherwise make a second
+    project there)."""
+    path = Path(params_path)
+    path = (path if path.is_absolute() else Path.cwd() / path).resolve()
+    expected = root / "params.yaml"
+    if path != expected:
+        raise ConfigError(f"{params_path}: the flow records its runs in DVC, which reads {expected}; fix: pass "
+                          f"--params {expected} (copy your file there) or --root {path.parent}")
+    return path
 
 
 def ensure_project(root: Path) -> None:

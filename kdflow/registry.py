@@ -1,49 +1,103 @@
-"""MLflow Model Registry: teacher, distilled student and target model, each a version with a signature and an example.
+"""MLflow Model Registry: one registered model per role (teacher, student, target), its champion chosen by evidence.
 
-A new version takes the alias `champion` only when it beats the current champion on its task's test set, both
-scored here on the same samples (a logged number may come from another test set); otherwise it becomes
-`challenger`. The decision and both accuracies are logged in the evaluate run and on the version.
+Each role's candidates are the models the run trained for it: the technique's model first, then its baselines
+(distilled vs hard-label and from-scratch students; fine-tuned vs from-scratch target model). The run's best
+candidate on the role's validation set is registered, a tie going to the technique; it takes the alias `champion`
+only when it beats the current champion on that validation set, both scored here on the same samples; otherwise it
+becomes `challenger`. The test set never decides: it stays an unbiased measure of what was chosen.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import unittest.mock
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
+from kdflow.graph import STUDENTS, TARGETS
 from kdflow.metrics import accuracy
 from kdflow.training import predict_logits
 
-# Pipeline model -> registered model name.
-REGISTERED_MODELS = {"teacher": "kdflow-teacher", "student_distilled": "kdflow-student",
-                     "target_finetuned": "kdflow-target"}
 CHAMPION, CHALLENGER = "champion", "challenger"
 INPUT_EXAMPLE_ROWS = 5
+PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"  # MLflow's; kdflow holds it off while it loads a champion
+
+
+@dataclass(frozen=True)
+class Role:
+    registered_name: str
+    technique: str | None  # what beating the baselines would show, e.g. "distillation"; None: no baseline
+    candidates: tuple[str, ...]  # the technique's model first, then its baselines
+    val_split: str
+
+
+ROLES = (
+    Role("kdflow-teacher", None, ("teacher",), "source_val"),
+    Role("kdflow-student", "distillation", STUDENTS, "source_val"),
+    Role("kdflow-target", "transfer", TARGETS, "target_val"),
+)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A role's candidates scored on validation, and the one the run puts forward."""
+    role: Role
+    val_accuracy: dict[str, float]  # candidate -> accuracy on the role's validation set
+
+    @property
+    def winner(self) -> str:
+        return max(self.role.candidates, key=lambda name: self.val_accuracy[name])  # a tie: the earlier, the technique
+
+    def reason(self) -> str:
+        if len(self.role.candidates) == 1:
+            return "the run's only candidate"
+        scores = ", ".join(f"{name} {self.val_accuracy[name]:.2%}" for name in
+                           sorted(self.role.candidates, key=lambda name: -self.val_accuracy[name]))
+        return f"best validation accuracy of the run's candidates ({scores})"
+
+    def verdict(self) -> str | None:
+        """Whether the technique beat its baselines on validation, in words; None for a role without baselines."""
+        if self.role.technique is None:
+            return None
+        model, *baselines = self.role.candidates
+        best = max(baselines, key=lambda name: self.val_accuracy[name])
+        ours, theirs = self.val_accuracy[model], self.val_accuracy[best]
+        if self.winner == model:
+            return (f"{self.role.technique} held up: {model} {ours:.2%} on validation vs {theirs:.2%} for its best "
+                    f"baseline {best}")
+        return (f"{self.role.technique} lost to its baseline: {best} {theirs:.2%} on validation vs {ours:.2%} for "
+                f"{model}, so {best} is the {self.role.registered_name} candidate")
 
 
 @dataclass(frozen=True)
 class Candidate:
-    model_name: str  # the pipeline's name, e.g. "target_finetuned"
-    model: torch.nn.Module
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+    selection: Selection
+    model: torch.nn.Module  # the selection's winner
+    val_x: torch.Tensor
+    val_y: torch.Tensor
     run_id: str  # the model's own MLflow run, which the logged model belongs to
     checkpoint_md5: str
-    test_set_md5: str
+    val_set_md5: str
+
+    @property
+    def model_name(self) -> str:
+        return self.selection.winner
 
 
 @dataclass(frozen=True)
 class Decision:
     registered_name: str
+    model_name: str
     version: str
     alias: str
-    candidate_accuracy: float
+    candidate_accuracy: float  # on validation, as the champion's
     champion_accuracy: float | None  # None: there was no champion yet
     champion_version: str | None
     reason: str
+    selection: Selection
     model_id: str  # the logged model the version points at, in the candidate's run
 
 
@@ -76,9 +130,9 @@ def _log_model(client, candidate: Candidate) -> str:
     run = client.get_run(candidate.run_id)
     logged = client.create_logged_model(run.info.experiment_id, name=candidate.model_name,
                                         source_run_id=candidate.run_id, params=run.data.params)
-    example = candidate.test_x[:INPUT_EXAMPLE_ROWS].numpy()
+    example = candidate.val_x[:INPUT_EXAMPLE_ROWS].numpy()
     with torch.inference_mode():
-        output = candidate.model(candidate.test_x[:INPUT_EXAMPLE_ROWS]).numpy()
+        output = candidate.model(candidate.val_x[:INPUT_EXAMPLE_ROWS]).numpy()
     mlflow.pytorch.log_model(
         candidate.model, name=candidate.model_name, run_id=candidate.run_id, model_id=logged.model_id,
         signature=infer_signature(example, output), input_example=example, serialization_format="pt2",
@@ -89,7 +143,7 @@ def _log_model(client, candidate: Candidate) -> str:
 
 
 def _champion_accuracy(client, registered_name: str, candidate: Candidate) -> tuple[str | None, float | None, str]:
-    """The current champion's version and its accuracy on the candidate's test set."""
+    """The current champion's version and its accuracy on the candidate's validation set."""
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException
 
@@ -97,63 +151,78 @@ def _champion_accuracy(client, registered_name: str, candidate: Candidate) -> tu
         champion = client.get_model_version_by_alias(registered_name, CHAMPION)
     except MlflowException:
         return None, None, "no champion yet"
-    model = mlflow.pytorch.load_model(f"models:/{registered_name}@{CHAMPION}")
+    # Only the pickle-free pt2 format kdflow logs: unpickling a champion logged by another hand runs code it names.
+    try:
+        with unittest.mock.patch.dict(os.environ, {PICKLE_SWITCH: "false"}):  # put back as it was after
+            model = mlflow.pytorch.load_model(f"models:/{registered_name}@{CHAMPION}")
+    except MlflowException as exc:
+        return str(champion.version), None, f"champion v{champion.version} refused: {str(exc).splitlines()[0]}"
     with torch.inference_mode():  # an exported (pt2) program has no eval(); it was exported in eval mode
-        logits = model(candidate.test_x)
-    if logits.shape[1] <= int(candidate.test_y.max()):
-        return str(champion.version), None, f"champion v{champion.version} predicts {logits.shape[1]} classes, too few for this test set"
-    return str(champion.version), accuracy(logits, candidate.test_y), ""
+        logits = model(candidate.val_x)
+    if logits.shape[1] <= int(candidate.val_y.max()):
+        return (str(champion.version), None,
+                f"champion v{champion.version} predicts {logits.shape[1]} classes, too few for this validation set")
+    return str(champion.version), accuracy(logits, candidate.val_y), ""
 
 
 def register(client, tracking_uri: str, candidate: Candidate) -> Decision:
-    """Log, register and alias one model; the caller logs the decision."""
+    """Log, register and alias the run's candidate for one role; the caller logs the decision."""
     from mlflow.exceptions import MlflowException
 
-    registered_name = REGISTERED_MODELS[candidate.model_name]
+    registered_name = candidate.selection.role.registered_name
     with _global_tracking_uri(tracking_uri):
         model_id = _log_model(client, candidate)
         try:
             client.get_registered_model(registered_name)
         except MlflowException:
-            client.create_registered_model(registered_name, description=f"kdflow's {candidate.model_name}")
+            client.create_registered_model(
+                registered_name, description=f"kdflow's best of {', '.join(candidate.selection.role.candidates)}, "
+                                             "chosen on validation")
         champion_version, champion_accuracy, reason = _champion_accuracy(client, registered_name, candidate)
-        candidate_accuracy = accuracy(predict_logits(candidate.model, candidate.test_x), candidate.test_y)
+        candidate_accuracy = accuracy(predict_logits(candidate.model, candidate.val_x), candidate.val_y)
         version = client.create_model_version(
             registered_name, f"models:/{model_id}", run_id=candidate.run_id, model_id=model_id,
-            tags={"kdflow.checkpoint_md5": candidate.checkpoint_md5, "kdflow.test_set_md5": candidate.test_set_md5,
-                  "kdflow.test_accuracy": candidate_accuracy},
+            tags={"kdflow.model": candidate.model_name, "kdflow.checkpoint_md5": candidate.checkpoint_md5,
+                  "kdflow.val_set_md5": candidate.val_set_md5, "kdflow.val_accuracy": candidate_accuracy,
+                  "kdflow.selection": candidate.selection.reason()},
         ).version
     version = str(version)  # an int from a SQL store, a string over REST
     if champion_version is None or champion_accuracy is None:
         alias = CHAMPION
     elif candidate_accuracy > champion_accuracy:
-        alias, reason = CHAMPION, f"beats champion v{champion_version}"
+        alias, reason = CHAMPION, f"beats champion v{champion_version} on validation"
     else:
-        alias, reason = CHALLENGER, f"does not beat champion v{champion_version}"
+        alias, reason = CHALLENGER, f"does not beat champion v{champion_version} on validation"
     client.set_registered_model_alias(registered_name, alias, version)
     client.set_model_version_tag(registered_name, version, "kdflow.decision", f"{alias}: {reason}")
     if champion_accuracy is not None:
-        client.set_model_version_tag(registered_name, version, "kdflow.champion_test_accuracy", champion_accuracy)
-    return Decision(registered_name, version, alias, candidate_accuracy, champion_accuracy, champion_version, reason,
-                    model_id)
+        client.set_model_version_tag(registered_name, version, "kdflow.champion_val_accuracy", champion_accuracy)
+    return Decision(registered_name, candidate.model_name, version, alias, candidate_accuracy, champion_accuracy,
+                    champion_version, reason, candidate.selection, model_id)
 
 
 def log_decisions(tracked, decisions: list[Decision]) -> None:
-    """Each decision and both accuracies in the evaluate run: tags for the words, metrics for the numbers."""
+    """Each decision, why, and the numbers behind it in the evaluate run: tags for the words, metrics for numbers."""
     tags, metrics = {}, {}
     for decision in decisions:
         prefix = f"registry.{decision.registered_name}"
         tags[f"{prefix}.version"] = decision.version
+        tags[f"{prefix}.model"] = decision.model_name
         tags[f"{prefix}.decision"] = f"{decision.alias}: {decision.reason}"
-        metrics[f"{prefix}.candidate_test_accuracy"] = decision.candidate_accuracy
+        tags[f"{prefix}.selection"] = decision.selection.reason()
+        metrics[f"{prefix}.candidate_val_accuracy"] = decision.candidate_accuracy
+        metrics.update({f"{prefix}.val_accuracy.{name}": value
+                        for name, value in decision.selection.val_accuracy.items()})
         if decision.champion_accuracy is not None:
             tags[f"{prefix}.champion_version"] = decision.champion_version
-            metrics[f"{prefix}.champion_test_accuracy"] = decision.champion_accuracy
+            metrics[f"{prefix}.champion_val_accuracy"] = decision.champion_accuracy
+        if decision.selection.verdict() is not None:
+            tags[f"kdflow.verdict.{decision.selection.role.technique}"] = decision.selection.verdict()
     tracked.set_tags(tags)
     tracked.log_metrics(metrics)
 
 
 def describe(decision: Decision) -> str:
     champion = "none" if decision.champion_accuracy is None else f"{decision.champion_accuracy:.4f}"
-    return (f"{decision.registered_name} v{decision.version} -> {decision.alias} ({decision.reason}; "
-            f"test_accuracy {decision.candidate_accuracy:.4f} vs champion {champion})")
+    return (f"{decision.registered_name} v{decision.version} ({decision.model_name}) -> {decision.alias} "
+            f"({decision.reason}; val_accuracy {decision.candidate_accuracy:.4f} vs champion {champion})")

@@ -1,4 +1,5 @@
-"""The results table and plots a person reads after a run: Markdown for the report, plain text for the terminal."""
+"""The results table a person reads after a run: Markdown for the report, plain text for the terminal; the pictures
+are kdflow.figures."""
 
 from __future__ import annotations
 
@@ -54,12 +55,21 @@ def comparison_lines(summary: dict) -> list[str]:
     gap = (f"closes {c['teacher_scratch_gap_closed']:.0%} of the teacher-scratch gap"
            if c["teacher_vs_scratch_points"] > 0 else
            f"no teacher-scratch gap to close (teacher {c['teacher_vs_scratch_points']:+.1f} points vs scratch)")
+    # Whether each technique beat its baselines on validation, the evidence the registry chooses by (kdflow.registry);
+    # a summary written before that choice existed has none.
+    verdicts = [selection["verdict"] for selection in summary.get("selection", {}).values() if selection["verdict"]]
     return [
         f"distillation: student {c['distilled_vs_scratch_points']:+.1f} points vs scratch, "
         f"{c['distilled_vs_hard_labels_points']:+.1f} vs hard labels; "
         f"{gap} with {c['student_teacher_param_ratio']:.0%} of the teacher's parameters",
         f"transfer: fine-tuned {c['finetuned_vs_scratch_points']:+.1f} points vs target model from scratch",
+        *verdicts,
     ]
+
+
+def champion_lines(summary: dict) -> list[str]:
+    """Which model each registered role put forward, and why."""
+    return [f"{name}: {selection['chosen']}, {selection['why']}" for name, selection in summary["selection"].items()]
 
 
 CURVE_COLUMNS = ("epoch", "val_loss", "val_accuracy")
@@ -78,50 +88,3 @@ def read_curve(path: Path) -> dict[str, list[float]]:
     if not all(curve.get(column) for column in CURVE_COLUMNS):
         raise ArtifactError(path, f"not a learning curve (no rows of {', '.join(CURVE_COLUMNS)})")
     return curve
-
-
-def plot_learning_curves(curves: dict[str, Path], target: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from kdflow.artifacts import atomic_path
-
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, path in curves.items():
-        curve = read_curve(path)
-        loss_axis.plot(curve["epoch"], curve["val_loss"], label=name)
-        accuracy_axis.plot(curve["epoch"], curve["val_accuracy"], label=name)
-    loss_axis.set(xlabel="epoch", ylabel="validation loss", yscale="log", title="Validation loss")
-    accuracy_axis.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy")
-    accuracy_axis.legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_path(target) as temporary:
-        figure.savefig(temporary, format="png", dpi=110)
-    plt.close(figure)
-
-
-def plot_comparison(summary: dict, target: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from kdflow.artifacts import atomic_path
-
-    names = list(summary["models"])
-    accuracy = [summary["models"][n]["test_accuracy"] * 100 for n in names]
-    parameters = [summary["models"][n]["parameters"] for n in names]
-    figure, (accuracy_axis, size_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    colours = ["#444" if summary["models"][n]["task"] == "source" else "#2a7" for n in names]
-    accuracy_axis.barh(names, accuracy, color=colours)
-    accuracy_axis.set(xlabel="test accuracy (%)", title="Test accuracy (grey: source task, green: target task)")
-    for y, value in enumerate(accuracy):
-        accuracy_axis.text(value, y, f" {value:.1f}", va="center", fontsize=8)
-    size_axis.barh(names, parameters, color=colours)
-    size_axis.set(xlabel="parameters", xscale="log", title="Model size")
-    figure.tight_layout()
-    with atomic_path(target) as temporary:
-        figure.savefig(temporary, format="png", dpi=110)
-    plt.close(figure)

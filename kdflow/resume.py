@@ -34,14 +34,18 @@ def _update_with_tensor(digest, tensor: torch.Tensor) -> None:
     digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
 
 
-def training_fingerprint(settings: dict[str, Any], model: nn.Module, tensors: Sequence[torch.Tensor]) -> str:
-    """sha256 of the settings (JSON), the model's initial weights and the training/validation tensors."""
+def training_fingerprint(settings: dict[str, Any], model: nn.Module, tensors: Sequence[torch.Tensor | str]) -> str:
+    """sha256 of the settings (JSON), the model's initial weights and the training/validation tensors (or, for
+    data streamed from files, strings naming the files' digests)."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for name, value in model.state_dict().items():
         digest.update(name.encode())
         _update_with_tensor(digest, value)
     for tensor in tensors:
-        _update_with_tensor(digest, tensor)
+        if isinstance(tensor, str):
+            digest.update(tensor.encode())
+        else:
+            _update_with_tensor(digest, tensor)
     return digest.hexdigest()
 
 

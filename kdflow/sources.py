@@ -8,6 +8,7 @@ are the indices of its classes in `data.source_classes` / `data.target_classes`,
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,8 +165,20 @@ def _sample_ids(frame_ids: pd.Series | None, count: int, path: Path, shown: str,
     return ids
 
 
+def _check_tracked(root: Path, shown: str, where: str) -> None:
+    """A data file must lie under the project's data/raw, prepare's dependency in dvc.yaml: a change to a file
+    anywhere else would not rerun prepare, and the pipeline would go on with the old data (lexical: a link placed
+    in data/raw counts as there)."""
+    raw = os.path.normpath(Path(root) / "data" / "raw")
+    if os.path.commonpath([raw, os.path.normpath(resolve(root, shown))]) != raw:
+        raise DataError(f"{shown} ({where}.path): outside the project's data/raw, which DVC tracks for prepare, so a "
+                        f"change to it would go unnoticed; fix: copy it under data/raw/, `dvc add` it there and "
+                        f"set {where}.path to data/raw/<its name>")
+
+
 def read_rows(spec: FileColumns, root: Path, where: str, labelled: bool) -> Rows:
     """Read and check one file; `where` is its params key (`data.source`), named in every error."""
+    _check_tracked(root, spec.path, where)
     path = resolve(root, spec.path)
     table = _read_table(path, spec.path, where)
     label_name = getattr(spec, "label", "label")
@@ -180,7 +193,12 @@ def read_rows(spec: FileColumns, root: Path, where: str, labelled: bool) -> Rows
     if spec.sample_id is not None and spec.sample_id not in columns:
         raise _missing_column(spec.path, where, "sample_id", spec.sample_id, columns)
     not_features = {label_name} | ({spec.sample_id} if spec.sample_id else set())
-    features = _numeric_features(table, _feature_names(table, spec, spec.path, where, not_features), spec.path, where)
+    media = spec.image_column or spec.text_column  # decoded by kdflow.media
+    if media is not None and media not in columns:
+        field = "image_column" if spec.image_column else "text_column"
+        raise _missing_column(spec.path, where, field, media, columns)
+    features = (table[media].to_numpy(dtype=object) if media is not None else
+                _numeric_features(table, _feature_names(table, spec, spec.path, where, not_features), spec.path, where))
     labels = _label_names(table[label_name], spec.path, where, label_name) if labelled else None
     ids = _sample_ids(table[spec.sample_id] if spec.sample_id else None, len(table), path, spec.path, spec.sample_id)
     return Rows(spec.path, ids, features, labels)
@@ -188,9 +206,9 @@ def read_rows(spec: FileColumns, root: Path, where: str, labelled: bool) -> Rows
 
 def _npz_rows(arrays: dict[str, np.ndarray], spec: FileColumns, path: Path, where: str, labelled: bool) -> Rows:
     shown = spec.path
-    if spec.features is not None or spec.feature_prefix is not None or spec.sample_id is not None:
-        raise DataError(f"{shown}: an .npz holds arrays, not columns; fix: drop {where}.features, feature_prefix "
-                        "and sample_id (features are `x`, labels `y`)")
+    if any(v is not None for v in (spec.features, spec.feature_prefix, spec.sample_id, spec.image_column, spec.text_column)):
+        raise DataError(f"{shown}: an .npz holds arrays, not columns; fix: drop {where}.features, feature_prefix, "
+                        "sample_id, image_column and text_column (features are `x`, labels `y`)")
     for key in ("x", "y") if labelled else ("x",):
         if key not in arrays:
             raise DataError(f"{shown}: no array '{key}' in the .npz (it holds {sorted(arrays) or 'nothing'}); "
@@ -304,5 +322,6 @@ def declared_classes(spec: LabelledFile, task_classes: list) -> list[str]:
 
 
 def raw_files(data) -> list[str]:
-    """The files `data` (a DataSpec) reads, as written in params.yaml: what `prepare` depends on besides code."""
-    return [spec.path for spec in (data.source, data.transfer, data.target) if spec is not None and spec.kind == "file"]
+    """The files and image folders `data` (a DataSpec) reads, as written in params.yaml: what `prepare` depends on
+    besides code."""
+    return [spec.path for spec in (data.source, data.transfer, data.target) if spec is not None and spec.kind != "mnist1d"]

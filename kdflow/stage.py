@@ -1,33 +1,25 @@
-"""What every stage shares: its MLflow run, training one model with full tracking, and its command line.
+"""What every stage shares: its MLflow run and training one model with full tracking.
 
-`python -m tasks.<stage>` (what `dvc repro` calls) only parses arguments and calls the stage's `run`, as the
-Prefect flow does; both read params.yaml through the same schema.
+`kdflow stage <name>` (what `dvc repro` calls) and the Prefect flow both call the stage's `run` with params read
+through the same schema.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import io
-import json
-import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-import torch
-from torch import nn
-
-from kdflow.artifacts import (ArtifactError, CheckpointError, check_writable, file_digest, files_in, write_json,
-                              write_text)
+from kdflow.artifacts import check_writable, file_digest, files_in, write_json, write_text
 from kdflow.checkpoints import save_model
-from kdflow.config import ConfigError, Params, TrainSpec, load_params
-from kdflow import graph
+from kdflow.config import Params, TrainSpec
+from kdflow import distributed, graph
 from kdflow.layout import ProjectPaths
 from kdflow.resume import ResumeFile, training_fingerprint
-from kdflow.training import FitResult, LossFn, cross_entropy_loss, effective_lr, fit, intra_op_threads
+from kdflow.training import FitResult, Training, effective_lr, fit_batches, intra_op_threads
 
-StageFn = Callable[[Params, ProjectPaths, "str | None"], dict]
 
 def output_dirs(paths: ProjectPaths, stage: str) -> list[Path]:
     """The folders `stage` writes into, from its declaration (and the resume state of a stage that trains)."""
@@ -36,6 +28,32 @@ def output_dirs(paths: ProjectPaths, stage: str) -> list[Path]:
     folders = [p for p in declared.outs(paths) if not p.suffix]  # an out is a file (teacher.pt) or a folder
     resume = [paths.resume_state("-").parent] if declared.plots(paths) else []
     return sorted({*folders, *(p.parent for p in files), *resume})
+
+
+def stage_train_spec(params: Params, stage: str) -> TrainSpec | None:
+    """The training settings of `stage` (its params sections' `train`, or a `*.train` section itself, as the
+    baselines' `distill.train`); None for a stage that trains nothing."""
+    for section in graph.STAGES[stage].sections():
+        node = params
+        for part in section.split("."):
+            node = getattr(node, part)
+        train = node if isinstance(node, TrainSpec) else getattr(node, "train", None)
+        if isinstance(train, TrainSpec):
+            return train
+    return None
+
+
+class Untracked:
+    """What a rank other than 0 tracks under torchrun: nothing (rank 0 records the run)."""
+
+    input_digests: dict = {}
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+    @contextlib.contextmanager
+    def child(self, name: str, tags: dict | None = None):
+        yield self
 
 
 @contextlib.contextmanager
@@ -52,6 +70,9 @@ def stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: st
     """
     from kdflow import consistency, lineage, tracking
 
+    if not distributed.is_main():
+        yield Untracked()
+        return
     declared = graph.STAGES[stage]
     inputs = declared.read_files(paths) + list(extra_inputs)
     digests = consistency.check_inputs(paths, inputs)  # hashed once: checked, tagged, recorded in checkpoints
@@ -83,52 +104,41 @@ def write_curve(path: Path, history: list[dict[str, float]]) -> None:
     write_text(path, buffer.getvalue())
 
 
-def train_model(
-    stage_tracked,
-    paths: ProjectPaths,
-    name: str,
-    model: nn.Module,
-    spec,
-    train: TrainSpec,
-    x: torch.Tensor,
-    targets: Sequence[torch.Tensor],
-    *,
-    seed: int,
-    val: tuple[torch.Tensor, torch.Tensor],
-    input_shape: tuple[int, ...],
-    class_names: list[str],
-    loss_fn: LossFn = cross_entropy_loss,
-    param_groups=None,
-    before_epoch: Callable[[int], None] | None = None,
-    extra_params: dict | None = None,
-) -> FitResult:
-    """Fit one model in its own nested MLflow run; write its checkpoint and curve; tag the checkpoint's md5.
+def train_model(stage_tracked, paths: ProjectPaths, training: Training) -> FitResult:
+    """Fit what `training` declares in its own nested MLflow run; write its checkpoint and curve; tag the
+    checkpoint's md5. Under torchrun every rank trains and rank 0 alone does the rest (kdflow.distributed).
 
     Training resumes from `.kdflow/resume/<name>.pt` when a killed run of the same settings and inputs left one;
     a state a live run holds is an ArtifactError (see kdflow.resume).
     """
     from models import count_parameters
 
-    settings = {"model": name, "arch": spec.model_dump(mode="json"), "train": train.model_dump(mode="json"),
-                "seed": seed, "train_samples": len(x), **(extra_params or {})}
+    name, train, data, val = training.name, training.train, training.data, training.val
+    settings = {"model": name, "arch": training.arch.model_dump(mode="json"), "train": train.model_dump(mode="json"),
+                "seed": training.seed, "train_samples": data.num_samples, **training.extra_params}
+    model, param_groups, before_epoch = training.setup()
     resume = None
     with contextlib.ExitStack() as holding:
         if train.resume_every:
-            fingerprint = training_fingerprint(settings, model, [x, *targets, *val])
+            fingerprint = training_fingerprint(settings, model, [*data.identity(), *val])
             resume = ResumeFile(paths.resume_state(name), fingerprint, train.resume_every)
-            holding.enter_context(resume.held())  # until the state is removed: no other run may take it
+            if distributed.is_main():  # the other ranks only read the state rank 0 writes
+                holding.enter_context(resume.held())  # until the state is removed: no other run may take it
         with stage_tracked.child(name, tags={"kdflow.model": name}) as tracked:
             tracked.log_params({**{k: v for k, v in settings.items() if k != "model"},
-                                "lr_effective": effective_lr(train, len(x))})
+                                "lr_effective": effective_lr(train, data.num_samples)})
             with intra_op_threads(train.threads):  # the same count under every runner: the same bytes
-                result = fit(
-                    model, x, targets, train, seed=seed, loss_fn=loss_fn, val=val, param_groups=param_groups,
-                    before_epoch=before_epoch, on_epoch=lambda epoch, record: tracked.log_metrics(record, step=epoch),
-                    description=name, resume=resume,
+                result = fit_batches(
+                    model, data, train, seed=training.seed, loss_fn=training.loss_fn, val=val,
+                    param_groups=param_groups, before_epoch=before_epoch,
+                    on_epoch=lambda epoch, record: tracked.log_metrics(record, step=epoch), description=name,
+                    resume=resume,
                 )
+            if not distributed.is_main():
+                return result
             # What it was trained from, so a later stage can tell a checkpoint of other inputs (kdflow.consistency).
-            checkpoint = save_model(paths.checkpoint(name), model, spec, input_shape, class_names,
-                                    extra={"inputs": stage_tracked.input_digests})
+            checkpoint = save_model(paths.checkpoint(name), model, training.arch, training.input_shape,
+                                    training.class_names, extra={"inputs": stage_tracked.input_digests})
             write_curve(paths.curve(name), result.history)
             summary = {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
                        "epochs_run": len(result.history), "parameters": count_parameters(model)}
@@ -139,65 +149,10 @@ def train_model(
             tracked.log_artifact(checkpoint, "checkpoint")
             tracked.log_artifact(paths.curve(name), "curves")
         if resume is not None:
-            resume.remove()
+            resume.remove()  # every rank read it before the first epoch's collectives
     return result
 
 
 def write_stage_metrics(paths: ProjectPaths, stage: str, metrics: dict) -> None:
-    write_json(paths.stage_metrics(stage), metrics)
-
-
-def checkpoint_failure(exc: CheckpointError, paths: ProjectPaths) -> str:
-    """The error, and which stage to rerun to replace the bad file."""
-    producer = graph.producer(paths, exc.path) if exc.path is not None else None
-    if producer is None:
-        return str(exc)
-    return (f"{exc}; fix: the stage '{producer}' writes {exc.path}: delete the file and rerun it "
-            f"(`dvc repro -f {producer}` or `kdflow run --force {producer}`)")
-
-
-def artifact_failure(exc: ArtifactError, paths: ProjectPaths) -> str:
-    """One line: the file, what is wrong with it, and the fix (by default, rerunning the stage that writes it)."""
-    producer = graph.producer(paths, exc.path)
-    fix = exc.fix or (f"rerun the stage '{producer}', which writes it (`dvc repro {producer}` or `kdflow run`)"
-                      if producer else "replace or remove it and rerun")
-    return f"{exc}; fix: {fix}"
-
-
-def missing_input(exc: FileNotFoundError, stage: str, paths: ProjectPaths) -> str | None:
-    """For an upstream output that is not there: which stage writes it, and how to run that stage."""
-    producer = graph.producer(paths, exc.filename) if exc.filename else None
-    if producer is None or producer == stage:
-        return None
-    return (f"stage '{stage}' needs {exc.filename}, which does not exist\n"
-            f"fix: the stage '{producer}' writes it: run that stage first (`dvc repro {producer}`), "
-            "or the whole pipeline (`dvc repro` or `kdflow run`)")
-
-
-def stage_main(stage: str, run: StageFn, argv: list[str] | None = None) -> None:
-    """`python -m tasks.<stage> [--params params.yaml] [--root .] [-S key=value ...]`."""
-    parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=f"Run the {stage} stage.")
-    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    parser.add_argument("--root", default=".", help="the project root holding data/, artifacts/ (default: .)")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params key, as `dvc exp run -S` does")
-    args = parser.parse_args(argv)
-    from kdflow import tracking
-
-    paths = ProjectPaths.at(args.root)
-    try:  # a bad params file, or a bad data file it names (kdflow.sources.DataError)
-        params = load_params(paths.root / args.params, args.overrides)
-        print(tracking.check_tracking(paths.root), flush=True)
-        metrics = run(params, paths, None)
-    except (ConfigError, tracking.TrackingUnreachable) as exc:
-        sys.exit(f"error: {exc}")
-    except CheckpointError as exc:
-        sys.exit(f"error: {checkpoint_failure(exc, paths)}")
-    except ArtifactError as exc:
-        sys.exit(f"error: {artifact_failure(exc, paths)}")
-    except FileNotFoundError as exc:
-        message = missing_input(exc, stage, paths)
-        if message is None:
-            raise
-        sys.exit(f"error: {message}")
-    print(json.dumps(metrics, indent=2, sort_keys=True))
+    if distributed.is_main():
+        write_json(paths.stage_metrics(stage), metrics)

@@ -13,7 +13,9 @@ import os
 import socket
 import subprocess
 import time
+import base64
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from kdflow.artifacts import ArtifactError, process_alive
 DEFAULT_EXPERIMENT = "kdflow"
 PARENT_RUN_ENV = "KDFLOW_PARENT_RUN_ID"
 HOST_TAG, PID_TAG = "kdflow.host", "kdflow.pid"  # which process owns a run, to close it if that process dies
-OFFLINE_ENV = "KDFLOW_OFFLINE"  # set by `kdflow run --offline`; honoured by `python -m tasks.<stage>` (dvc repro)
+OFFLINE_ENV = "KDFLOW_OFFLINE"  # set by `kdflow run --offline`; honoured by `kdflow stage <name>` (dvc repro)
 # The experiment's kind as MLflow records it (the tag the UI's kind selector writes): model training, not GenAI.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
@@ -46,13 +48,50 @@ def tracking_uri(root: Path) -> str:
     return (not offline() and os.environ.get("MLFLOW_TRACKING_URI")) or local_uri(root)
 
 
+def store_uri(root: Path) -> str:
+    """The tracking URI to hand MLflow. A `user:password@` in it moves to MLFLOW_TRACKING_USERNAME and
+    MLFLOW_TRACKING_PASSWORD, which MLflow sends as basic auth: MLflow prints its URI in run links and errors."""
+    uri = tracking_uri(root)
+    parts = urllib.parse.urlsplit(uri)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or parts.scheme not in ("http", "https"):
+        return uri
+    user, _, password = userinfo.partition(":")
+    os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(user)
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(password)
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+
+
+def redacted(url: str) -> str:
+    """`url` with the password of a `user:password@` in it shown as ***: for anything printed, raised or tagged."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{host}"))
+
+
+def probe_health(url: str, timeout_s: float) -> None:
+    """GET `url`/health, sending a `user:password@` in the URL as HTTP basic auth (urllib would take it for part of
+    the host); raises urllib's errors."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=host)).rstrip("/") + "/health")
+    if at:
+        user, _, password = userinfo.partition(":")
+        token = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
+    with urllib.request.urlopen(request, timeout=timeout_s):
+        pass
+
+
 def check_tracking(root: Path, timeout_s: float = 5.0) -> str:
     """Before any training: probe a tracking server's /health, or check a local store's file, and say where the
     runs will go.
 
     An unreachable server is a `TrackingUnreachable` naming the URI and the way out (offline mode), and a damaged
     local store an ArtifactError naming the file, rather than a stage that trains for minutes and then fails on
-    its first log call.
+    its first log call. Credentials in the URI are sent, never shown.
     """
     uri = tracking_uri(root)
     if uri.startswith("sqlite:///"):
@@ -62,14 +101,18 @@ def check_tracking(root: Path, timeout_s: float = 5.0) -> str:
     if not uri.startswith(("http://", "https://")):
         return f"MLflow runs go to {uri}"
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
-            pass
-    except urllib.error.HTTPError as exc:  # it answered: only a server error means it cannot take runs
+        probe_health(uri, timeout_s)
+    except urllib.error.HTTPError as exc:  # it answered: a server error or refused credentials mean no runs
+        if exc.code in (401, 403):
+            raise TrackingUnreachable(
+                f"MLflow tracking server {redacted(uri)} (MLFLOW_TRACKING_URI) refused the credentials (HTTP "
+                f"{exc.code} {exc.reason}); nothing was run. Correct the user:password in MLFLOW_TRACKING_URI (or "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)") from None
         if exc.code >= 500:
             raise _unreachable(root, uri, f"HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise _unreachable(root, uri, str(getattr(exc, "reason", exc))) from None
-    return f"MLflow runs go to the tracking server {uri}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:  # ValueError: a URL urllib cannot read (bad port)
+        raise _unreachable(root, uri, str(getattr(exc, "reason", exc)).replace(uri, redacted(uri))) from None
+    return f"MLflow runs go to the tracking server {redacted(uri)}"
 
 
 def check_sqlite_store(database: Path) -> None:
@@ -92,9 +135,9 @@ def check_sqlite_store(database: Path) -> None:
 
 def _unreachable(root: Path, uri: str, reason: str) -> TrackingUnreachable:
     return TrackingUnreachable(
-        f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable ({reason}); nothing was run. "
+        f"MLflow tracking server {redacted(uri)} (MLFLOW_TRACKING_URI) is unreachable ({reason}); nothing was run. "
         f"Start the server or correct MLFLOW_TRACKING_URI, or track locally in {local_uri(root)} with "
-        f"`kdflow run --offline` ({OFFLINE_ENV}=1 for `dvc repro` and `python -m tasks.<stage>`)"
+        f"`kdflow run --offline` ({OFFLINE_ENV}=1 for `dvc repro` and `kdflow stage <name>`)"
     )
 
 
@@ -166,7 +209,9 @@ def file_datasets(root: Path, digests: dict[str, str], context: str | None = Non
 def runs_page(ui_url: str, experiment_id: str) -> str:
     """The experiment's run table in MLflow's UI at `ui_url`. MLflow 3.17's UI opens an experiment on the GenAI
     overview unless the URL (or the user's toggle, remembered in the browser) says `workflowType=machine_learning`;
-    it does not go by the experiment's kind tag."""
+    it does not go by the experiment's kind tag. A `user:password@` is left out: the browser asks for it."""
+    parts = urllib.parse.urlsplit(ui_url)
+    ui_url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
@@ -232,10 +277,11 @@ class TrackedRun:
             yield run
 
 
-def _client(root: Path):
+def project_client(root: Path):
+    """An MlflowClient on the project's store and the id of its experiment (made, and tagged, when new)."""
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri(root)
+    uri = store_uri(root)
     client = MlflowClient(tracking_uri=uri)
     name = experiment_name()
     experiment = client.get_experiment_by_name(name)
@@ -271,7 +317,7 @@ def start_run(root: Path, name: str, parent_run_id: str | None = None, tags: dic
               source: str) -> Iterator[TrackedRun]:
     """A run in the project's experiment; nested under `parent_run_id` or, failing that, `$KDFLOW_PARENT_RUN_ID`.
     `source` names the code that makes it (e.g. `tasks/distill.py`), for the UI's Source column."""
-    client, experiment_id = _client(root)
+    client, experiment_id = project_client(root)
     parent = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
     if parent is None:
         close_orphaned_runs(client, experiment_id)

@@ -2,6 +2,8 @@
 
 A parameter or buffer is copied when the source has one of the same name and shape and its name does not start
 with one of the `reinit` prefixes (the head, by default: its classes mean something else in the target task).
+`head` in `reinit` names the model's classifier whatever its family calls it (models.adapters: timm's classifier,
+torchvision's final layer, a Hugging Face classification head).
 Everything else keeps the target's fresh initialisation, and the report says which and why, and which source
 tensors were skipped (left unused).
 """
@@ -12,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+
+from models.adapters import layout
 
 
 @dataclass
@@ -40,6 +44,8 @@ def copy_matching_layers(
     """Copy whole layers: a layer (a module's tensors: weight, bias, buffers) is copied only if all match."""
     report = TransferReport()
     target_state = target.state_dict()
+    head = layout(target).head
+    reinit = [name for prefix in reinit for name in (head if prefix == "head" else (prefix,))]
     layers: dict[str, list[str]] = {}
     for name in target_state:
         layers.setdefault(name.rpartition(".")[0], []).append(name)
@@ -70,17 +76,24 @@ def copy_matching_layers(
     return report
 
 
-def backbone_blocks(model: nn.Module) -> list[nn.Module]:
-    """The backbone's blocks that have weights (a flatten or pooling block has none to unfreeze)."""
-    return [block for block in model.backbone.children() if any(True for _ in block.parameters())]
+def backbone_blocks(model: nn.Module) -> tuple[str, ...]:
+    """The names of the backbone's blocks that have weights, bottom to top (a flatten or pooling block has none)."""
+    return layout(model).blocks
 
 
-def set_trainable_blocks(model: nn.Module, trainable_from_top: int) -> None:
-    """Freeze the backbone except its top `trainable_from_top` blocks; the head always trains."""
-    blocks = backbone_blocks(model)
-    first_trainable = max(len(blocks) - trainable_from_top, 0)
-    for index, block in enumerate(blocks):
-        for parameter in block.parameters():
-            parameter.requires_grad_(index >= first_trainable)
-    for parameter in model.head.parameters():
-        parameter.requires_grad_(True)
+def set_trainable_blocks(model: nn.Module, trainable_from_top: int) -> list[str]:
+    """Freeze the backbone except its top `trainable_from_top` blocks; the head always trains. Returns the names
+    of the blocks that train."""
+    found = layout(model)
+    first_trainable = max(len(found.blocks) - trainable_from_top, 0)
+    for name, parameter in model.named_parameters():
+        block = found.block_of(name)
+        parameter.requires_grad_(block is None or block >= first_trainable)
+    return list(found.blocks[first_trainable:])
+
+
+def head_and_backbone(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The head's parameters and the rest's, for a lower learning rate on the backbone."""
+    found = layout(model)
+    head = [p for name, p in model.named_parameters() if found.in_head(name)]
+    return head, [p for name, p in model.named_parameters() if not found.in_head(name)]

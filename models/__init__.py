@@ -1,5 +1,6 @@
-"""Architectures by name. Every model is `backbone` (a Sequential of blocks) followed by `head` (a Linear),
-so transfer learning can freeze, unfreeze and re-initialise by block and name the same way for all of them."""
+"""Architectures by name: the project's own (each a `backbone`, a Sequential of blocks, and a `head`), a user's
+factory, and the model zoos' (timm, torchvision, Hugging Face). models.adapters knows each family's head and
+blocks, so transfer learning freezes, unfreezes and re-initialises them all the same way."""
 
 from models.registry import ARCHITECTURES, ModelError, build_model, count_parameters
 

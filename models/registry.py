@@ -9,8 +9,11 @@ from torch import nn
 
 from models.cnn1d import CNN1D
 from models.cnn2d import CNN2D
+from models.adapters import layout
+from models.errors import ModelError
 from models.linear import LinearModel
 from models.mlp import MLP
+from models.zoo import ZOO_BUILDERS
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
@@ -18,10 +21,6 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "cnn2d": CNN2D,
     "linear": LinearModel,
 }
-
-
-class ModelError(ValueError):
-    """A user's model factory that cannot be imported, called, or does not build a backbone-and-head model."""
 
 
 def _custom_factory(import_path: str) -> Callable[..., nn.Module]:
@@ -38,16 +37,18 @@ def _custom_factory(import_path: str) -> Callable[..., nn.Module]:
 
 
 def _build_custom(spec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The factory gets the input shape and the class count as keywords, then the spec's options."""
+    """The factory gets the input shape and the class count as keywords, then the spec's options; models.adapters
+    finds the built module's head and blocks, as for the zoos' models."""
     model = _custom_factory(spec.factory)(input_shape=input_shape, num_classes=num_classes, **spec.options)
     if not isinstance(model, nn.Module):
         raise ModelError(f"arch custom: factory '{spec.factory}' returned {type(model).__name__}, not a torch.nn.Module")
-    backbone, head = getattr(model, "backbone", None), getattr(model, "head", None)
-    if not isinstance(backbone, nn.Sequential) or not isinstance(head, nn.Module):
+    try:
+        layout(model)
+    except ModelError:
         raise ModelError(
-            f"arch custom: factory '{spec.factory}' built a {type(model).__name__} without a `backbone` "
-            f"(nn.Sequential of blocks) and a `head` (the classifier layer); transfer learning freezes, copies and "
-            "re-initialises by those two names: assign them in the module's __init__")
+            f"arch custom: factory '{spec.factory}' built a {type(model).__name__} with no classifier layer to find: "
+            "transfer learning re-initialises it and trains it alone under linear_probe; give the module a `head` "
+            "(with a `backbone` Sequential of blocks), a timm-style get_classifier(), or a final nn.Linear") from None
     return model
 
 
@@ -55,11 +56,14 @@ def build_model(spec, input_shape: tuple[int, ...], num_classes: int) -> nn.Modu
     """`spec` is an architecture section of params.yaml (an `arch` plus that architecture's options)."""
     if spec.arch == "custom":
         return _build_custom(spec, tuple(input_shape), num_classes)
+    if spec.arch in ZOO_BUILDERS:
+        return ZOO_BUILDERS[spec.arch](spec, tuple(input_shape), num_classes)
     options = spec.model_dump(exclude={"arch"})
     try:
         factory = ARCHITECTURES[spec.arch]
     except KeyError:
-        raise ValueError(f"unknown arch {spec.arch!r}; allowed: {', '.join(sorted(ARCHITECTURES))}, custom") from None
+        raise ValueError(f"unknown arch {spec.arch!r}; allowed: {', '.join(sorted(ARCHITECTURES))}, custom, "
+                         f"{', '.join(ZOO_BUILDERS)}") from None
     return factory(input_shape=tuple(input_shape), num_classes=num_classes, **options)
 
 

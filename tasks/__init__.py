@@ -1,1 +1,1 @@
-"""One module per pipeline stage: a pure `run(params, paths, parent_run_id) -> metrics` and a `__main__`."""
+"""One module per pipeline stage: a pure `run(params, paths, parent_run_id) -> metrics`; `kdflow stage NAME` runs one."""

@@ -1,7 +1,6 @@
-"""Stage `distill`: the student learns from the teacher's soft labels (Hinton KD) on source_train + transfer.
-
-See kdflow.losses for what alpha weighs. Its baselines are stages of their own (tasks.student_hard_labels,
-tasks.student_scratch), from the same initial weights and optimiser settings (tasks.students).
+"""Stage `distill`: the student learns from the teacher's soft labels (Hinton KD) on source_train + transfer
+(see kdflow.losses for what alpha weighs). Its baselines are stages of their own, tasks.student_hard_labels and
+tasks.student_scratch, with the same architecture, initial weights and optimiser settings (tasks.students).
 """
 
 from __future__ import annotations
@@ -10,9 +9,9 @@ from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import Params
 from kdflow.layout import ProjectPaths
 from kdflow.losses import kd_loss
-from kdflow.stage import stage_main
+from kdflow.training import Training
 from models import count_parameters
-from tasks.students import distillation_set, train_student
+from tasks.students import distillation_data, student, train_student
 
 MODEL = "student_distilled"
 
@@ -21,16 +20,20 @@ class StudentTooLarge(ValueError):
     pass
 
 
+def trainings(params: Params, paths: ProjectPaths) -> list[Training]:
+    """What the stage trains: the distilled student, on the teacher's logits and the true labels."""
+    spec = params.distill
+    return [student(params, paths, MODEL, lambda input_shape: distillation_data(params, paths, input_shape),
+                    loss_fn=lambda out, t: kd_loss(out, t[0], t[1], spec.temperature, spec.alpha),
+                    extra_params={"temperature": spec.temperature, "alpha": spec.alpha})]
+
+
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
     spec = params.distill
 
-    def training_set(input_shape):
-        _, x, labels, logits = distillation_set(paths, input_shape)
-        return x, [logits, labels]
-
-    def size_check(student) -> dict:
+    def size_check(training: Training) -> dict:
         teacher, _ = load_model(paths.checkpoint("teacher"), expected_spec(params, "teacher"))
-        ratio = count_parameters(student) / count_parameters(teacher)
+        ratio = count_parameters(training.build()) / count_parameters(teacher)
         if ratio > spec.max_param_ratio:
             raise StudentTooLarge(
                 f"params.yaml: distill.student has {ratio:.2f}x the teacher's parameters, above "
@@ -38,10 +41,4 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
             )
         return {"student_teacher_param_ratio": ratio}
 
-    return train_student(params, paths, parent_run_id, "distill", MODEL, training_set,
-                         loss_fn=lambda out, t: kd_loss(out, t[0], t[1], spec.temperature, spec.alpha),
-                         extra_params={"temperature": spec.temperature, "alpha": spec.alpha}, extra_metrics=size_check)
-
-
-if __name__ == "__main__":
-    stage_main("distill", run)
+    return train_student(params, paths, parent_run_id, "distill", trainings, extra_metrics=size_check)

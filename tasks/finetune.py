@@ -10,16 +10,22 @@ Layers whose name and shape match are copied from the student; the rest, and eve
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from kdflow.artifacts import write_json
+from kdflow.batches import Rows, training_data
 from kdflow.checkpoints import expected_spec, load_model
-from kdflow.config import FinetuneSpec, Params
+from kdflow.config import FinetuneSpec, Params, Section
 from kdflow.datasets import load_split, read_dataset_card
 from kdflow.layout import ProjectPaths
-from kdflow.stage import stage_main, stage_run, train_model, write_stage_metrics
-from kdflow.transfer import TransferError, backbone_blocks, copy_matching_layers, set_trainable_blocks
+from kdflow.stage import stage_run, train_model, write_stage_metrics
+from kdflow.training import Training
+from kdflow.transfer import (TransferError, TransferReport, backbone_blocks, copy_matching_layers, head_and_backbone,
+                             set_trainable_blocks)
 from models import build_model
+from models.adapters import layout
 
 SOURCE_MODEL = "student_distilled"
 
@@ -31,20 +37,35 @@ def describe_arch(spec) -> str:
 
 
 def param_groups(model: torch.nn.Module, spec: FinetuneSpec) -> list[dict]:
-    backbone = list(model.backbone.parameters())
-    groups = [{"params": list(model.head.parameters())}]
+    head, backbone = head_and_backbone(model)
+    groups = [{"params": head}]
     if backbone:
         groups.insert(0, {"params": backbone, "lr": spec.train.lr * spec.backbone_lr_mult})
     return groups
+
+
+def trainable_from_top(spec: FinetuneSpec, epoch: int) -> int | None:
+    """How many backbone blocks, from the top, train in `epoch` (1-based); None: all (strategy full)."""
+    if spec.strategy == "full":
+        return None
+    return 0 if spec.strategy == "linear_probe" else (epoch - 1) // spec.unfreeze_every
 
 
 def unfreeze_schedule(model: torch.nn.Module, spec: FinetuneSpec):
     """The `before_epoch` hook that sets which blocks train in each epoch, per strategy."""
     if spec.strategy == "full":
         return None
-    if spec.strategy == "linear_probe":
-        return lambda epoch: set_trainable_blocks(model, 0)
-    return lambda epoch: set_trainable_blocks(model, (epoch - 1) // spec.unfreeze_every)
+    return lambda epoch: set_trainable_blocks(model, trainable_from_top(spec, epoch))
+
+
+def block_schedule(model: torch.nn.Module, spec: FinetuneSpec) -> dict:
+    """The model's head and blocks and, per epoch, the blocks that train: what the transfer report shows."""
+    found = layout(model)
+    by_epoch = {}
+    for epoch in range(1, spec.train.epochs + 1):
+        count = trainable_from_top(spec, epoch)
+        by_epoch[str(epoch)] = list(found.blocks if count is None else found.blocks[max(len(found.blocks) - count, 0):])
+    return {"head": list(found.head), "blocks": list(found.blocks), "trainable_blocks_by_epoch": by_epoch}
 
 
 def transferred_model(params: Params, source: torch.nn.Module, arch, input_shape: tuple[int, ...], num_classes: int):
@@ -54,52 +75,79 @@ def transferred_model(params: Params, source: torch.nn.Module, arch, input_shape
     return target, copy_matching_layers(source.state_dict(), target, params.finetune.reinit)
 
 
-def target_task(paths: ProjectPaths):
-    """What both target models train on: input shape, class names, and the target train and validation splits."""
+@dataclass
+class Transfer:
+    """The distilled student, ready to initialise target models, and the report of what a transfer copies."""
+
+    source: torch.nn.Module
+    arch: Section
+    report: TransferReport
+
+
+def transfer_from_student(params: Params, paths: ProjectPaths, input_shape: tuple[int, ...],
+                          num_classes: int) -> Transfer:
+    """Load the distilled student and try the transfer once: a target it cannot initialise fails here, saying why."""
+    source_checkpoint = paths.checkpoint(SOURCE_MODEL)
+    arch = expected_spec(params, SOURCE_MODEL)
+    source, _ = load_model(source_checkpoint, arch)
+    try:
+        _, report = transferred_model(params, source, arch, input_shape, num_classes)
+    except TransferError as exc:
+        raise TransferError(
+            f"finetune: {exc}: source {SOURCE_MODEL} ({describe_arch(arch)}, {source_checkpoint}), target model "
+            f"({describe_arch(arch)}, finetune.reinit {params.finetune.reinit}); fix: re-initialise fewer layers "
+            "(take backbone prefixes out of finetune.reinit), or distil a student with a backbone (arch linear has "
+            "only a head), rather than fine-tune a model that learnt nothing from the source") from None
+    return Transfer(source, arch, report)
+
+
+def target_task(params: Params, paths: ProjectPaths):
+    """What both target models train on: input shape, class names, the target training set (in memory or streamed,
+    kdflow.batches) and the target validation split."""
     card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
-    train, val = (load_split(paths.split(name), input_shape) for name in ("target_train", "target_val"))
+    train = training_data([Rows(paths.split("target_train"))], ["label"], input_shape, params.finetune.train)
+    val = load_split(paths.split("target_val"), input_shape)
     return input_shape, card["target_classes"], train, val
+
+
+def trainings(params: Params, paths: ProjectPaths, transfer: Transfer | None = None) -> list[Training]:
+    """What the stage trains: the target model fine-tuned from the distilled student (`transfer`, made here when
+    not given). Its from-scratch baseline is the stage tasks.target_scratch."""
+    spec = params.finetune
+    input_shape, classes, train, val = target_task(params, paths)
+    transfer = transfer or transfer_from_student(params, paths, input_shape, len(classes))
+    report = transfer.report
+    return [
+        Training("target_finetuned",
+                 lambda: transferred_model(params, transfer.source, transfer.arch, input_shape, len(classes))[0],
+                 arch=transfer.arch, train=spec.train, data=train, val=(val.x, val.y), seed=params.seed,
+                 input_shape=input_shape, class_names=classes,
+                 param_groups=lambda model: param_groups(model, spec),
+                 before_epoch=lambda model: unfreeze_schedule(model, spec),
+                 extra_params={"strategy": spec.strategy, "backbone_lr_mult": spec.backbone_lr_mult,
+                               "layers_copied": len(report.copied), "layers_reinitialised": len(report.reinitialised)}),
+    ]
 
 
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
     spec = params.finetune
-    source_checkpoint = paths.checkpoint(SOURCE_MODEL)
+    card = read_dataset_card(paths.dataset_card)
     with stage_run(paths, "finetune", params, parent_run_id) as tracked:
-        arch = expected_spec(params, SOURCE_MODEL)
-        source, _ = load_model(source_checkpoint, arch)
-        input_shape, classes, train, val = target_task(paths)
-
-        try:
-            target, report = transferred_model(params, source, arch, input_shape, len(classes))
-        except TransferError as exc:
-            raise TransferError(
-                f"finetune: {exc}: source {SOURCE_MODEL} ({describe_arch(arch)}, {source_checkpoint}), target model "
-                f"({describe_arch(arch)}, finetune.reinit {spec.reinit}); fix: re-initialise fewer layers (take "
-                "backbone prefixes out of finetune.reinit), or distil a student with a backbone (arch linear has "
-                "only a head), rather than fine-tune a model that learnt nothing from the source") from None
+        transfer = transfer_from_student(params, paths, tuple(card["input_shape"]), len(card["target_classes"]))
+        report = transfer.report
         report_path = write_json(paths.target_dir / "transfer_report.json",
-                                 {"source": SOURCE_MODEL, "strategy": spec.strategy, **report.as_dict()})
+                                 {"source": SOURCE_MODEL, "strategy": spec.strategy, **report.as_dict(),
+                                  **block_schedule(transfer.source, spec)})
         print("\n".join(["transfer from " + SOURCE_MODEL, *report.lines()]))
         tracked.log_artifact(report_path)
-
-        finetuned = train_model(
-            tracked, paths, "target_finetuned", target, arch, spec.train, train.x, [train.y],
-            param_groups=param_groups(target, spec), before_epoch=unfreeze_schedule(target, spec),
-            extra_params={"strategy": spec.strategy, "backbone_lr_mult": spec.backbone_lr_mult,
-                          "layers_copied": len(report.copied), "layers_reinitialised": len(report.reinitialised)},
-            seed=params.seed, val=(val.x, val.y), input_shape=input_shape, class_names=classes,
-        )
+        [finetuned] = (train_model(tracked, paths, training) for training in trainings(params, paths, transfer))
         metrics = {
             "target_finetuned_val_accuracy": finetuned.best["val_accuracy"],
             "target_finetuned_best_epoch": finetuned.best_epoch,
             "layers_copied": len(report.copied),
-            "backbone_blocks": len(backbone_blocks(target)),
+            "backbone_blocks": len(backbone_blocks(transfer.source)),
         }
         write_stage_metrics(paths, "finetune", metrics)
         tracked.log_metrics(metrics)
     return metrics
-
-
-if __name__ == "__main__":
-    stage_main("finetune", run)

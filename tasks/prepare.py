@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kdflow import sources
+from kdflow import media, sources
 from kdflow.artifacts import file_digest, write_json, write_parquet
 from kdflow.config import Params
 from kdflow.datasets import to_frame
 from kdflow.layout import SPLITS, ProjectPaths
 from kdflow.mnist1d_fast import make_dataset
-from kdflow.stage import stage_main, stage_run
+from kdflow.stage import stage_run
 
 
 def _generate(seed: int, num_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -67,7 +67,7 @@ def build_splits(params: Params, root: Path = Path(".")) -> dict[str, Split]:
         splits = _file_source_splits(params, root, rng)
     sample_shape = splits["source_train"][1].shape[1:]
     if spec.target is not None:
-        target = sources.shape_rows(sources.read_rows(spec.target, root, "data.target", labelled=True),
+        target = sources.shape_rows(media.read(spec.target, root, "data.target", True, spec),
                                     sample_shape, "data.target", "data.source")
         classes = [str(c) for c in spec.target_classes]
         sources.check_labels(target, sources.declared_classes(spec.target, spec.target_classes), "data.target",
@@ -119,8 +119,8 @@ def _labelled(rows: sources.Rows, parts: list[np.ndarray], classes: list[str], n
 def _file_source_splits(params: Params, root: Path, rng: np.random.Generator) -> dict[str, Split]:
     """The source task, and the target task too when it has no file of its own (other classes, same file)."""
     spec = params.data
-    rows = sources.reshaped(sources.read_rows(spec.source, root, "data.source", labelled=True),
-                            spec.source.reshape, "data.source")
+    rows = sources.reshaped(media.read(spec.source, root, "data.source", True, spec),
+                            getattr(spec.source, "reshape", None), "data.source")
     task_classes = spec.source_classes + (spec.target_classes if spec.target is None else [])
     sources.check_labels(rows, sources.declared_classes(spec.source, task_classes), "data.source",
                          "data.source.classes or data.source_classes" + (" / target_classes" if spec.target is None else ""))
@@ -137,12 +137,12 @@ def _file_source_splits(params: Params, root: Path, rng: np.random.Generator) ->
 
 def _transfer(params: Params, root: Path, sample_shape: tuple[int, ...], labelled: dict[str, Split]) -> Split:
     spec = params.data
-    if spec.transfer.kind == "file":
-        rows = sources.shape_rows(sources.read_rows(spec.transfer, root, "data.transfer", labelled=False),
+    if spec.transfer.kind != "mnist1d":
+        rows = sources.shape_rows(media.read(spec.transfer, root, "data.transfer", False, spec),
                                   sample_shape, "data.transfer", "data.source")
         # The same rows (the source file with its labels dropped) must not leak evaluation samples into distillation.
         held = np.isin(rows.sample_id, np.concatenate([ids for ids, _, _ in labelled.values()]))
-        labelled_files = {sources.resolve(root, f.path).resolve() for f in (spec.source, spec.target) if f and f.kind == "file"}
+        labelled_files = {sources.resolve(root, f.path).resolve() for f in (spec.source, spec.target) if f and f.kind != "mnist1d"}
         if held.any() and sources.resolve(root, spec.transfer.path).resolve() not in labelled_files:
             raise sources.DataError(
                 f"{spec.transfer.path} (data.transfer): {int(held.sum())} rows have the sample_id of a labelled row of "
@@ -151,7 +151,7 @@ def _transfer(params: Params, root: Path, sample_shape: tuple[int, ...], labelle
         return rows.sample_id[~held], rows.features[~held], None
     if spec.transfer.size == 0:
         return np.array([], dtype=str), np.zeros((0, *sample_shape), np.float32), None
-    if spec.source.kind == "file":
+    if spec.source.kind != "mnist1d":
         raise sources.DataError(
             f"data.transfer: the MNIST-1D generator makes 40-feature digits 0-9, not rows like the file "
             f"{spec.source.path} (data.source); fix: give data.transfer {{kind: file, path: ...}}, or set "
@@ -166,8 +166,9 @@ def _transfer(params: Params, root: Path, sample_shape: tuple[int, ...], labelle
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
     spec = params.data
     splits = build_splits(params, paths.root)  # every input checked before the stage writes or tracks anything
-    raw = {path: file_digest(sources.resolve(paths.root, path)) for path in sources.raw_files(spec)}
-    inputs = [sources.resolve(paths.root, path) for path in raw]
+    located = {path: sources.resolve(paths.root, path) for path in sources.raw_files(spec)}
+    raw = {path: media.folder_digest(at) if at.is_dir() else file_digest(at) for path, at in located.items()}
+    inputs = [at for at in located.values() if at.is_file()]  # an image folder's digest is the card's
     with stage_run(paths, "prepare", params, parent_run_id, extra_inputs=inputs) as tracked:
         card: dict = {
             "input_shape": [int(n) for n in splits["source_train"][1].shape[1:]],
@@ -194,7 +195,3 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         tracked.set_tags({f"kdflow.data.{name}.md5": card["splits"][name]["md5"] for name in SPLITS})
         tracked.log_artifact(paths.dataset_card)
     return metrics
-
-
-if __name__ == "__main__":
-    stage_main("prepare", run)

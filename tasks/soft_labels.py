@@ -22,7 +22,8 @@ from kdflow.config import Params
 from kdflow.datasets import feature_columns, open_parquet, read_dataset_card
 from kdflow.layout import ProjectPaths
 from kdflow.graph import SOFT_LABELLED
-from kdflow.stage import stage_main, stage_run
+from kdflow.stage import stage_run
+from kdflow.training import resolve_device
 
 T = TypeVar("T")
 
@@ -41,8 +42,9 @@ def read_ahead(chunks: Iterator[T]) -> Iterator[T]:
 
 @torch.inference_mode()
 def write_logits(teacher: torch.nn.Module, source: Path, target: Path, input_shape: tuple[int, ...],
-                 num_classes: int, chunk_size: int) -> int:
-    """Stream `source` through the teacher into `target` (sample_id, logit_0..K-1); returns the row count."""
+                 num_classes: int, chunk_size: int, device: torch.device = torch.device("cpu")) -> int:
+    """Stream `source` through the teacher (on `device`) into `target` (sample_id, logit_0..K-1); returns the row
+    count."""
     schema = pa.schema([("sample_id", pa.string())] + [(f"logit_{k}", pa.float32()) for k in range(num_classes)])
     reader = open_parquet(source)
     features = feature_columns(reader.schema_arrow.names)
@@ -58,7 +60,7 @@ def write_logits(teacher: torch.nn.Module, source: Path, target: Path, input_sha
           ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind") as write_behind):
         written = None
         for sample_ids, x in read_ahead(decoded()):
-            logits = teacher(torch.from_numpy(x).reshape(len(x), *input_shape)).numpy()
+            logits = teacher(torch.from_numpy(x).reshape(len(x), *input_shape).to(device)).float().cpu().numpy()
             columns = [sample_ids] + [pa.array(logits[:, k]) for k in range(num_classes)]
             if written is not None:
                 written.result()  # one chunk in flight: memory stays flat, a write error surfaces here
@@ -76,13 +78,15 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     checkpoint = paths.checkpoint("teacher")
     with stage_run(paths, "soft_labels", params, parent_run_id) as tracked:
         teacher, meta = load_model(checkpoint, expected_spec(params, "teacher"))
+        device = resolve_device(params.soft_labels.device)
+        teacher.to(device)
         num_classes = len(meta["class_names"])
         manifest = {"teacher_checkpoint_md5": file_digest(checkpoint), "files": {}}
         metrics = {}
         for name in SOFT_LABELLED:
             target = paths.soft_labels(name)
             rows = write_logits(teacher, paths.split(name), target, tuple(card["input_shape"]), num_classes,
-                                params.soft_labels.chunk_size)
+                                params.soft_labels.chunk_size, device)
             manifest["files"][name] = {"rows": rows, "md5": file_digest(target),
                                        "input_md5": card["splits"][name]["md5"]}
             metrics[f"soft_label_rows_{name}"] = rows
@@ -91,7 +95,3 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         tracked.log_metrics(metrics)
         tracked.log_artifact(paths.soft_labels_manifest)
     return metrics
-
-
-if __name__ == "__main__":
-    stage_main("soft_labels", run)

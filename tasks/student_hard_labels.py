@@ -3,21 +3,24 @@ the same samples (source_train + transfer)."""
 
 from __future__ import annotations
 
+from kdflow.batches import argmax_targets
 from kdflow.config import Params
 from kdflow.layout import ProjectPaths
-from kdflow.stage import stage_main
-from tasks.students import distillation_set, train_student
+from kdflow.training import Training
+from tasks.students import distillation_data, distillation_rows, student, train_student
 
 MODEL = "student_hard_labels"
 
 
+def trainings(params: Params, paths: ProjectPaths) -> list[Training]:
+    """What the stage trains: the student on the teacher's hard labels."""
+
+    def hard_labels(input_shape):
+        return argmax_targets(distillation_data(params, paths, input_shape), distillation_rows(paths), input_shape,
+                              params.distill.train)
+
+    return [student(params, paths, MODEL, hard_labels)]
+
+
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
-    def training_set(input_shape):
-        _, x, _, logits = distillation_set(paths, input_shape)
-        return x, [logits.argmax(1)]
-
-    return train_student(params, paths, parent_run_id, "student_hard_labels", MODEL, training_set)
-
-
-if __name__ == "__main__":
-    stage_main("student_hard_labels", run)
+    return train_student(params, paths, parent_run_id, "student_hard_labels", trainings)

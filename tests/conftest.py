@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+KDFLOW = str(Path(sys.executable).with_name("kdflow"))  # the console script, as a user runs it
 
 # Nothing the tests run may write to the developer's own stores.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect reads its settings once, at import: set before any test imports it (flows.server sets it too late then).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
@@ -95,3 +99,92 @@ def write_image_csv():
         return path
 
     return write
+
+
+def make_image_folder(folder: Path, classes: list[str], per_class: int, size: int = 16, seed: int = 0) -> Path:
+    """PNG images in one subfolder per class: each class a colour and a stripe direction, plus noise, so a tiny
+    model can learn them; made with numpy and Pillow, nothing downloaded."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for index, name in enumerate(classes):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        colour = np.array([(index * 67) % 256, (index * 131) % 256, (index * 197) % 256], np.float64)
+        stripes = np.indices((size, size))[index % 2] % 4 < 2
+        for sample in range(per_class):
+            pixels = colour * 0.6 + stripes[..., None] * 80 + rng.normal(0, 20, (size, size, 3))
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / name / f"{sample:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def image_folder():
+    """`make_image_folder`, for tests."""
+    return make_image_folder
+
+
+TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TEXT_WORDS = {"red": "apple cherry fire blood rose", "green": "grass leaf lime frog moss",
+              "blue": "sky sea ocean water ice", "gold": "sun sand honey coin crown"}
+
+
+def make_texts(classes: list[str], per_class: int, seed: int = 0):
+    """Sentences of each class's words among shared filler words, as a table of `text` and `label`."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    filler = "the a of and very some".split()
+    rows = []
+    for name in classes:
+        words = TEXT_WORDS[name].split()
+        for _ in range(per_class):
+            chosen = rng.choice(words, 3).tolist() + rng.choice(filler, 3).tolist()
+            rows.append({"text": " ".join(rng.permutation(chosen)), "label": name})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def save_tokenizer():
+    """Save a word-piece tokenizer over the test texts' words in a folder (as `save_pretrained` does)."""
+
+    def save(folder: Path) -> Path:
+        from transformers import BertTokenizer
+
+        vocabulary = TOKENS + sorted({w for words in TEXT_WORDS.values() for w in words.split()}
+                                     | set("the a of and very some".split()))
+        BertTokenizer(vocab={word: i for i, word in enumerate(vocabulary)}).save_pretrained(folder)
+        return folder
+
+    return save
+
+
+@pytest.fixture(scope="session")
+def texts():
+    """`make_texts`, for tests."""
+    return make_texts
+
+
+@pytest.fixture(scope="session")
+def zoo_or_skip():
+    """Import a zoo package, or skip saying why it does not import here (timm needs a torchvision built for the
+    installed torch, which the CPU-only torch wheel has none of)."""
+
+    def imported(module: str):
+        import importlib
+
+        import torch
+
+        try:
+            return importlib.import_module(module)
+        except (ImportError, RuntimeError) as exc:
+            pytest.skip(f"{module} does not import beside torch {torch.__version__}: {str(exc).splitlines()[0]}")
+
+    return imported
+
+
+def pytest_collection_modifyitems(items):
+    """End-to-end files first: the workers take files in this order, so the longest start first and the fast tiers
+    fill the gaps instead of one slow file running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

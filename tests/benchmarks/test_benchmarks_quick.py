@@ -3,13 +3,14 @@ numbers that agree with each other (a ratio is the quotient of the rates it repo
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import statistics
 
 import pytest
 
-from benchmarks import distillation, paper_table, pipeline_overhead, sweep_workers, throughput, transfer
+from benchmarks import paper_table, throughput, transfer
 from benchmarks.harness import mean_ci
 from kdflow import graph
 
@@ -19,6 +20,11 @@ def dirs(tmp_path_factory):
     """One work dir for the module, so distillation and transfer share the tiny pipeline's teacher."""
     return ["--quick", "--results-dir", str(tmp_path_factory.mktemp("results")),
             "--work-dir", str(tmp_path_factory.mktemp("work"))]
+
+
+def quick_run(module: str, args: list[str]) -> dict:
+    """`python -m <module> --quick ...` in this process: the entry point docs/benchmarks.md's commands run."""
+    return importlib.import_module(module).main(args)
 
 
 def written(args: list[str], name: str) -> dict:
@@ -36,7 +42,7 @@ def test_mean_ci_is_students_t_by_hand():
 
 
 def test_paper_table(dirs):
-    paper_table.main(dirs)
+    quick_run("benchmarks.paper_table", dirs)
     payload = written(dirs, "paper_table")
     assert payload["split"] == {"train": 800, "test": 200}
     assert set(payload["models"]) == {"logistic_regression", "mlp", "cnn"}
@@ -49,7 +55,7 @@ def test_paper_table(dirs):
 
 
 def test_distillation(dirs):
-    payload = distillation.main(dirs)
+    payload = quick_run("benchmarks.distillation", dirs)
     assert written(dirs, "distillation")["rows"] == json.loads(json.dumps(payload["rows"]))
     rows = payload["rows"]
     assert [(r["transfer_size"], r["temperature"]) for r in rows] == [
@@ -67,7 +73,7 @@ def test_distillation(dirs):
 
 
 def test_transfer(dirs):
-    payload = transfer.main(dirs)
+    payload = quick_run("benchmarks.transfer", dirs)
     written(dirs, "transfer")
     assert set(payload["results"]) == {"5", "10"}
     for result in payload["results"].values():
@@ -78,7 +84,7 @@ def test_transfer(dirs):
 
 
 def test_throughput(dirs):
-    payload = throughput.main(dirs)
+    payload = quick_run("benchmarks.throughput", dirs)
     written(dirs, "throughput_cpu")
     training, ratios = payload["training"], payload["ratios"]
     assert {"engine", "hand_loop", "dataloader"} <= set(training)
@@ -96,7 +102,7 @@ def test_throughput(dirs):
 
 @pytest.mark.slow
 def test_pipeline_overhead(dirs):
-    payload = pipeline_overhead.main(dirs)
+    payload = quick_run("benchmarks.pipeline_overhead", dirs)
     written(dirs, "pipeline_overhead")
     stages = list(graph.STAGES)
     assert payload["cold"]["ran"] == payload["serial"]["ran"] == stages and payload["warm"]["cached"] == stages
@@ -114,7 +120,7 @@ def test_pipeline_overhead(dirs):
 
 @pytest.mark.slow
 def test_sweep_workers(dirs):
-    payload = sweep_workers.main(dirs)
+    payload = quick_run("benchmarks.sweep_workers", dirs)
     written(dirs, "sweep_workers")
     timings = payload["timings"]
     assert [t["workers"] for t in timings] == [1, 2] and all(t["trials"] == 4 for t in timings)

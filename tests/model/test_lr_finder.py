@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdflow.batches import InMemory
 from kdflow.config import TrainSpec
-from kdflow.lr_finder import Problem, exponential_lrs, range_test, smooth, suggest
+from kdflow.lr_finder import exponential_lrs, range_test, smooth, suggest
+from kdflow.training import Training
 
 
 def test_exponential_lrs_by_hand() -> None:
@@ -36,11 +38,15 @@ def test_sweep_on_least_squares_stops_past_the_divergence_point() -> None:
     y = x @ torch.tensor([1.0, -1.0, 2.0]) + 0.05 * torch.randn(128, generator=g)
     design = torch.cat([x, torch.ones(128, 1)], 1)
     critical = 2 / torch.linalg.eigvalsh(2 * design.T @ design / 128).max().item()  # Hessian of the mean squared error
-    torch.manual_seed(0)
-    model = nn.Linear(3, 1)
     spec = TrainSpec(batch_size="full", optimizer="sgd", lr=0.1)
-    problem = Problem(model, x, [y], spec, loss_fn=lambda out, t: F.mse_loss(out.squeeze(1), t[0]))
-    sweep = range_test(problem, seed=0, min_lr=1e-3, max_lr=10.0, steps=100)
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Linear(3, 1)
+
+    training = Training("least_squares", model, None, spec, InMemory(x, [y]), (x, y), seed=0, input_shape=(3,), class_names=[],
+                        loss_fn=lambda out, t: F.mse_loss(out.squeeze(1), t[0]))
+    sweep = range_test(training, min_lr=1e-3, max_lr=10.0, steps=100)
     below = [loss for lr, loss in zip(sweep.lrs, sweep.losses) if lr < critical]
     assert all(later < earlier for earlier, later in zip(below, below[1:]))  # every component shrinks below 2/λmax
     assert sweep.lrs[-1] > critical and len(sweep.lrs) < 100  # stopped on divergence, past the critical rate

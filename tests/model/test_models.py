@@ -11,6 +11,7 @@ from torch import nn
 from kdflow.checkpoints import load_model, save_model
 from kdflow.config import CNN1DSpec, CNN2DSpec, CustomSpec, LinearSpec, MLPSpec
 from models import ARCHITECTURES, ModelError, build_model, count_parameters
+from models.adapters import Layout, layout
 
 SPECS = {
     "mlp": MLPSpec(arch="mlp", hidden=[16, 8]),
@@ -155,7 +156,11 @@ def make_student(input_shape, num_classes, scale=1):
 
 
 def headless(input_shape, num_classes):
-    return nn.Sequential(nn.Flatten(), nn.Linear(40, num_classes))
+    return nn.Sequential(nn.Flatten(), nn.Linear(40, 8), nn.Tanh(), nn.Linear(8, num_classes))
+
+
+def no_classifier(input_shape, num_classes):
+    return nn.Sequential(nn.Unflatten(1, (1, 40)), nn.Conv1d(1, num_classes, 40), nn.Flatten())
 
 
 def not_a_module(input_shape, num_classes):
@@ -183,14 +188,19 @@ def test_custom_factory_gets_the_input_shape_class_count_and_options(user_nets) 
 
 
 @pytest.mark.parametrize(("factory", "message"), [
-    ("headless", r"arch custom: factory 'my_pkg.nets:headless' built a Sequential without a `backbone` "
-                 r"\(nn.Sequential of blocks\) and a `head`"),
+    ("no_classifier", r"arch custom: factory 'my_pkg.nets:no_classifier' built a Sequential with no classifier "
+                      r"layer to find: .*; give the module a `head`"),
     ("not_a_module", r"arch custom: factory 'my_pkg.nets:not_a_module' returned str, not a torch.nn.Module"),
     ("missing", r"arch custom: 'my_pkg.nets' has no function 'missing' \(factory 'my_pkg.nets:missing'\)"),
 ])
 def test_custom_factory_errors(user_nets, factory: str, message: str) -> None:
     with pytest.raises(ModelError, match=message):
         build_model(CustomSpec(arch="custom", factory=f"{user_nets}:{factory}"), (40,), 3)
+
+
+def test_a_custom_model_without_head_attributes_has_its_last_linear_as_head(user_nets) -> None:
+    model = build_model(CustomSpec(arch="custom", factory=f"{user_nets}:headless"), (40,), 3)
+    assert layout(model) == Layout(("3",), ("1",))
 
 
 def test_custom_factory_module_not_importable() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from kdflow.config import TrainSpec
@@ -22,6 +23,23 @@ def test_auto_is_the_cpu_without_a_gpu_and_cuda_without_one_is_an_error():
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(ValueError, match="train.device is 'cuda' but no CUDA device is available"):
         resolve_device("cuda")
+
+
+def test_a_gpu_index_or_mps_that_is_not_there_is_an_error_naming_the_setting():
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="train.device is 'cuda:1' but no CUDA device is available"):
+        resolve_device("cuda:1")
+    with pytest.raises(ValueError, match="train.device is 'mps' but MPS \\(Apple silicon\\) is not available"):
+        resolve_device("mps")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_the_device_setting_takes_mps_and_a_gpu_index_and_nothing_else():
+    assert [TrainSpec(device=d).device for d in ("mps", "cuda:0", "cuda:12")] == ["mps", "cuda:0", "cuda:12"]
+    for wrong in ("gpu", "cuda:", "cuda:-1", "CPU"):
+        with pytest.raises(ValidationError, match="String should match pattern"):
+            TrainSpec(device=wrong)
 
 
 def test_bf16_autocast_trains_and_leaves_float32_weights_on_the_cpu():

@@ -41,3 +41,22 @@ def project_copy(trained_project, tmp_path):
         return Path(shutil.copytree(trained_project, tmp_path / name, ignore=ignore))
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def constant_predictor():
+    """Overwrite a model's checkpoint with one that always predicts class `index` (zero weights, one bias): on a
+    balanced set it scores exactly one over the number of classes."""
+    import torch
+
+    from kdflow.checkpoints import expected_spec, load_model, save_model
+
+    def overwrite(params, paths, model_name: str, index: int = 0) -> None:
+        model, meta = load_model(paths.checkpoint(model_name), expected_spec(params, model_name))
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.zero_()
+            model.head.bias[index] = 1.0
+        save_model(paths.checkpoint(model_name), model, meta["spec"], tuple(meta["input_shape"]), meta["class_names"])
+
+    return overwrite

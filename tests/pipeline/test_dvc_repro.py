@@ -14,6 +14,7 @@ import yaml
 
 from kdflow import graph
 from kdflow.layout import SPLITS
+from tests.conftest import KDFLOW
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +95,10 @@ def test_exp_run_shows_the_new_temperature_in_exp_show_metrics_diff_and_plots(dv
         last_val_accuracy = curve[-1].split(",")[3]
         assert "Validation accuracy" in html and "student_distilled.csv" in html
         assert last_val_accuracy in html, "the curve's data is not in the page"
+        for chart in ("Training and validation loss", "Reliability (accuracy per confidence bin)",
+                      "Confusion matrix of target_finetuned on the target task", "confusion_target.png",
+                      "reliability.png", "accuracy_cost.png"):
+            assert chart in html, chart
     finally:  # back to the committed baseline for the tests below
         run(["git", "reset", "-q", "--hard"], repo)
         run([sys.executable, "-m", "dvc", "checkout", "--force"], repo)
@@ -154,7 +159,7 @@ def test_kdflow_run_writes_the_same_files_and_numbers_as_dvc(dvc_repo, tmp_path,
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / ".prefect-home")}  # its own temporary Prefect server
     for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
-    done = subprocess.run([sys.executable, "-m", "kdflow", "run", "--params", str(params_path), "--root", str(tmp_path)],
+    done = subprocess.run([KDFLOW, "run", "--params", str(params_path), "--root", str(tmp_path)],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "stages run: prepare, train_teacher, soft_labels, distill, finetune, evaluate" in done.stdout

@@ -1,6 +1,6 @@
 """Faults, for real: stage processes killed with SIGKILL, bad checkpoints, and an MLflow server that is not there.
 
-Stages run as `python -m tasks.<stage>` subprocesses (what `dvc repro` runs) on copies of a tiny trained project,
+Stages run as `kdflow stage <name>` subprocesses (what `dvc repro` runs) on copies of a tiny trained project,
 with one thread each so that an interrupted and an uninterrupted run compute the same numbers.
 """
 
@@ -20,8 +20,7 @@ import torch
 
 from kdflow.artifacts import file_digest, load_checkpoint, read_json
 from kdflow.layout import ProjectPaths
-from kdflow.stage import stage_main
-from tests.conftest import REPO_ROOT
+from tests.conftest import KDFLOW, REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +28,24 @@ STAGE_TIMEOUT_S = 600
 
 
 def stage_command(stage: str, root: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", f"tasks.{stage}", "--root", str(root), *(a for o in overrides for a in ("-S", o))]
+    return [KDFLOW, "stage", stage, "--root", str(root), *(a for o in overrides for a in ("-S", o))]
+
+
+def stage_in_process(stage: str, root: Path):
+    """`kdflow stage` in this process (monkeypatches apply); its result: exit code and output."""
+    from click.testing import CliRunner
+
+    from cli.main import app
+
+    return CliRunner().invoke(app, ["stage", stage, "--root", str(root)])
+
+
+def stage_error(stage: str, root: Path) -> str:
+    """The one-line error (no traceback) of a stage that must fail, run in this process."""
+    result = stage_in_process(stage, root)
+    assert result.exit_code == 1 and "Error: " in result.output, result.output
+    assert "Traceback" not in result.output, result.output
+    return "Error: " + result.output.split("Error: ", 1)[1].removesuffix("\n")
 
 
 def stage_env() -> dict[str, str]:
@@ -98,6 +114,8 @@ def test_teacher_killed_mid_training_resumes_to_the_uninterrupted_numbers(projec
     assert read_json(resumed.stage_metrics("train_teacher")) == read_json(reference.stage_metrics("train_teacher"))
     assert resumed.curve("teacher").read_text() == reference.curve("teacher").read_text()
     assert len(resumed.curve("teacher").read_text().splitlines()) == EPOCHS + 1
+    # the same weights, the same bytes: DVC sees no change
+    assert resumed.checkpoint("teacher").read_bytes() == reference.checkpoint("teacher").read_bytes()
 
     from mlflow.tracking import MlflowClient
 
@@ -165,10 +183,8 @@ def test_a_stage_refuses_a_bad_checkpoint_naming_the_file_and_the_fix(project_co
     paths = ProjectPaths.at(root)
     path = paths.checkpoint(checkpoint)
     damage(path)
-    with pytest.raises(SystemExit) as caught:
-        stage_main(stage, __import__(f"tasks.{stage}", fromlist=["run"]).run, ["--root", str(root)])
-    message = str(caught.value.code)
-    assert message.startswith(f"error: {path}: refused to load (")
+    message = stage_error(stage, root)
+    assert message.startswith(f"Error: {path}: refused to load (")
     assert "the file is truncated, tampered with or not a kdflow checkpoint" in message
     assert message.endswith(f"fix: the stage '{producer}' writes {path}: delete the file and rerun it "
                             f"(`dvc repro -f {producer}` or `kdflow run --force {producer}`)")
@@ -181,10 +197,9 @@ def test_a_stage_run_before_its_upstream_names_the_missing_file_and_the_stage_th
     monkeypatch.setenv("KDFLOW_OFFLINE", "1")
     write_params(tmp_path, tiny_params)
     card = ProjectPaths.at(tmp_path).dataset_card
-    with pytest.raises(SystemExit) as caught:
-        stage_main("soft_labels", __import__("tasks.soft_labels", fromlist=["run"]).run, ["--root", str(tmp_path)])
-    assert str(caught.value.code) == (
-        f"error: stage 'soft_labels' needs {card}, which does not exist\n"
+    message = stage_error("soft_labels", tmp_path)
+    assert message == (
+        f"Error: stage 'soft_labels' needs {card}, which does not exist\n"
         "fix: the stage 'prepare' writes it: run that stage first (`dvc repro prepare`), "
         "or the whole pipeline (`dvc repro` or `kdflow run`)")
 
@@ -202,7 +217,7 @@ def test_unreachable_tracking_server_stops_the_run_before_anything_runs(tmp_path
                                                                      monkeypatch) -> None:
     from click.testing import CliRunner
 
-    from kdflow.cli import app
+    from cli.main import app
 
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -213,19 +228,17 @@ def test_unreachable_tracking_server_stops_the_run_before_anything_runs(tmp_path
     result = CliRunner().invoke(app, ["run", "--params", str(params_path), "--root", str(tmp_path)])
     assert result.exit_code == 1
     assert expected in result.output and "`kdflow run --offline`" in result.output
-    with pytest.raises(SystemExit) as caught:
-        stage_main("prepare", __import__("tasks.prepare", fromlist=["run"]).run, ["--root", str(tmp_path)])
-    assert str(caught.value.code).startswith(f"error: {expected}")
-    assert "KDFLOW_OFFLINE=1 for `dvc repro`" in str(caught.value.code)
+    message = stage_error("prepare", tmp_path)
+    assert message.startswith(f"Error: {expected}")
+    assert "KDFLOW_OFFLINE=1 for `dvc repro`" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing trained, nothing tracked
 
 
-def test_offline_tracks_in_the_local_store_and_says_where(tmp_path, tiny_params, write_params, monkeypatch,
-                                                          capsys) -> None:
+def test_offline_tracks_in_the_local_store_and_says_where(tmp_path, tiny_params, write_params, monkeypatch) -> None:
     from click.testing import CliRunner
     from mlflow.tracking import MlflowClient
 
-    from kdflow.cli import app
+    from cli.main import app
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.delenv("KDFLOW_OFFLINE", raising=False)
@@ -238,8 +251,8 @@ def test_offline_tracks_in_the_local_store_and_says_where(tmp_path, tiny_params,
     assert "seed must be in [0, 2**32)" in result.output and result.exit_code == 1
 
     monkeypatch.setenv("KDFLOW_OFFLINE", "1")  # what `kdflow run --offline` sets and `dvc repro` honours
-    stage_main("prepare", __import__("tasks.prepare", fromlist=["run"]).run, ["--root", str(tmp_path)])
-    assert f"offline (KDFLOW_OFFLINE=1): MLflow runs go to the local store {local}" in capsys.readouterr().out
+    output = stage_in_process("prepare", tmp_path).output
+    assert f"offline (KDFLOW_OFFLINE=1): MLflow runs go to the local store {local}" in output
     client = MlflowClient(tracking_uri=local)
     runs = client.search_runs([client.get_experiment_by_name("kdflow").experiment_id])
     assert [r.info.run_name for r in runs] == ["prepare"]
@@ -273,21 +286,30 @@ def mlflow_server(tmp_path):
         server.wait(timeout=60)
 
 
-def test_reachable_tracking_server_takes_the_runs(tmp_path, tiny_params, write_params, monkeypatch, capsys,
-                                                 mlflow_server) -> None:
+def test_reachable_tracking_server_takes_the_runs_and_its_password_is_never_shown(
+        tmp_path, tiny_params, write_params, monkeypatch, mlflow_server) -> None:
+    """A user:password in MLFLOW_TRACKING_URI reaches the server (which takes any) and appears nowhere: not in the
+    output, not in a run's tags or params."""
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    password = "pa$$w0rd"
+    with_credentials = mlflow_server.replace("http://", "http://kd:pa%24%24w0rd@")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", with_credentials)
     monkeypatch.delenv("KDFLOW_OFFLINE", raising=False)
+    for moved in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # where kdflow hands MLflow the login
+        monkeypatch.setenv(moved, "")
     project = tmp_path / "project"
     project.mkdir()
     write_params(project, tiny_params)
-    stage_main("prepare", __import__("tasks.prepare", fromlist=["run"]).run, ["--root", str(project)])
-    assert f"MLflow runs go to the tracking server {mlflow_server}" in capsys.readouterr().out
+    output = stage_in_process("prepare", project).output
+    shown = mlflow_server.replace("http://", "http://kd:***@")
+    assert f"MLflow runs go to the tracking server {shown}" in output
     client = MlflowClient(tracking_uri=mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("kdflow").experiment_id])
     assert [(r.info.run_name, r.info.status) for r in runs] == [("prepare", "FINISHED")]
     assert not (project / "mlflow.db").exists()
+    recorded = [*runs[0].data.tags.values(), *runs[0].data.params.values(), output]
+    assert not [text for text in recorded if password in text or "pa%24%24w0rd" in text]
 
 
 # --- issue 14: nothing wrong, nothing lost, nothing run that should not be --------------------------------------
@@ -300,7 +322,7 @@ def failed_stage(stage: str, root: Path, *overrides: str) -> str:
                           capture_output=True, text=True, timeout=STAGE_TIMEOUT_S)
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stderr.splitlines()
-    assert [line for line in lines if line.startswith("error:")] == lines[-1:], done.stderr
+    assert [line for line in lines if line.startswith("Error:")] == lines[-1:], done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     return lines[-1]
 
@@ -323,7 +345,7 @@ def test_a_checkpoint_naming_a_custom_factory_runs_nothing_and_is_refused(projec
     message = failed_stage("soft_labels", root)
     expected = load_params(root / "params.yaml").train_teacher.model.model_dump(mode="json")
     assert message == (
-        f"error: {path}: saved for the architecture {payload['spec']}, but params.yaml gives {expected}; it is not "
+        f"Error: {path}: saved for the architecture {payload['spec']}, but params.yaml gives {expected}; it is not "
         f"loaded (nor its spec built); fix: the stage 'train_teacher' writes {path}: delete the file and rerun it "
         "(`dvc repro -f train_teacher` or `kdflow run --force train_teacher`)")
     assert not marker.exists()
@@ -339,7 +361,7 @@ def test_distill_after_the_teacher_was_retrained_names_the_stale_soft_labels(pro
     assert new_teacher != old_teacher
 
     assert failed_stage("distill", root) == (
-        f"error: {paths.soft_labels_manifest}: made from artifacts/teacher/teacher.pt md5 {old_teacher}, which is "
+        f"Error: {paths.soft_labels_manifest}: made from artifacts/teacher/teacher.pt md5 {old_teacher}, which is "
         f"now md5 {new_teacher}: stale; {rerun_fix('soft_labels')}")
     assert {p: p.read_bytes() for p in paths.students_dir.iterdir()} == students
 
@@ -354,7 +376,7 @@ def test_finetune_after_the_data_was_prepared_again_names_the_stale_student(proj
 
     # The card records every split's md5, so it is the first of the student's inputs found to differ.
     assert failed_stage("finetune", root) == (
-        f"error: {paths.checkpoint('student_distilled')}: made from data/prepared/dataset_card.json md5 {old_card}, "
+        f"Error: {paths.checkpoint('student_distilled')}: made from data/prepared/dataset_card.json md5 {old_card}, "
         f"which is now md5 {new_card}: stale; {rerun_fix('distill')}")
     assert not paths.target_dir.exists()
 
@@ -375,14 +397,14 @@ def test_soft_labels_missing_samples_are_one_line_from_the_command(project_copy)
     assert pq.read_metadata(target).num_rows == len(frame) - 1
 
     assert failed_stage("distill", root) == (
-        f"error: {target}: no soft labels for 1 of the split's samples (e.g. {frame['sample_id'][0]}); "
+        f"Error: {target}: no soft labels for 1 of the split's samples (e.g. {frame['sample_id'][0]}); "
         f"{rerun_fix('soft_labels')}")
 
 
 def truncated(target, recorded: str, record: str, writer: str) -> str:
     """Cut `target` short; the one line a stage prints for it, against the md5 `record` holds."""
     truncate(target)
-    return (f"error: {target}: md5 {file_digest(target)}, not the md5 {recorded} {record} records: changed or "
+    return (f"Error: {target}: md5 {file_digest(target)}, not the md5 {recorded} {record} records: changed or "
             f"damaged since {writer} wrote them; {rerun_fix(writer)}")
 
 
@@ -398,20 +420,20 @@ def damage_split(paths: ProjectPaths) -> str:
 
 def garbage_card(paths: ProjectPaths) -> str:
     paths.dataset_card.write_text("<html>not json</html>")
-    return (f"error: {paths.dataset_card}: not valid JSON (Expecting value: line 1 column 1 (char 0)); "
+    return (f"Error: {paths.dataset_card}: not valid JSON (Expecting value: line 1 column 1 (char 0)); "
             f"{rerun_fix('prepare')}")
 
 
 def wrong_card(paths: ProjectPaths) -> str:
     paths.dataset_card.write_text('{"input_shape": "forty"}')
-    return (f"error: {paths.dataset_card}: not a dataset card (input_shape, source_classes, target_classes and every "
+    return (f"Error: {paths.dataset_card}: not a dataset card (input_shape, source_classes, target_classes and every "
             f"split's md5 are missing or malformed); {rerun_fix('prepare')}")
 
 
 def garbage_store(paths: ProjectPaths) -> str:
     store = paths.root / "mlflow.db"
     store.write_bytes(b"not a database " * 100)
-    return (f"error: {store}: not a readable MLflow store (file is not a database); nothing was run; fix: move it "
+    return (f"Error: {store}: not a readable MLflow store (file is not a database); nothing was run; fix: move it "
             f"aside (`mv {store} {store}.damaged`) and rerun: a new store is made, and the runs the damaged one held "
             "stay in that file")
 
@@ -440,7 +462,7 @@ def test_a_second_run_refuses_the_state_a_live_run_trains_from_and_leaves_it(pro
             time.sleep(0.05)
         message = failed_stage("train_teacher", root, "train_teacher.train.epochs=2000", "train_teacher.train.patience=0")
         assert message == (
-            f"error: {state}: in use by a training that is still running (pid {first.pid} on {socket.gethostname()}); "
+            f"Error: {state}: in use by a training that is still running (pid {first.pid} on {socket.gethostname()}); "
             "not resumed from, nor touched; fix: wait for that run to finish (or stop it) before running the stage again")
         assert first.poll() is None and state.exists()
     finally:
@@ -502,9 +524,8 @@ def test_a_read_only_output_folder_stops_the_stage_before_it_writes_or_trains(pr
     before = {p: p.read_bytes() for p in directory.iterdir()}
     refuse_writes_under(monkeypatch, directory)
     monkeypatch.setattr(kdflow.stage, "fit", lambda *a, **k: pytest.fail("trained into a read-only folder"))
-    with pytest.raises(SystemExit) as caught:
-        stage_main(stage, __import__(f"tasks.{stage}", fromlist=["run"]).run, ["--root", str(root)])
-    assert str(caught.value.code) == (f"error: {directory}: cannot write there (Read-only file system); fix: make the "
+    message = stage_error(stage, root)
+    assert message == (f"Error: {directory}: cannot write there (Read-only file system); fix: make the "
                                       "folder writable (or free space on its disk) and rerun")
     assert {p: p.read_bytes() for p in directory.iterdir()} == before
     assert not (root / "mlflow.db").exists()  # no run was even started

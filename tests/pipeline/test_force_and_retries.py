@@ -29,7 +29,7 @@ def project(tmp_path_factory, tiny_params, write_params, prefect_server):
 
 def kdflow_run(root, params_path, *options) -> tuple[list[str], list[str]]:
     """`kdflow run` through click's parser; the stages it ran and those DVC's record had, as its last lines say."""
-    from kdflow.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, ["run", "--params", str(params_path), "--root", str(root), *options])
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -56,7 +56,7 @@ def test_force_without_a_value_reruns_every_stage(project):
 
 
 def test_force_of_an_unknown_stage_is_an_error_naming_it(project):
-    from kdflow.cli import app
+    from cli.main import app
 
     root, params_path = project
     result = CliRunner().invoke(app, ["run", "--params", str(params_path), "--root", str(root), "--force", "distil"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +22,7 @@ def test_lr_find_plots_suggests_and_logs(project_copy, monkeypatch, stage, overr
     from click.testing import CliRunner
     from mlflow.tracking import MlflowClient
 
-    from kdflow.cli import app
+    from cli.main import app
 
     monkeypatch.delenv("KDFLOW_OFFLINE", raising=False)
     root = project_copy()
@@ -53,7 +54,7 @@ def test_lr_find_refuses_soft_labels_of_another_teacher(project_copy) -> None:
     from click.testing import CliRunner
 
     from kdflow.artifacts import file_digest, load_checkpoint, save_checkpoint
-    from kdflow.cli import app
+    from cli.main import app
     from kdflow.layout import ProjectPaths
 
     root = project_copy()
@@ -70,3 +71,74 @@ def test_lr_find_refuses_soft_labels_of_another_teacher(project_copy) -> None:
         f"md5 {file_digest(paths.checkpoint('teacher'))}: stale; fix: rerun the stage 'soft_labels', which writes it "
         "(`dvc repro soft_labels` or `kdflow run`)")
     assert not (root / "plots" / "lr_find").exists()
+
+
+class Stop(Exception):
+    """Raised once what a training starts from is captured: nothing needs to train."""
+
+
+def optimised(spec, params) -> dict:
+    """What an optimiser is made for: its settings, its parameters (initial values, whether they train in the first
+    epoch) and each group's learning rate."""
+    groups = [group if isinstance(group, dict) else {"params": [group]} for group in params]
+    tensors = [p for group in groups for p in group["params"]]
+    return {"train": spec.model_dump(), "values": [p.detach().clone() for p in tensors],
+            "trainable": [p.requires_grad for p in tensors], "group_lrs": [g.get("lr", spec.lr) for g in groups]}
+
+
+@pytest.mark.parametrize(("stage", "model"), [("train_teacher", "teacher"), ("distill", "student_distilled"),
+                                              ("finetune", "target_finetuned")])
+def test_lr_find_sweeps_what_the_stage_trains(project_copy, monkeypatch, stage, model) -> None:
+    """The first model the stage trains, as `fit` receives it, and the one lr-find's range test makes its optimiser
+    for: same initial weights (finetune's transferred from the student), first-epoch trainable layers, param groups,
+    optimiser settings, data and loss."""
+    import importlib
+
+    import kdflow.lr_finder
+    import kdflow.stage
+    from click.testing import CliRunner
+
+    from cli.main import app
+    from kdflow.config import load_params
+    from kdflow.layout import ProjectPaths
+
+    monkeypatch.setenv("KDFLOW_OFFLINE", "1")
+    root = project_copy()
+    captured = {}
+
+    def stage_fit(net, data, spec, *, loss_fn, param_groups, before_epoch, description, **_):
+        assert description == model
+        if before_epoch is not None:
+            before_epoch(1)
+        captured["stage"] = {**optimised(spec, param_groups or net.parameters()), "x": data.x, "targets": data.targets,
+                             "loss_fn": loss_fn, "net": net}
+        raise Stop
+
+    monkeypatch.setattr(kdflow.stage, "fit_batches", stage_fit)
+    with pytest.raises(Stop):
+        importlib.import_module(f"tasks.{stage}").run(load_params(root / "params.yaml"), ProjectPaths.at(root))
+
+    range_test = kdflow.lr_finder.range_test
+
+    def sweep(training, *args, **kwargs):
+        captured["lr_find"] = {"x": training.data.x, "targets": training.data.targets, "loss_fn": training.loss_fn}
+        return range_test(training, *args, **kwargs)
+
+    def make_optimizer(spec, params):
+        captured["lr_find"].update(optimised(spec, params))
+        raise Stop
+
+    monkeypatch.setattr(kdflow.lr_finder, "range_test", sweep)
+    monkeypatch.setattr(kdflow.lr_finder, "make_optimizer", make_optimizer)
+    result = CliRunner().invoke(app, ["lr-find", stage, "--root", str(root), "--params", str(root / "params.yaml")])
+    assert isinstance(result.exception, Stop), result.output
+
+    ours, theirs = captured["stage"], captured["lr_find"]
+    assert ours["train"] == theirs["train"] and ours["group_lrs"] == theirs["group_lrs"]
+    assert len(ours["values"]) == len(theirs["values"]) and ours["trainable"] == theirs["trainable"]
+    assert all(torch.equal(a, b) for a, b in zip(ours["values"], theirs["values"]))
+    assert torch.equal(ours["x"], theirs["x"]) and len(ours["targets"]) == len(theirs["targets"])
+    assert all(torch.equal(a, b) for a, b in zip(ours["targets"], theirs["targets"]))
+    logits = ours["net"](ours["x"][:16]).detach()
+    batch = [t[:16] for t in ours["targets"]]
+    assert ours["loss_fn"](logits, batch).item() == theirs["loss_fn"](logits, batch).item()

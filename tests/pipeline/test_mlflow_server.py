@@ -21,7 +21,7 @@ import torch
 from click.testing import CliRunner
 
 from kdflow import graph, record
-from kdflow.checkpoints import expected_spec, load_model, save_model
+from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import load_params
 from kdflow.datasets import load_split
 from kdflow.layout import MODELS, ProjectPaths
@@ -42,13 +42,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """`mlflow server` on a free local port: SQLite backend, artifacts served from a local folder."""
+    """`mlflow server` on a free local port: SQLite backend (the command docs/tracking.md shows, run in its own
+    folder), artifacts served from a local folder."""
     home = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = open(home / "server.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{home / 'db.sqlite'}", "--artifacts-destination", str(home / "artifacts")],
+         "--backend-store-uri", "sqlite:///mlflow.db", "--artifacts-destination", str(home / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, cwd=home, start_new_session=True,  # its own group: it forks workers
     )
     url = f"http://127.0.0.1:{port}"
@@ -65,7 +66,11 @@ def mlflow_server(tmp_path_factory):
         time.sleep(0.5)
     yield url
     os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # gunicorn's graceful stop can outlast 30 s on a loaded machine
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
     log.close()
 
 
@@ -108,6 +113,11 @@ def runs_named(client, experiment_id, name):
                               order_by=["attributes.start_time DESC"])
 
 
+def chosen(result: dict) -> dict[str, str]:
+    """Registered model -> the model the run put forward for it (its candidates' best on validation)."""
+    return {name: selection["chosen"] for name, selection in result["summary"]["selection"].items()}
+
+
 def test_the_pipeline_logs_to_the_server_and_rest_reads_it_back(project, mlflow_server):
     root, _, _, result = project
     assert not (root / "mlflow.db").exists(), "the run went to the local store, not the server"
@@ -127,8 +137,7 @@ def test_the_pipeline_logs_to_the_server_and_rest_reads_it_back(project, mlflow_
         metric_names = {m["key"] for m in by_id[run_id]["data"]["metrics"]}
         assert {"test_accuracy", "test_macro_f1", "test_nll", "test_ece", "parameters", "latency_ms",
                 "train_loss", "val_loss", "val_accuracy"} <= metric_names, name
-    for registered, model in [("kdflow-teacher", "teacher"), ("kdflow-student", "student_distilled"),
-                              ("kdflow-target", "target_finetuned")]:
+    for registered, model in chosen(result).items():
         described = rest(mlflow_server, "registered-models/get", name=registered)["registered_model"]
         assert {"alias": "champion", "version": "1"} in described["aliases"]
         version = rest(mlflow_server, "registered-models/alias", name=registered, alias="champion")["model_version"]
@@ -141,15 +150,16 @@ def test_logged_models_sit_in_the_kdflow_experiment_with_their_test_metrics_and_
         project, mlflow_server):
     from kdflow.artifacts import file_digest
 
-    root, _, paths, _ = project
+    from tasks.evaluate import task_of
+
+    root, _, paths, result = project
     client, experiment_id = client_for(mlflow_server)
     logged = {model.name: model for model in client.search_logged_models(experiment_ids=[experiment_id])}
-    assert set(logged) == {"teacher", "student_distilled", "target_finetuned"}
+    assert set(logged) == set(chosen(result).values())
     default = client.get_experiment_by_name("Default")
     assert default is None or not client.search_logged_models(experiment_ids=[default.experiment_id])
-    for name, split in [("teacher", "source_test"), ("student_distilled", "source_test"),
-                        ("target_finetuned", "target_test")]:
-        model = logged[name]
+    for name in chosen(result).values():
+        model, split = logged[name], f"{task_of(name)}_test"
         assert model.source_run_id == runs_named(client, experiment_id, name)[-1].info.run_id
         metrics = {metric.key: metric for metric in model.metrics}
         assert {"test_accuracy", "test_macro_f1", "test_nll", "test_ece", "latency_ms"} <= set(metrics), name
@@ -236,15 +246,14 @@ def test_the_experiment_opens_on_its_runs_and_model_runs_show_their_datasets_sou
     from kdflow.tracking import runs_page
     from tasks.evaluate import task_of
 
-    _, _, paths, _ = project
+    _, _, paths, result = project
     client, experiment_id = client_for(mlflow_server)
     opened = rendered_dom(runs_page(mlflow_server, experiment_id), tmp_path / "chromium-opened")
     assert "<title>Runs - Experiment" in opened and "Expand rows" in opened and "Token Usage" not in opened
 
     filtered = urllib.parse.urlencode({"searchFilter": "tags.`kdflow.model` != ''", "orderByKey": "attributes.run_name"})
     table = RunTable(rendered_dom(f"{runs_page(mlflow_server, experiment_id)}&{filtered}", tmp_path / "chromium"))
-    registered = {"teacher": "kdflow-teacher v1", "student_distilled": "kdflow-student v1",
-                  "target_finetuned": "kdflow-target v1"}
+    registered = {model: f"{name} v1" for name, model in chosen(result).items()}
     for name in MODELS:
         row = table.cells[runs_named(client, experiment_id, name)[-1].info.run_id]
         assert row["attributes.`Run Name`"].split()[-1] == name  # after its colour swatch
@@ -259,11 +268,12 @@ def test_teacher_student_and_target_are_registered_with_signature_and_example(pr
     import mlflow
     import mlflow.pytorch
 
-    _, params, paths, _ = project
+    from tasks.evaluate import task_of
+
+    _, params, paths, result = project
     client, experiment_id = client_for(mlflow_server)
-    for registered, model_name, test_split in [("kdflow-teacher", "teacher", "source_test"),
-                                               ("kdflow-student", "student_distilled", "source_test"),
-                                               ("kdflow-target", "target_finetuned", "target_test")]:
+    for registered, model_name in chosen(result).items():
+        test_split = f"{task_of(model_name)}_test"
         champion = client.get_model_version_by_alias(registered, "champion")
         assert str(champion.version) == "1"
         assert champion.run_id == runs_named(client, experiment_id, model_name)[0].info.run_id
@@ -307,7 +317,7 @@ def test_every_run_carries_commit_input_digests_and_upstream_run_ids(project, ml
 
 
 def test_lineage_command_prints_the_chain_from_data_to_target_model(project, mlflow_server):
-    from kdflow.cli import app
+    from cli.main import app
 
     root, _, _, _ = project
     client, experiment_id = client_for(mlflow_server)
@@ -329,53 +339,52 @@ def test_lineage_command_prints_the_chain_from_data_to_target_model(project, mlf
     assert unknown.exit_code == 1 and f"run {'0' * 32} not found" in unknown.output
 
 
-def constant_predictor(params, paths: ProjectPaths, digit_index: int) -> None:
-    """Overwrite the fine-tuned target model with one that always predicts `digit_index` (zero weights, one bias)."""
-    model, meta = load_model(paths.checkpoint("target_finetuned"), expected_spec(params, "target_finetuned"))
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.zero_()
-        model.head.bias[digit_index] = 1.0
-    save_model(paths.checkpoint("target_finetuned"), model, meta["spec"], tuple(meta["input_shape"]),
-               meta["class_names"])
-
-
-def test_champion_moves_only_to_a_version_that_beats_it_on_the_target_test_set(project, mlflow_server):
+def test_champion_moves_only_to_a_version_that_beats_it_on_validation(project, mlflow_server, constant_predictor):
     _, params, paths, _ = project
-    client, experiment_id = client_for(mlflow_server)
-    labels = load_split(paths.split("target_test")).y.numpy()
-    shares = np.bincount(labels) / len(labels)  # a constant predictor's accuracy is its class's share
-    rarest, commonest = int(shares.argmin()), int(shares.argmax())
-    assert shares[rarest] < shares[commonest]
+    client, _ = client_for(mlflow_server)
+    labels = load_split(paths.split("target_val")).y.numpy()
+    chance = 1 / len(np.unique(labels))
+    assert np.all(np.bincount(labels) == len(labels) * chance)  # balanced: every constant predictor scores chance
+    trained = {name: paths.checkpoint(name).read_bytes() for name in ("target_finetuned", "target_scratch")}
 
-    def evaluate_with(digit_index):
-        constant_predictor(params, paths, digit_index)
+    def evaluate_with(constant: bool):
+        for name, data in trained.items():
+            paths.checkpoint(name).write_bytes(data)
+            if constant:
+                constant_predictor(params, paths, name)
         evaluate.run(params, paths)
-        evaluate_run = runs_named(client, experiment_id, "evaluate")[0]
-        version = evaluate_run.data.tags["registry.kdflow-target.version"]
-        return evaluate_run, version, evaluate_run.data.tags["registry.kdflow-target.decision"], evaluate_run.data.metrics
+        summary = json.loads(paths.summary.read_text())
+        run = client.get_run(client.search_runs([client.get_experiment_by_name("kdflow").experiment_id],
+                                                filter_string="attributes.run_name = 'evaluate'",
+                                                order_by=["attributes.start_time DESC"])[0].info.run_id)
+        return (run.data.tags["registry.kdflow-target.version"], run.data.tags["registry.kdflow-target.decision"],
+                run.data.metrics, summary["selection"]["kdflow-target"])
 
     def alias(name):
         return str(client.get_model_version_by_alias("kdflow-target", name).version)
 
     # An operator retires the trained champion; the next version takes the title unopposed.
     client.delete_registered_model_alias("kdflow-target", "champion")
-    _, weak, decision, metrics = evaluate_with(rarest)
+    weak, decision, metrics, selection = evaluate_with(constant=True)
+    assert selection["chosen"] == "target_finetuned"  # a tie on validation goes to the technique
     assert decision == "champion: no champion yet" and alias("champion") == weak
-    assert metrics["registry.kdflow-target.candidate_test_accuracy"] == pytest.approx(shares[rarest])
-    assert "registry.kdflow-target.champion_test_accuracy" not in metrics
+    assert metrics["registry.kdflow-target.candidate_val_accuracy"] == pytest.approx(chance)
+    assert "registry.kdflow-target.champion_val_accuracy" not in metrics
+    assert not any("test_accuracy" in key for key in metrics if key.startswith("registry."))  # test never decides
 
-    _, strong, decision, metrics = evaluate_with(commonest)
-    assert decision == f"champion: beats champion v{weak}" and alias("champion") == strong
-    assert metrics["registry.kdflow-target.candidate_test_accuracy"] == pytest.approx(shares[commonest])
-    assert metrics["registry.kdflow-target.champion_test_accuracy"] == pytest.approx(shares[rarest])
-    assert client.get_model_version("kdflow-target", strong).tags["kdflow.decision"] == decision
+    strong, decision, metrics, selection = evaluate_with(constant=False)
+    best = max(selection["val_accuracy"].values())
+    assert best > chance, "the tiny config's trained target models should beat chance on validation"
+    assert decision == f"champion: beats champion v{weak} on validation" and alias("champion") == strong
+    assert metrics["registry.kdflow-target.candidate_val_accuracy"] == pytest.approx(best)
+    assert metrics["registry.kdflow-target.champion_val_accuracy"] == pytest.approx(chance)
+    assert client.get_model_version("kdflow-target", strong).tags["kdflow.model"] == selection["chosen"]
 
-    evaluate_run, worse, decision, metrics = evaluate_with(rarest)
-    assert decision == f"challenger: does not beat champion v{strong}"
+    worse, decision, metrics, _ = evaluate_with(constant=True)
+    assert decision == f"challenger: does not beat champion v{strong} on validation"
     assert alias("champion") == strong and alias("challenger") == worse
-    assert metrics["registry.kdflow-target.candidate_test_accuracy"] == pytest.approx(shares[rarest])
-    assert metrics["registry.kdflow-target.champion_test_accuracy"] == pytest.approx(shares[commonest])
-    # teacher and student were re-registered unchanged on every evaluation: a tie is not a win, v1 stays champion
+    assert metrics["registry.kdflow-target.champion_val_accuracy"] == pytest.approx(best)
+    # the teacher was re-registered unchanged on every evaluation: a tie is not a win, v1 stays champion
     assert str(client.get_model_version_by_alias("kdflow-teacher", "champion").version) == "1"
-    assert evaluate_run.data.tags["registry.kdflow-teacher.decision"] == "challenger: does not beat champion v1"
+    for name, data in trained.items():
+        paths.checkpoint(name).write_bytes(data)

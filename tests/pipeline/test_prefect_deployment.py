@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from kdflow import graph
+from tests.conftest import KDFLOW
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,7 +98,7 @@ def git(*args: str, cwd: Path) -> str:
 
 
 def kdflow(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kdflow", *args], cwd=cwd, env=env, capture_output=True, text=True,
+    return subprocess.run([KDFLOW, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
 
 
@@ -189,7 +190,7 @@ def test_kdflow_serve_without_a_prefect_api_fires_its_schedule_until_a_run_compl
     for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
     log = tmp_path / "serve.log"
-    serve = start([sys.executable, "-m", "kdflow", "serve", "--interval", "60", "--name", "kdflow-serve-test",
+    serve = start([KDFLOW, "serve", "--interval", "60", "--name", "kdflow-serve-test",
                    "--params", str(params_path), "--root", str(project)], env, log)
     try:
         deadline = time.monotonic() + 600

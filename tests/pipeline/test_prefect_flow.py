@@ -15,6 +15,7 @@ import yaml
 from kdflow import graph
 from kdflow.layout import MODELS, SPLITS
 from kdflow.tracking import git_commit
+from tests.conftest import KDFLOW
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def test_cold_run_runs_every_stage_and_writes_every_artifact(flow_project):
     assert (root / "artifacts" / "soft_labels" / "transfer.parquet").exists()
     report = json.loads((root / "artifacts" / "target" / "transfer_report.json").read_text())
     assert report["copied"] and set(report["reinitialised"]) == {"head.weight", "head.bias"}
-    for picture in ("learning_curves.png", "comparison.png"):
+    for picture in ("accuracy_cost.png", "confusion_target.png", "reliability.png", "learning_curves.png"):
         assert (root / "reports" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (root / "reports" / "report.md").read_text()
     assert all(f"| {model} |" in markdown for model in MODELS)
@@ -104,7 +105,8 @@ def test_mlflow_holds_one_parent_with_nested_stage_and_model_runs(flow_project):
     assert model_runs["student_distilled"].data.params["temperature"] == str(
         float(tiny_params_value(root, "distill", "temperature")))
     evaluate_artifacts = {a.path for a in client.list_artifacts(stages["evaluate"].info.run_id, "report")}
-    assert {"report/summary.json", "report/report.md", "report/comparison.png"} <= evaluate_artifacts
+    assert {"report/summary.json", "report/report.md", "report/accuracy_cost.png", "report/confusion_target.png",
+            "report/reliability.png", "report/learning_curves.png"} <= evaluate_artifacts
 
 
 def tiny_params_value(root, section, key):
@@ -186,7 +188,7 @@ def test_a_second_run_beside_a_running_one_stops_naming_it_and_the_outputs_stay_
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
-    kdflow_run = [sys.executable, "-m", "kdflow", "run", "--params", str(params_path), "--root", str(root), "--force"]
+    kdflow_run = [KDFLOW, "run", "--params", str(params_path), "--root", str(root), "--force"]
     runs = [subprocess.Popen(kdflow_run, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
     rwlock = root / ".dvc" / "tmp" / "rwlock"

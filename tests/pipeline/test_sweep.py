@@ -18,7 +18,7 @@ def swept(tmp_path_factory, tiny_params, write_params, prefect_server):
     """`kdflow sweep` through click on a fresh tiny project; its sweep.json and what it printed."""
     from click.testing import CliRunner
 
-    from kdflow.cli import app
+    from cli.main import app
 
     root = tmp_path_factory.mktemp("sweep-project")
     params_path = write_params(root, tiny_params)
@@ -75,6 +75,9 @@ def test_mlflow_holds_a_sweep_run_with_nested_trials_and_their_distill_runs(swep
     assert sweep_run.info.run_name == "sweep" and sweep_run.info.status == "FINISHED"
     assert json.loads(sweep_run.data.params["grid"]) == GRID
     assert sweep_run.data.tags["kdflow.best_command"] == summary["command"]
+    # The grid varies temperature and α: the sweep draws their map and logs it.
+    assert (root / "sweeps" / sweep_run.info.run_id / "temperature_alpha.png").read_bytes()[:4] == b"\x89PNG"
+    assert [a.path for a in client.list_artifacts(sweep_run.info.run_id, "sweep")] == ["sweep/temperature_alpha.png"]
     assert sweep_run.data.metrics["best_student_distilled_val_accuracy"] == pytest.approx(
         summary["best"]["metrics"]["student_distilled_val_accuracy"])
     nested = {r.info.run_name: r for r in children[sweep_run.info.run_id]}

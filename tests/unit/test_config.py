@@ -382,13 +382,14 @@ def test_file_source_target_and_transfer_validate(raw: dict) -> None:
 
 
 @pytest.mark.parametrize(("section", "change", "expected"), [
-    ("source", {"kind": "csv"}, "params.yaml: 'data.source' has an unknown kind 'csv'; allowed: 'mnist1d', 'file'"),
+    ("source", {"kind": "csv"}, "params.yaml: 'data.source' has an unknown kind 'csv'; allowed: 'mnist1d', 'file', 'images'"),
     ("source", {"kind": "file", "path": "a.csv", "lable": "y"},
-     "params.yaml: unknown key 'data.source.lable'; allowed keys here: classes, feature_prefix, features, kind, "
-     "label, path, reshape, sample_id, test_fraction"),
+     "params.yaml: unknown key 'data.source.lable'; allowed keys here: classes, feature_prefix, features, "
+     "image_column, kind, label, path, reshape, sample_id, test_fraction, text_column"),
     ("transfer", {"kind": "file"}, "params.yaml: 'data.transfer.path' field required (got {'kind': 'file'})"),
     ("source", {"kind": "file", "path": "a.csv", "features": ["a"], "feature_prefix": "f"},
-     "params.yaml: 'data.source': give features or feature_prefix, not both"),
+     "params.yaml: 'data.source': give one of features, feature_prefix, image_column, text_column, not features "
+     "and feature_prefix"),
 ])
 def test_bad_file_sections(raw: dict, section: str, change: dict, expected: str) -> None:
     raw["data"][section] = change

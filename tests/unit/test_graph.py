@@ -36,7 +36,7 @@ def test_each_model_is_a_stage_of_its_own_with_its_own_inputs_and_params():
     assert list(stages) == ["prepare", "train_teacher", "soft_labels", "distill", "student_hard_labels",
                             "student_scratch", "finetune", "target_scratch", "evaluate"]
     scratch = stages["student_scratch"]
-    assert scratch["cmd"] == "python -m tasks.student_scratch"
+    assert scratch["cmd"] == "kdflow stage student_scratch"
     assert scratch["outs"] == ["artifacts/students/student_scratch.pt"]
     assert scratch["params"] == ["seed", "distill.student", "distill.train"]  # a new temperature leaves it be
     assert not [d for d in scratch["deps"] if d.startswith("artifacts/")]  # no teacher, no soft labels

@@ -6,11 +6,11 @@ from kdflow import record
 
 HEADER = "schema: '2.0'\nstages:\n"
 ENTRIES = {  # as DVC writes them; the scratch student's with its output
-    "prepare": "  prepare:\n    cmd: python -m tasks.prepare\n",
-    "student_scratch": ("  student_scratch:\n    cmd: python -m tasks.student_scratch\n    outs:\n"
+    "prepare": "  prepare:\n    cmd: kdflow stage prepare\n",
+    "student_scratch": ("  student_scratch:\n    cmd: kdflow stage student_scratch\n    outs:\n"
                         "    - path: artifacts/students/student_scratch.pt\n"
                         "      md5: 0123456789abcdef0123456789abcdef\n      size: 10\n"),
-    "train_teacher": "  train_teacher:\n    cmd: python -m tasks.train_teacher\n",
+    "train_teacher": "  train_teacher:\n    cmd: kdflow stage train_teacher\n",
 }
 
 

@@ -14,9 +14,11 @@ from kdflow.metrics import (
     accuracy,
     agreement,
     classification_metrics,
+    confusion_counts,
     expected_calibration_error,
     macro_f1,
     negative_log_likelihood,
+    reliability_bins,
 )
 
 
@@ -96,6 +98,23 @@ def test_ece_three_bins() -> None:
     # With four bins (edges 0.25, 0.5, 0.75) s4 moves to (0.5, 0.75] alone: |1 - 0.6| * 1/6.
     expected = abs(1 / 2 - 0.4) * 2 / 6 + abs(1 - 0.6) * 1 / 6 + abs(2 / 3 - 2.5 / 3) * 3 / 6
     assert expected_calibration_error(logits_of(probabilities), LABELS, bins=4) == pytest.approx(expected, abs=1e-6)
+
+
+def test_reliability_bins_are_the_two_bins_worked_out_for_ece() -> None:
+    low, high = reliability_bins(LOGITS, LABELS, bins=2)
+    assert (low["low"], low["high"], high["low"], high["high"]) == (0.0, 0.5, 0.5, 1.0)
+    assert low["accuracy"] == pytest.approx(2 / 3) and low["confidence"] == pytest.approx(0.4, abs=1e-6)
+    assert high["accuracy"] == pytest.approx(2 / 3) and high["confidence"] == pytest.approx(2.5 / 3, abs=1e-6)
+    assert low["share"] == high["share"] == 0.5
+    assert low["gap"] == pytest.approx(2 / 3 - 0.4, abs=1e-6) and high["gap"] == pytest.approx(2.5 / 3 - 2 / 3, abs=1e-6)
+    assert len(reliability_bins(LOGITS, LABELS, bins=10)) == 3  # empty bins are left out: 0.4, 0.8, 0.9
+
+
+def test_confusion_counts_by_hand() -> None:
+    # predicted (argmax): s1 0, s2 0, s3 1, s4 0, s5 1, s6 2; actual 0 1 1 0 1 0
+    assert confusion_counts(LOGITS, LABELS, 3).tolist() == [[2, 0, 1],   # actual 0: s1 s4 right, s6 -> 2
+                                                             [1, 2, 0],   # actual 1: s2 -> 0, s3 s5 right
+                                                             [0, 0, 0]]   # no sample of class 2
 
 
 def test_ece_perfectly_calibrated() -> None:

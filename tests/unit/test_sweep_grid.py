@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from click.testing import CliRunner
 
@@ -83,7 +85,7 @@ def test_every_grid_value_round_trips_through_its_assignment(tmp_path, tiny_para
 
 
 def test_cli_rejects_a_misspelt_grid_key_before_starting_anything(tmp_path, tiny_params, write_params):
-    from kdflow.cli import app
+    from cli.main import app
 
     params_path = write_params(tmp_path, tiny_params)
     result = CliRunner().invoke(app, ["sweep", "--params", str(params_path), "--root", str(tmp_path),
@@ -106,3 +108,19 @@ def test_each_trial_writes_its_students_and_resume_state_in_its_own_directory(tm
             assert all(path.is_relative_to(trial.trial_dir) for path in paths)
         assert not set(written[0]) & set(written[1])
     assert trials[0].dataset_card == project.dataset_card  # the project's data, read by every trial
+
+
+def test_temperature_alpha_map_keeps_the_best_trial_of_each_cell():
+    from flows.sweep import SELECT_BY, temperature_alpha_map
+
+    def trial(temperature, alpha, hidden, accuracy):
+        point = {"distill.temperature": temperature, "distill.alpha": alpha, "distill.student.hidden": hidden}
+        return {"point": point, "metrics": {SELECT_BY: accuracy}}
+
+    trials = [trial(4, 1.0, [32], 0.80), trial(4, 1.0, [64], 0.85), trial(4, 0.5, [32], 0.70),
+              trial(1, 0.5, [64], 0.60), trial(1, 0.5, [32], 0.65)]
+    temperatures, alphas, values = temperature_alpha_map(trials)
+    assert (temperatures, alphas) == ([1, 4], [0.5, 1.0])
+    assert values[0][0] == 0.65 and values[1] == [0.70, 0.85]
+    assert math.isnan(values[0][1])  # T=1, α=1 was not in the grid: an empty cell
+    assert temperature_alpha_map([{"point": {"distill.temperature": 2}, "metrics": {SELECT_BY: 0.5}}]) is None

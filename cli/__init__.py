@@ -1,0 +1,1 @@
+"""The `kdflow` command line, the top layer: it uses flows, stages and the engine, and nothing imports it."""
