@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.harness import fmt, mean_ci, parser, table, torch_threads, write_results
+from benchmarks.harness import fmt, mean_ci, parser, table, write_results
 from benchmarks.workspace import load_overridden, quick_overrides, workspace
 from kdflow.artifacts import read_json
 from kdflow.checkpoints import expected_spec, load_model
 from kdflow.datasets import load_split, teacher_logits_for
 from kdflow.losses import kd_loss
-from kdflow.training import fit, predict_logits
+from kdflow.training import fit, intra_op_threads, predict_logits
 from models import build_model
 
 SIZES = (0, 5000, 25000, 50000)
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     cli.add_argument("--seeds", type=int, default=3)
     cli.add_argument("--epochs", type=int, default=None, help="student epochs (default: the stage's)")
     args = cli.parse_args(argv)
-    with torch_threads(args.threads):
+    with intra_op_threads(args.threads):
         return run(args)
 
 

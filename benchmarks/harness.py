@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import platform
@@ -35,17 +34,6 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
     commit = git_commit(REPO_ROOT, ignore=(RESULTS_DIR.relative_to(REPO_ROOT).as_posix(),))
     cli.set_defaults(commit=str(commit or "unknown"))  # `<sha>` or `<sha>-dirty`
     return cli
-
-
-@contextlib.contextmanager
-def torch_threads(count: int):
-    """Run with `count` intra-op threads, then restore the caller's setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def mean_ci(values: Sequence[float]) -> dict[str, float]:

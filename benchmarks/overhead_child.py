@@ -54,8 +54,8 @@ def instrument() -> dict:
 
 
 def child(root: str, stages: str) -> None:
-    """In a fresh process: the whole flow (`stages` "flow"), Prefect's server alone ("prefect") or the named stages
-    directly; JSON timings on stdout.
+    """In a fresh process: the whole flow (`stages` "flow", or "serial" for `--serial`), Prefect's server alone
+    ("prefect") or the named stages directly; JSON timings on stdout.
 
     The flow is started as `kdflow run` starts it: Prefect's temporary server first, then the stages' imports.
     """
@@ -65,7 +65,7 @@ def child(root: str, stages: str) -> None:
         with PrefectApi.start().settings():
             print("KDFLOW-BENCH {}")
         return
-    api = PrefectApi.start() if stages == "flow" else None
+    api = PrefectApi.start() if stages in ("flow", "serial") else None
     import torch
 
     if os.environ.get("KDFLOW_BENCH_THREADS"):  # else torch's default, as `kdflow run` has it
@@ -77,10 +77,17 @@ def child(root: str, stages: str) -> None:
     from kdflow.layout import ProjectPaths
 
     tracking.project_client(Path(root).resolve())  # as `kdflow run` does; for the stages, not in the first timed one
-    if stages == "flow":
+    if api is not None:
         with api.settings():
-            result = pipeline(params_path=str(Path(root) / "params.yaml"), root=root)
-        timings.update(ran=result["ran"], cached=result["cached"])
+            # (only when asked: a --baseline commit's flow may predate the option)
+            result = pipeline(params_path=str(Path(root) / "params.yaml"), root=root,
+                              **({"serial": True} if stages == "serial" else {}))
+        # Each stage's seconds where it ran (a worker process, or this one); the compute timers see this one only.
+        timings.update(ran=result["ran"], cached=result["cached"], slots=result.get("slots"),
+                       stage_seconds=result.get("stage_seconds", timings["stage_seconds"]),
+                       stage_cpu_seconds=result.get("stage_cpu_seconds", {}),
+                       summary_accuracy={model: metrics["test_accuracy"]
+                                         for model, metrics in result["summary"]["models"].items()})
     else:
         params = load_params(Path(root) / "params.yaml")
         for stage in stages.split(","):

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.harness import fmt, mean_ci, parser, table, torch_threads, write_results
+from benchmarks.harness import fmt, mean_ci, parser, table, write_results
 from kdflow.config import CNN1DSpec, LinearSpec, MLPSpec, TrainSpec
 from kdflow.mnist1d_fast import make_dataset
-from kdflow.training import fit, predict_logits
+from kdflow.training import fit, intra_op_threads, predict_logits
 from models import build_model, count_parameters
 
 PAPER_ACCURACY = {"logistic_regression": 32.0, "mlp": 68.0, "cnn": 94.0}
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     cli = parser("paper_table", __doc__.splitlines()[0])
     cli.add_argument("--seeds", type=int, default=5)
     args = cli.parse_args(argv)
-    with torch_threads(args.threads):
+    with intra_op_threads(args.threads):
         return run(args)
 
 

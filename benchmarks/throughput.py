@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.harness import REPO_ROOT, parser, table, torch_threads, write_results
+from benchmarks.harness import REPO_ROOT, parser, table, write_results
 from kdflow.artifacts import write_parquet
 from kdflow.config import MLPSpec, Params, TrainSpec
 from kdflow.datasets import to_frame
-from kdflow.training import fit, resolve_device
+from kdflow.training import fit, intra_op_threads, resolve_device
 from models import build_model
 
 INPUT_SHAPE, CLASSES, BATCH = (40,), 5, 100
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     cli = parser("throughput", __doc__.splitlines()[0])
     cli.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     args = cli.parse_args(argv)
-    with torch_threads(args.threads):
+    with intra_op_threads(args.threads):
         return run(args)
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.harness import fmt, mean_ci, parser, table, torch_threads, write_results
+from benchmarks.harness import fmt, mean_ci, parser, table, write_results
 from benchmarks.workspace import load_overridden, quick_overrides, workspace
 from kdflow.checkpoints import expected_spec, load_model
-from kdflow.training import fit, predict_logits
+from kdflow.training import fit, intra_op_threads, predict_logits
 from kdflow.transfer import copy_matching_layers
 from models import build_model
 from tasks.finetune import SOURCE_MODEL, param_groups, unfreeze_schedule
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     cli = parser("transfer", __doc__.splitlines()[0])
     cli.add_argument("--seeds", type=int, default=5)
     args = cli.parse_args(argv)
-    with torch_threads(args.threads):
+    with intra_op_threads(args.threads):
         return run(args)
 
 

@@ -27,8 +27,17 @@ from kdflow.layout import ProjectPaths
 @click.option("--git-branch", default=None, metavar="BRANCH",
               help="Commit the run's dvc.lock, params.yaml and metrics on BRANCH (made from HEAD when new; the "
                    "working tree is untouched unless it is the checked-out branch). Default: no commit.")
+@click.option("--serial", is_flag=True,
+              help="Run the stages one after another in this process, with all its threads, instead of each model "
+                   "as soon as its inputs are ready in worker processes.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Stages that may run at once (default: one per core, or per GPU when several are visible, at "
+                   "most as many as can run at once); each gets its share of the cores.")
+@click.option("--dask-address", default=None, metavar="ADDRESS",
+              help="Run the stages on the Dask cluster at ADDRESS (its workers see this project at the same path, "
+                   "and reach the MLflow store and PREFECT_API_URL).")
 def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[str, ...], offline: bool,
-        git_branch: str | None) -> None:
+        git_branch: str | None, serial: bool, workers: int | None, dask_address: str | None) -> None:
     """Run the whole pipeline once and print the results table."""
     from kdflow import record, tracking
     from kdflow.report import comparison_lines, text_table
@@ -58,7 +67,8 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     try:
         with api.settings():
             result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force),
-                              git_branch=git_branch, params=params.model_dump(mode="json"))
+                              git_branch=git_branch, params=params.model_dump(mode="json"), serial=serial,
+                              workers=workers, dask_address=dask_address)
     except StageFailed as exc:  # names the stage; a bad checkpoint or artifact also says how to rebuild it
         from kdflow.artifacts import ArtifactError, CheckpointError
 

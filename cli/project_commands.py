@@ -26,12 +26,12 @@ def stage(name: str, params_path: str, root: str, overrides: tuple[str, ...], pa
 
     A training stage whose `train.nproc_per_node` is above 1 reruns this command as that many torchrun ranks."""
     from kdflow import distributed, tracking
+    from kdflow.stage import stage_train_spec
 
     paths = ProjectPaths.at(root)
     try:  # a bad params file, or a bad data file it names (kdflow.sources.DataError)
         params = load_params(paths.root / params_path, overrides)
-        # Training stages have a train section under their own; prepare, soft_labels and evaluate have none.
-        train = getattr(getattr(params, name, None), "train", None)
+        train = stage_train_spec(params, name)
         if train is not None and train.nproc_per_node > 1 and not distributed.launched():
             sys.exit(distributed.relaunch(train.nproc_per_node, "cli.main", sys.argv[1:]))  # the ranks' status
         if train is not None:

@@ -61,6 +61,8 @@ def check_configured_api() -> None:
         reason = f"HTTP {exc.code} {exc.reason}"
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = str(getattr(exc, "reason", exc)).replace(url, redacted(url))
+    else:  # it answered healthy
+        return
     raise PrefectUnreachable(
         f"Prefect API {redacted(url)} (PREFECT_API_URL) is unreachable ({reason}); nothing was run. Start that "
         "server (`prefect server start`), correct PREFECT_API_URL, or unset it for a temporary local server")

@@ -1,11 +1,11 @@
 """A hyperparameter sweep: the `distill` stage mapped over a grid, trials fanned out on Prefect's Dask task runner.
 
 The stages distill depends on run first as the pipeline runs them (skipped when DVC's record has them), so a
-sweep after `kdflow run` starts straight with the trials. Each trial is a Prefect task that runs `tasks.distill`
-with its grid point applied, in a Dask worker process: it reads the project's data, teacher and soft labels, and
-writes its students, metrics and curves under `sweeps/<sweep run id>/trial-NN/`, leaving the pipeline's own
-outputs alone. In MLflow, the sweep is one run `sweep` with a nested run per trial (its grid point as params,
-the distill stage and its models nested below). The best trial by the distilled student's validation accuracy
+sweep after `kdflow run` starts straight with the trials. Each trial is a Prefect task that runs the student
+stages (`distill` and its baselines `student_hard_labels`, `student_scratch`) with its grid point applied, in a Dask
+worker process: it reads the project's data, teacher and soft labels, and writes its students, metrics and curves
+under `sweeps/<sweep run id>/trial-NN/`, leaving the pipeline's own outputs alone. In MLflow, the sweep is one run
+`sweep` with a nested run per trial (its grid point as params, the student stages and their models nested below). The best trial by the distilled student's validation accuracy
 is reported, with the `kdflow run -S ...` line that reproduces it in the pipeline.
 
 Workers get plain data (params as a dict, paths as strings), never tensors. On a remote cluster
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
-from prefect_dask import DaskTaskRunner
 
-from flows.pipeline import apply_overrides, run_recorded_stage
+from flows import runners
+from flows.pipeline import STAGES, apply_overrides, run_stages
 from flows.retries import STAGE_RETRIES, STAGE_RETRY_DELAYS, STAGE_RETRY_JITTER, retry_on_transient
 from kdflow import graph, record, tracking
 from kdflow.artifacts import write_json
@@ -41,6 +41,9 @@ class SweepParams:
     trials: list[dict[str, Any]]  # each grid point's, in grid order
 
 
+# A grid point may change the student or its training (distill.student, distill.train): each trial trains the
+# distilled student and its two baselines, each in its stage.
+TRIAL_STAGES = [name for name, stage in graph.STAGES.items() if stage.model in graph.STUDENTS]
 DEFAULT_GRID = {"distill.temperature": [1.0, 2.0, 4.0, 8.0], "distill.alpha": [0.5, 1.0]}
 SELECT_BY = "student_distilled_val_accuracy"  # from the distill stage's metrics; higher is better
 
@@ -128,10 +131,8 @@ def assignments(point: dict[str, Any]) -> list[str]:
       retry_jitter_factor=STAGE_RETRY_JITTER, retry_condition_fn=retry_on_transient)
 def distill_trial(index: int, point: dict[str, Any], params: dict[str, Any], root: str, trial_dir: str,
                   sweep_run_id: str) -> dict:
-    """One grid point through `tasks.distill`, in its own directory and nested MLflow run."""
+    """One grid point through the student stages (TRIAL_STAGES), in its own directory and nested MLflow run."""
     import torch
-
-    from tasks import distill
 
     # One trial per worker process: more intra-op threads would only fight the other workers for the cores.
     torch.set_num_threads(1)
@@ -143,16 +144,12 @@ def distill_trial(index: int, point: dict[str, Any], params: dict[str, Any], roo
                             tags={"kdflow.sweep_trial": index, "kdflow.dask_worker": worker},
                             source="flows/sweep.py") as trial:
         trial.log_params(point)
-        metrics = distill.run(validate(params), paths, trial.run_id)
+        metrics = {}
+        for stage in TRIAL_STAGES:
+            metrics.update(STAGES[stage](validate(params), paths, trial.run_id))
         trial.log_metrics(metrics)
     return {"trial": index, "point": point, "metrics": metrics, "trial_dir": trial_dir, "mlflow_run_id": trial.run_id,
             "dask_worker": worker}
-
-
-def local_cluster(workers: int) -> dict:
-    """A local Dask cluster of single-threaded worker processes, listening on 127.0.0.1 only."""
-    return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
-            "dashboard_address": "127.0.0.1:8787"}
 
 
 def temperature_alpha_map(trials: list[dict]) -> tuple[list, list, list[list[float]]] | None:
@@ -188,7 +185,7 @@ def sweep_params(params_path: str | Path, grid: dict[str, list] | None, override
                        [params.model_dump(mode="json") for params in trials])
 
 
-@flow(name="kdflow-sweep", task_runner=DaskTaskRunner(cluster_kwargs=local_cluster(2)))
+@flow(name="kdflow-sweep", task_runner=runners.dask_runner(2))
 def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None, overrides: list[str] | None = None,
           root: str = ".", loaded: SweepParams | None = None) -> dict:
     """Run the upstream stages (cached), then one distill trial per grid point; report the best. `loaded`: the
@@ -208,8 +205,8 @@ def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
         record.ensure_project(paths.root)
         with record.hold_outputs(paths.root):
             apply_overrides(params_file, overrides)  # the upstream stages' record names the params they ran with
-            for stage in UPSTREAM:
-                run_recorded_stage(stage, arguments, force=False)
+            with runners.choose(serial=True) as in_turn:  # in this process: the trials take the cluster
+                run_stages(UPSTREAM, arguments, set(), in_turn)
         sweep_dir = paths.root / "sweeps" / sweep_run.run_id
         futures = distill_trial.map(
             index=list(range(len(points))), point=points, params=trial_params, root=unmapped(str(paths.root)),
@@ -250,13 +247,6 @@ def best_lines(summary: dict) -> str:
     return f"best: trial-{best['trial']:02d} ({SELECT_BY} {best['metrics'][SELECT_BY]:.4f})\n{summary['command']}"
 
 
-def dask_runner(workers: int | None = None, address: str | None = None) -> DaskTaskRunner:
-    """A runner on the cluster at `address`, or on a local cluster of `workers` processes."""
-    if address:
-        return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs=local_cluster(workers or 2))
-
-
 def run_sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
               overrides: list[str] | None = None, root: str = ".", workers: int | None = None,
               dask_address: str | None = None, loaded: SweepParams | None = None) -> dict:
@@ -268,6 +258,6 @@ def run_sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = N
     """
     from flows.server import PrefectApi
 
-    run = sweep.with_options(task_runner=dask_runner(workers, dask_address))
+    run = sweep.with_options(task_runner=runners.dask_runner(workers, dask_address))
     with PrefectApi.start().settings():
         return run(params_path=params_path, grid=grid, overrides=overrides, root=root, loaded=loaded)

@@ -111,6 +111,8 @@ class TrainSpec(Section):
     reference_batch_size: int = Field(128, gt=0, description="the batch size `lr` was tuned for, under lr_scaling")
     resume_every: int = Field(1, ge=0, description="epochs between resumable training-state checkpoints; 0 never")
     device: Device = "auto"
+    threads: int = Field(1, gt=0, description="torch intra-op threads on the CPU, whichever runner trains the model: "
+                                              "the count changes the weights' last bits, so it is fixed here")
     memory_budget_mb: float = Field(1024, gt=0, description="a training set larger than this in memory is streamed "
                                                             "from its Parquet files instead of loaded")
     stream_workers: int = Field(2, ge=0, description="threads decoding Parquet row groups on the streamed path (0: "
@@ -306,8 +308,11 @@ class Params(Section):
         return seed
 
     def section(self, name: str) -> dict[str, Any]:
-        """One stage's section as plain data, for hashing and for logging to MLflow."""
-        return getattr(self, name).model_dump(mode="json")
+        """One stage's section (or a part of one, `distill.student`) as plain data, for hashing and for logging."""
+        node = self
+        for part in name.split("."):
+            node = getattr(node, part)
+        return node.model_dump(mode="json")
 
 
 # --- loading -----------------------------------------------------------------------------------------------

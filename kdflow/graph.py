@@ -37,6 +37,7 @@ class Stage:
     # the report's, a row per model and a column per metric (JSON kept in git, cache: false)
     metrics: PathsOf = lambda paths: []
     plots: PathsOf = lambda paths: []  # CSV for `dvc plots` kept in git (cache: false): curves, predictions, bins
+    model: str | None = None  # the model a training stage trains (its `trainings` declares that one model)
 
     @property
     def module(self) -> str:
@@ -67,11 +68,26 @@ def _curves(*models: str) -> PathsOf:
     return lambda paths: [paths.curve(model) for model in models]
 
 
-TRAINING_STAGES = ("train_teacher", "distill", "finetune")  # each declares what it trains (its `trainings`)
 STUDENTS = ("student_distilled", "student_hard_labels", "student_scratch")
 TARGETS = ("target_finetuned", "target_scratch")
 SOFT_LABELLED = ("transfer", "source_train")  # the sets the teacher labels, in the order the student sees them
+STUDENT_SETTINGS = ("distill.student", "distill.train")  # what a baseline student shares with the distilled one
 
+
+def _soft_labelled(paths: ProjectPaths) -> list[Path]:
+    """What a student trained on the teacher's labels reads: the labelled sets, their logits, and the validation set."""
+    return [paths.dataset_card, *_splits(paths, *SOFT_LABELLED, "source_val"),
+            *(paths.soft_labels(name) for name in SOFT_LABELLED), paths.soft_labels_manifest]
+
+
+def _model_outputs(stage: str, model: str, *extra: str) -> dict[str, PathsOf]:
+    """A model stage's checkpoint (and `extra` files beside it) and its metrics file, cached, and its curve."""
+    return dict(outs=lambda paths: [paths.checkpoint(model), *(paths.checkpoint(model).parent / f for f in extra),
+                                    paths.stage_metrics(stage)],
+                plots=_curves(model), model=model)
+
+
+# One stage per model, so each trains as soon as its own inputs exist (the baselines need no teacher).
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("prepare", "data", ("seed", "data"),
           deps=lambda paths: [paths.raw_dir],
@@ -79,22 +95,26 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("train_teacher", "teacher", ("seed", "train_teacher"),
           # data/raw: where a teacher's starting weights (train_teacher.weights) live, so new weights rerun it
           deps=lambda paths: [paths.dataset_card, *_splits(paths, "source_train", "source_val"), paths.raw_dir],
-          outs=lambda paths: [paths.teacher_dir, paths.stage_metrics("train_teacher")],
-          plots=_curves("teacher")),
+          **_model_outputs("train_teacher", "teacher")),
     Stage("soft_labels", "soft labels", ("soft_labels",),
           deps=lambda paths: [paths.dataset_card, paths.checkpoint("teacher"), *_splits(paths, *SOFT_LABELLED)],
           outs=lambda paths: [paths.soft_labels_dir]),
     Stage("distill", "student", ("seed", "distill"),
-          deps=lambda paths: [paths.dataset_card, paths.checkpoint("teacher"),
-                              *_splits(paths, *SOFT_LABELLED, "source_val"),
-                              *(paths.soft_labels(name) for name in SOFT_LABELLED), paths.soft_labels_manifest],
-          outs=lambda paths: [paths.students_dir, paths.stage_metrics("distill")],
-          plots=_curves(*STUDENTS)),
+          deps=lambda paths: [paths.checkpoint("teacher"), *_soft_labelled(paths)],
+          **_model_outputs("distill", "student_distilled")),
+    Stage("student_hard_labels", "student on hard labels", ("seed", *STUDENT_SETTINGS),
+          deps=_soft_labelled,
+          **_model_outputs("student_hard_labels", "student_hard_labels")),
+    Stage("student_scratch", "student from scratch", ("seed", *STUDENT_SETTINGS),
+          deps=lambda paths: [paths.dataset_card, *_splits(paths, "source_train", "source_val")],
+          **_model_outputs("student_scratch", "student_scratch")),
     Stage("finetune", "target model", ("seed", "finetune"),
           deps=lambda paths: [paths.dataset_card, paths.checkpoint("student_distilled"),
                               *_splits(paths, "target_train", "target_val")],
-          outs=lambda paths: [paths.target_dir, paths.stage_metrics("finetune")],
-          plots=_curves(*TARGETS)),
+          **_model_outputs("finetune", "target_finetuned", "transfer_report.json")),
+    Stage("target_scratch", "target model from scratch", ("seed", "distill.student", "finetune.train"),
+          deps=lambda paths: [paths.dataset_card, *_splits(paths, "target_train", "target_val")],
+          **_model_outputs("target_scratch", "target_scratch")),
     Stage("evaluate", "evaluation", ("evaluate",),
           deps=lambda paths: [paths.dataset_card, *(paths.checkpoint(model) for model in MODELS),
                               *_splits(paths, "source_val", "source_test", "target_val", "target_test"),
@@ -103,6 +123,15 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           metrics=lambda paths: [paths.test_metrics(model) for model in MODELS],
           plots=lambda paths: [paths.predictions(CONFUSION_MODEL), *(paths.reliability(m) for m in MODELS)]),
 )}
+
+
+# The stages that train a model, each declaring it (its module's `trainings`, which returns that one Training).
+TRAINING_STAGES = tuple(name for name, stage in STAGES.items() if stage.model)
+
+
+def trainer(model: str) -> str:
+    """The stage that trains `model`."""
+    return next(stage.name for stage in STAGES.values() if stage.model == model)
 
 
 def producer(paths: ProjectPaths, path: str | Path) -> str | None:
@@ -114,14 +143,19 @@ def producer(paths: ProjectPaths, path: str | Path) -> str | None:
     return None
 
 
+def needs(stage: str) -> list[str]:
+    """The stages that write what `stage` reads, in pipeline order: a stage can start once these are done."""
+    writers = {producer(RELATIVE, dep) for dep in STAGES[stage].deps(RELATIVE)}
+    return [name for name in STAGES if name in writers]
+
+
 def upstream(stage: str) -> list[str]:
     """Every stage `stage` depends on, directly or not, in pipeline order."""
     needed: set[str] = set()
     pending = [stage]
     while pending:
-        for dep in STAGES[pending.pop()].deps(RELATIVE):
-            writer = producer(RELATIVE, dep)
-            if writer is not None and writer not in needed:
+        for writer in needs(pending.pop()):
+            if writer not in needed:
                 needed.add(writer)
                 pending.append(writer)
     return [name for name in STAGES if name in needed]

@@ -1,9 +1,10 @@
 """DVC's lock and cache as the one record of what was computed from what, whichever runner ran a stage.
 
 `dvc repro` runs a stage's command, then records it: the md5 of its deps, params and outs in `dvc.lock`, its outs
-in DVC's cache, an entry in DVC's run cache. The Prefect flow runs the same stage function in its own process and
-records it with DVC's own API the same way (`Repo.commit`), and decides whether to run exactly as `dvc repro`
-does: skip a stage DVC sees unchanged, restore one DVC's run cache holds, run the rest. So either runner skips
+in DVC's cache, an entry in DVC's run cache. The Prefect flow decides whether to run a stage exactly as `dvc repro`
+does (begin_stage): skip a stage DVC sees unchanged, restore one DVC's run cache holds, run the rest; the stage
+function runs in a worker process, and the flow's own process records it with DVC's own API the same way
+(commit_stage, `Repo.commit`): one writer of dvc.lock, however many stages run at once. So either runner skips
 what the other ran.
 
 A flow run holds DVC's read-write lock on every output of the pipeline for as long as it runs: a second flow run,
@@ -20,14 +21,14 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from kdflow import graph
 from kdflow.artifacts import file_digest, write_text
 from kdflow.config import ConfigError
 from kdflow.layout import ProjectPaths
 
-UP_TO_DATE, RESTORED, RAN = "up to date", "restored from the run cache", "ran"
+UP_TO_DATE, RESTORED = "up to date", "restored from the run cache"
 LOCK_ARTIFACT_DIR = "record"  # where a flow run's parent MLflow run keeps dvc.lock, params.yaml and git-kept files
 LOCK_MD5_TAG, REMOTE_TAG, GIT_TAG = "kdflow.dvc_lock_md5", "kdflow.dvc_remote", "kdflow.record_commit"
 
@@ -152,12 +153,11 @@ def hold_outputs(root: Path) -> Iterator[None]:
             lock.__exit__(None, None, None)
 
 
-def run_stage(root: Path, name: str, run: Callable[[], object], force: bool = False) -> str:
-    """Run stage `name` through `run` unless DVC would not; record it in dvc.lock and DVC's cache either way.
+def begin_stage(root: Path, name: str, force: bool = False) -> str | None:
+    """Decide stage `name` as `dvc repro` does; None when it must run, its outputs removed for it.
 
-    As `dvc repro` decides: a stage whose deps, params and outs match dvc.lock is skipped (UP_TO_DATE); one whose
-    inputs match an entry of DVC's run cache gets its outputs checked out from there (RESTORED); otherwise its
-    outputs are removed, `run` writes them anew (RAN) and `Repo.commit` records them. `force` always runs.
+    A stage whose deps, params and outs match dvc.lock is skipped (UP_TO_DATE); one whose inputs match an entry of
+    DVC's run cache gets its outputs checked out from there and recorded (RESTORED). `force` always runs.
     """
     from dvc.lock import LockError
     from dvc.repo import lock_repo
@@ -176,11 +176,40 @@ def run_stage(root: Path, name: str, run: Callable[[], object], force: bool = Fa
                         repo.stage_cache.restore(stage)
                         repo.commit(name, force=True)
                         return RESTORED
-            run()  # outside DVC's repo lock, as `dvc repro` runs a command: `dvc status` may look meanwhile
+        except LockError as exc:
+            raise _busy(exc, root) from None
+    return None
+
+
+def commit_stage(root: Path, name: str) -> None:
+    """Record stage `name`'s outputs, just written, in dvc.lock, DVC's cache and its run cache (`Repo.commit`).
+    One process records for a flow run (the flow's own), so two stages never write dvc.lock at once."""
+    from dvc.lock import LockError
+
+    root = Path(root).resolve()
+    with open_repo(root) as repo:
+        try:
             repo.commit(name, force=True)
         except LockError as exc:
             raise _busy(exc, root) from None
-    return RAN
+
+
+def order_lock(root: Path) -> None:
+    """List dvc.lock's stages in the order dvc.yaml declares them. DVC appends a stage the first time it records
+    it, and stages that run at once finish in any order: without this, the same run would write dvc.lock's
+    entries in another order each time (the same content, other bytes, a diff in git)."""
+    from dvc.utils.serialize import modify_yaml
+
+    path = ProjectPaths.at(root).dvc_lock
+    if not path.exists():
+        return
+    with modify_yaml(path) as lock:
+        stages = lock.get("stages", {})
+        ordered = [name for name in graph.STAGES if name in stages] + [n for n in stages if n not in graph.STAGES]
+        if list(stages) != ordered:
+            entries = {name: stages[name] for name in ordered}
+            stages.clear()
+            stages.update(entries)
 
 
 def push_to_default_remote(root: Path) -> tuple[str | None, int]:

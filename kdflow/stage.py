@@ -14,11 +14,11 @@ from typing import Sequence
 
 from kdflow.artifacts import check_writable, file_digest, files_in, write_json, write_text
 from kdflow.checkpoints import save_model
-from kdflow.config import Params
+from kdflow.config import Params, TrainSpec
 from kdflow import distributed, graph
 from kdflow.layout import ProjectPaths
 from kdflow.resume import ResumeFile, training_fingerprint
-from kdflow.training import FitResult, Training, effective_lr, fit_batches
+from kdflow.training import FitResult, Training, effective_lr, fit_batches, intra_op_threads
 
 
 def output_dirs(paths: ProjectPaths, stage: str) -> list[Path]:
@@ -28,6 +28,19 @@ def output_dirs(paths: ProjectPaths, stage: str) -> list[Path]:
     files = [*declared.kept_in_git(paths), *(p for p in declared.outs(paths) if p.suffix)]
     resume = [paths.resume_state("-").parent] if declared.plots(paths) else []
     return sorted({*folders, *(p.parent for p in files), *resume})
+
+
+def stage_train_spec(params: Params, stage: str) -> TrainSpec | None:
+    """The training settings of `stage` (its params sections' `train`, or a `*.train` section itself, as the
+    baselines' `distill.train`); None for a stage that trains nothing."""
+    for section in graph.STAGES[stage].sections():
+        node = params
+        for part in section.split("."):
+            node = getattr(node, part)
+        train = node if isinstance(node, TrainSpec) else getattr(node, "train", None)
+        if isinstance(train, TrainSpec):
+            return train
+    return None
 
 
 class Untracked:
@@ -114,12 +127,13 @@ def train_model(stage_tracked, paths: ProjectPaths, training: Training) -> FitRe
         with stage_tracked.child(name, tags={"kdflow.model": name}) as tracked:
             tracked.log_params({**{k: v for k, v in settings.items() if k != "model"},
                                 "lr_effective": effective_lr(train, data.num_samples)})
-            result = fit_batches(
-                model, data, train, seed=training.seed, loss_fn=training.loss_fn, val=val,
-                param_groups=param_groups, before_epoch=before_epoch,
-                on_epoch=lambda epoch, record: tracked.log_metrics(record, step=epoch), description=name,
-                resume=resume,
-            )
+            with intra_op_threads(train.threads):  # the same count under every runner: the same bytes
+                result = fit_batches(
+                    model, data, train, seed=training.seed, loss_fn=training.loss_fn, val=val,
+                    param_groups=param_groups, before_epoch=before_epoch,
+                    on_epoch=lambda epoch, record: tracked.log_metrics(record, step=epoch), description=name,
+                    resume=resume,
+                )
             if not distributed.is_main():
                 return result
             # What it was trained from, so a later stage can tell a checkpoint of other inputs (kdflow.consistency).

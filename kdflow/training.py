@@ -57,6 +57,17 @@ def effective_lr(spec: TrainSpec, num_samples: int) -> float:
     return spec.lr * lr_scale(spec, resolve_batch_size(spec.batch_size, num_samples))
 
 
+@contextlib.contextmanager
+def intra_op_threads(count: int):
+    """Run with `count` torch intra-op threads, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def resolve_device(setting: str) -> torch.device:
     """`auto` is CUDA when a GPU is visible, else the CPU (MPS only when asked for); a device that
     is not there is an error."""

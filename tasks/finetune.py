@@ -1,4 +1,5 @@
-"""Stage `finetune`: the distilled student becomes the target-task model, beside a from-scratch baseline.
+"""Stage `finetune`: the distilled student becomes the target-task model (its from-scratch baseline is the stage
+tasks.target_scratch).
 
 Layers whose name and shape match are copied from the student; the rest, and every layer named by
 `finetune.reinit` (the head by default), keep a fresh initialisation. Strategies:
@@ -100,33 +101,32 @@ def transfer_from_student(params: Params, paths: ProjectPaths, input_shape: tupl
     return Transfer(source, arch, report)
 
 
-def trainings(params: Params, paths: ProjectPaths, transfer: Transfer | None = None) -> list[Training]:
-    """What the stage trains: the target model fine-tuned from the distilled student (`transfer`, made here when
-    not given), and the same architecture from scratch."""
-    spec = params.finetune
+def target_task(params: Params, paths: ProjectPaths):
+    """What both target models train on: input shape, class names, the target training set (in memory or streamed,
+    kdflow.batches) and the target validation split."""
     card = read_dataset_card(paths.dataset_card)
     input_shape = tuple(card["input_shape"])
-    classes = card["target_classes"]
-    transfer = transfer or transfer_from_student(params, paths, input_shape, len(classes))
-    train = training_data([Rows(paths.split("target_train"))], ["label"], input_shape, spec.train)
+    train = training_data([Rows(paths.split("target_train"))], ["label"], input_shape, params.finetune.train)
     val = load_split(paths.split("target_val"), input_shape)
+    return input_shape, card["target_classes"], train, val
 
-    def scratch() -> torch.nn.Module:
-        torch.manual_seed(params.seed)
-        return build_model(transfer.arch, input_shape, len(classes))
 
-    common = dict(arch=transfer.arch, train=spec.train, data=train, val=(val.x, val.y),
-                  seed=params.seed, input_shape=input_shape, class_names=classes)
+def trainings(params: Params, paths: ProjectPaths, transfer: Transfer | None = None) -> list[Training]:
+    """What the stage trains: the target model fine-tuned from the distilled student (`transfer`, made here when
+    not given). Its from-scratch baseline is the stage tasks.target_scratch."""
+    spec = params.finetune
+    input_shape, classes, train, val = target_task(params, paths)
+    transfer = transfer or transfer_from_student(params, paths, input_shape, len(classes))
     report = transfer.report
     return [
         Training("target_finetuned",
                  lambda: transferred_model(params, transfer.source, transfer.arch, input_shape, len(classes))[0],
+                 arch=transfer.arch, train=spec.train, data=train, val=(val.x, val.y), seed=params.seed,
+                 input_shape=input_shape, class_names=classes,
                  param_groups=lambda model: param_groups(model, spec),
                  before_epoch=lambda model: unfreeze_schedule(model, spec),
                  extra_params={"strategy": spec.strategy, "backbone_lr_mult": spec.backbone_lr_mult,
-                               "layers_copied": len(report.copied), "layers_reinitialised": len(report.reinitialised)},
-                 **common),
-        Training("target_scratch", scratch, **common),
+                               "layers_copied": len(report.copied), "layers_reinitialised": len(report.reinitialised)}),
     ]
 
 
@@ -141,11 +141,10 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
                                   **block_schedule(transfer.source, spec)})
         print("\n".join(["transfer from " + SOURCE_MODEL, *report.lines()]))
         tracked.log_artifact(report_path)
-        finetuned, scratch = (train_model(tracked, paths, training) for training in trainings(params, paths, transfer))
+        [finetuned] = (train_model(tracked, paths, training) for training in trainings(params, paths, transfer))
         metrics = {
             "target_finetuned_val_accuracy": finetuned.best["val_accuracy"],
             "target_finetuned_best_epoch": finetuned.best_epoch,
-            "target_scratch_val_accuracy": scratch.best["val_accuracy"],
             "layers_copied": len(report.copied),
             "backbone_blocks": len(backbone_blocks(transfer.source)),
         }

@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks import paper_table, throughput, transfer
 from benchmarks.harness import mean_ci
+from kdflow import graph
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +104,17 @@ def test_throughput(dirs):
 def test_pipeline_overhead(dirs):
     payload = quick_run("benchmarks.pipeline_overhead", dirs)
     written(dirs, "pipeline_overhead")
-    stages = ["prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"]
-    assert payload["cold"]["ran"] == stages and payload["warm"]["cached"] == stages
+    stages = list(graph.STAGES)
+    assert payload["cold"]["ran"] == payload["serial"]["ran"] == stages and payload["warm"]["cached"] == stages
     assert payload["dvc"]["stages_run"] == 0
     assert 0 < payload["measured"]["overhead_share"] < 1
-    assert set(payload["cold"]["compute_seconds"]) == set(stages)
+    assert set(payload["serial"]["compute_seconds"]) == set(stages)
+    plan = payload["schedule"]
+    assert set(plan["compute_seconds"]) == set(stages) and plan["cores"] >= 1
+    assert plan["bound_seconds"] == pytest.approx(
+        max(plan["critical_path_seconds"], plan["total_compute_seconds"] / plan["cores"]))
+    assert plan["critical_path"][0] == "prepare" and plan["critical_path"][-1] == "evaluate"
+    assert payload["targets"]["same_bytes_as_serial"]["met"], payload["targets"]["same_bytes_as_serial"]
     assert payload["small_transfer"]["stage_seconds"].keys() == {"soft_labels", "distill"}
 
 

@@ -27,6 +27,7 @@ def trained_project(tmp_path_factory, tiny_params, write_params):
 
     root = tmp_path_factory.mktemp("trained-project")
     params = load_params(write_params(root, tiny_params))
+    (root / "data" / "raw").mkdir(parents=True)  # as record.ensure_project makes it: train_teacher's dep (its weights)
     for stage in (prepare, train_teacher, soft_labels, distill):
         stage.run(params, ProjectPaths.at(root))
     return root

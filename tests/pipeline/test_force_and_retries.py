@@ -8,11 +8,12 @@ import re
 import pytest
 from click.testing import CliRunner
 
+from kdflow import graph
 from kdflow.config import ConfigError
 
 pytestmark = pytest.mark.slow
 
-STAGE_ORDER = ["prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"]
+STAGE_ORDER = list(graph.STAGES)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,8 @@ def test_force_with_stage_names_reruns_those_and_takes_upstream_from_cache(proje
     assert ran[:2] == ["distill", "finetune"]
     assert cached[:3] == ["prepare", "train_teacher", "soft_labels"]
     # evaluate reruns only if the retrained checkpoints differ in their bytes (cache keys hash them).
-    assert ran + cached == ["distill", "finetune", "evaluate", "prepare", "train_teacher", "soft_labels"] or (
-        ran == ["distill", "finetune"] and cached[3:] == ["evaluate"])
+    assert ran in (["distill", "finetune", "evaluate"], ["distill", "finetune"])
+    assert sorted(ran + cached) == sorted(STAGE_ORDER)
 
 
 def test_force_without_a_value_reruns_every_stage(project):
@@ -64,7 +65,8 @@ def test_force_of_an_unknown_stage_is_an_error_naming_it(project):
 
 
 def failing(stage_fn, errors: list[BaseException]):
-    """The stage function, raising `errors` one per call before it runs for real; counts its calls."""
+    """The stage function, raising `errors` one per call before it runs for real; counts its calls. The flows below
+    run `serial`: the patched function lives in this process, not in worker processes."""
 
     def run(params, paths, parent_run_id):
         run.calls += 1
@@ -93,7 +95,7 @@ def test_a_transient_io_error_is_retried_and_the_flow_completes(project, monkeyp
     stage = failing(pipeline_module.STAGES["evaluate"], [OSError(errno.EIO, "Input/output error", "summary.json")])
     monkeypatch.setitem(pipeline_module.STAGES, "evaluate", stage)
     state = pipeline_module.pipeline(params_path=str(params_path), root=str(root), force=["evaluate"],
-                                     return_state=True)
+                                     serial=True, return_state=True)
     assert state.is_completed()
     assert state.result()["ran"] == ["evaluate"]
     assert stage.calls == 2
@@ -109,7 +111,7 @@ def test_a_lasting_io_error_fails_the_flow_naming_the_stage_after_the_retries(pr
     stage = failing(pipeline_module.STAGES["evaluate"], errors)
     monkeypatch.setitem(pipeline_module.STAGES, "evaluate", stage)
     with pytest.raises(pipeline_module.StageFailed, match=r"stage 'evaluate' failed: ConnectionResetError: .*reset"):
-        pipeline_module.pipeline(params_path=str(params_path), root=str(root), force=["evaluate"])
+        pipeline_module.pipeline(params_path=str(params_path), root=str(root), force=["evaluate"], serial=True)
     assert stage.calls == STAGE_RETRIES + 1
 
 
@@ -122,5 +124,5 @@ def test_a_deterministic_error_fails_at_once(project, monkeypatch, error):
     stage = failing(pipeline_module.STAGES["distill"], [error])
     monkeypatch.setitem(pipeline_module.STAGES, "distill", stage)
     with pytest.raises(pipeline_module.StageFailed, match=f"stage 'distill' failed: {type(error).__name__}"):
-        pipeline_module.pipeline(params_path=str(params_path), root=str(root), force=["distill"])
+        pipeline_module.pipeline(params_path=str(params_path), root=str(root), force=["distill"], serial=True)
     assert stage.calls == 1

@@ -87,7 +87,9 @@ def optimised(spec, params) -> dict:
 
 
 @pytest.mark.parametrize(("stage", "model"), [("train_teacher", "teacher"), ("distill", "student_distilled"),
-                                              ("finetune", "target_finetuned")])
+                                              ("student_hard_labels", "student_hard_labels"),
+                                              ("student_scratch", "student_scratch"),
+                                              ("finetune", "target_finetuned"), ("target_scratch", "target_scratch")])
 def test_lr_find_sweeps_what_the_stage_trains(project_copy, monkeypatch, stage, model) -> None:
     """The first model the stage trains, as `fit` receives it, and the one lr-find's range test makes its optimiser
     for: same initial weights (finetune's transferred from the student), first-epoch trainable layers, param groups,

@@ -20,7 +20,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdflow import record
+from kdflow import graph, record
 from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import load_params
 from kdflow.datasets import load_split
@@ -31,7 +31,7 @@ from tasks import evaluate
 pytestmark = pytest.mark.slow
 
 GIT = ["git", "-c", "user.name=kdflow tests", "-c", "user.email=tests@kdflow.invalid"]
-STAGES = ["prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"]
+STAGES = list(graph.STAGES)
 
 
 def free_port() -> int:
@@ -133,7 +133,7 @@ def test_the_pipeline_logs_to_the_server_and_rest_reads_it_back(project, mlflow_
     assert set(model_ids) == set(MODELS)
     for name, run_id in model_ids.items():
         assert tags[run_id]["mlflow.parentRunId"] == stage_ids[
-            {"teacher": "train_teacher", "target_finetuned": "finetune", "target_scratch": "finetune"}.get(name, "distill")]
+            graph.trainer(name)]
         metric_names = {m["key"] for m in by_id[run_id]["data"]["metrics"]}
         assert {"test_accuracy", "test_macro_f1", "test_nll", "test_ece", "parameters", "latency_ms",
                 "train_loss", "val_loss", "val_accuracy"} <= metric_names, name
@@ -253,7 +253,6 @@ def test_the_experiment_opens_on_its_runs_and_model_runs_show_their_datasets_sou
 
     filtered = urllib.parse.urlencode({"searchFilter": "tags.`kdflow.model` != ''", "orderByKey": "attributes.run_name"})
     table = RunTable(rendered_dom(f"{runs_page(mlflow_server, experiment_id)}&{filtered}", tmp_path / "chromium"))
-    trainer = {"teacher": "train_teacher", "target_finetuned": "finetune", "target_scratch": "finetune"}
     registered = {model: f"{name} v1" for name, model in chosen(result).items()}
     for name in MODELS:
         row = table.cells[runs_named(client, experiment_id, name)[-1].info.run_id]
@@ -261,7 +260,7 @@ def test_the_experiment_opens_on_its_runs_and_model_runs_show_their_datasets_sou
         test_split = paths.split(f"{task_of(name)}_test")
         test_set = f"{test_split.relative_to(paths.root).as_posix()} ({file_digest(test_split)}) test"
         assert test_set in row["attributes.`Dataset`"], (name, row)
-        assert row["attributes.`Source`"] == f"{trainer.get(name, 'distill')}.py", (name, row)
+        assert row["attributes.`Source`"] == f"{graph.trainer(name)}.py", (name, row)
         assert row["attributes.`Models`"] == registered.get(name, "-"), (name, row)
 
 

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from kdflow import graph
 from kdflow.checkpoints import load_model
 from kdflow.config import CNN2DSpec
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"]
+STAGES = list(graph.STAGES)
 RAW = "data/raw/digits.csv"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from kdflow import graph
 from tests.conftest import KDFLOW
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -151,9 +152,9 @@ def test_a_deployed_run_on_a_process_worker_is_versioned_in_dvc_and_a_new_clone_
     runs = store.search_runs([experiment.experiment_id], max_results=200)
     (pipeline_run,) = [r for r in runs if r.info.run_name == "pipeline"]
     assert pipeline_run.info.status == "FINISHED"
-    assert pipeline_run.data.tags["kdflow.stages_run"] == "prepare,train_teacher,soft_labels,distill,finetune,evaluate"
+    assert pipeline_run.data.tags["kdflow.stages_run"] == ",".join(graph.STAGES)
     stages = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == pipeline_run.info.run_id}
-    assert stages == {"prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"}
+    assert stages == set(graph.STAGES)
     assert pipeline_run.data.tags[record.REMOTE_TAG] == "local"
     assert "dvc.lock" in git("status", "--porcelain", cwd=project)
     assert any(remote.rglob("*")), "the run pushed nothing to the DVC remote"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kdflow import graph
 from kdflow.layout import MODELS, SPLITS
 from kdflow.tracking import git_commit
 from tests.conftest import KDFLOW
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 TEST_METRICS = {"test_accuracy", "test_macro_f1", "test_nll", "test_ece", "parameters", "latency_ms"}
 EPOCH_METRICS = {"train_loss", "val_loss", "val_accuracy"}
-STAGE_ORDER = ["prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"]
+STAGE_ORDER = list(graph.STAGES)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def mlflow_client(root):
 
 def test_cold_run_runs_every_stage_and_writes_every_artifact(flow_project):
     root, _, result = flow_project
-    assert result["ran"] == ["prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"]
+    assert result["ran"] == STAGE_ORDER
     assert result["cached"] == []
     for split in SPLITS:
         assert (root / "data" / "prepared" / f"{split}.parquet").stat().st_size > 0
@@ -86,7 +87,7 @@ def test_mlflow_holds_one_parent_with_nested_stage_and_model_runs(flow_project):
     assert parent.info.run_name == "pipeline" and parent.info.status == "FINISHED"
     assert parent.data.params["distill.temperature"] == str(tiny_params_value(root, "distill", "temperature"))
     stages = {r.info.run_name: r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert set(stages) == {"prepare", "train_teacher", "soft_labels", "distill", "finetune", "evaluate"}
+    assert set(stages) == set(STAGE_ORDER)
     assert stages["distill"].data.params["distill.alpha"] == "1.0"
     assert len(stages["prepare"].data.tags["kdflow.data.transfer.md5"]) == 32
     assert stages["prepare"].data.tags["mlflow.source.name"] == "tasks/prepare.py"
@@ -122,13 +123,15 @@ def test_unchanged_rerun_is_skipped_by_dvcs_record_and_a_changed_temperature_rer
     students_before = (root / "artifacts" / "students" / "student_distilled.pt").read_bytes()
 
     warm = pipeline(params_path=str(params_path), root=str(root))
-    assert warm["ran"] == [] and len(warm["cached"]) == 6
+    assert warm["ran"] == [] and warm["cached"] == STAGE_ORDER
     assert (root / "metrics" / "summary.json").read_bytes() == summary_before
 
     # -S is written into params.yaml, as `dvc exp run -S` writes it, so dvc.lock records what the stages ran with.
     changed = pipeline(params_path=str(params_path), root=str(root), overrides=["distill.temperature=8"])
     assert changed["ran"] == ["distill", "finetune", "evaluate"]
-    assert changed["cached"] == ["prepare", "train_teacher", "soft_labels"]
+    # The baselines read no temperature: they stay as they are.
+    assert changed["cached"] == ["prepare", "train_teacher", "soft_labels", "student_hard_labels", "student_scratch",
+                                 "target_scratch"]
     assert yaml.safe_load(params_path.read_text())["distill"]["temperature"] == 8
     assert dvc(root, "status").strip() == "Data and pipelines are up to date."
 
@@ -159,8 +162,9 @@ def test_after_the_flow_dvc_sees_everything_current_and_repro_runs_nothing(flow_
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert list(lock["stages"]) == STAGE_ORDER
     teacher_out = lock["stages"]["train_teacher"]["outs"][0]
-    assert teacher_out["path"] == "artifacts/teacher" and teacher_out["md5"].endswith(".dir")
-    assert (root / ".dvc" / "cache" / "files" / "md5" / teacher_out["md5"][:2]).is_dir()
+    assert teacher_out["path"] == "artifacts/teacher/teacher.pt"
+    assert (root / ".dvc" / "cache" / "files" / "md5" / teacher_out["md5"][:2] / teacher_out["md5"][2:]).read_bytes() \
+        == (root / teacher_out["path"]).read_bytes()
     assert not (root / ".kdflow" / "prefect").exists(), "a second cache beside DVC's"
 
 

@@ -36,7 +36,9 @@ def test_each_trial_writes_its_own_students_and_metrics_and_leaves_the_project_o
     for trial in summary["trials"]:
         directory = root / "sweeps" / summary["mlflow_run_id"] / f"trial-{trial['trial']:02d}"
         assert trial["trial_dir"] == str(directory)
-        assert read_json(directory / "metrics" / "distill.json") == trial["metrics"]
+        stages = ("distill", "student_hard_labels", "student_scratch")  # a trial runs the three student stages
+        assert {k: v for stage in stages for k, v in read_json(directory / "metrics" / f"{stage}.json").items()} \
+            == trial["metrics"]
         for model in ("student_distilled", "student_hard_labels", "student_scratch"):
             assert (directory / "artifacts" / "students" / f"{model}.pt").stat().st_size > 0
             assert (directory / "plots" / "curves" / f"{model}.csv").exists()
@@ -88,8 +90,10 @@ def test_mlflow_holds_a_sweep_run_with_nested_trials_and_their_distill_runs(swep
         assert trial.data.params["distill.temperature"] == str(temperature)  # the grid point as given
         assert trial.data.metrics["student_distilled_val_accuracy"] == pytest.approx(
             summary["trials"][index]["metrics"]["student_distilled_val_accuracy"])
-        (stage,) = children[trial.info.run_id]
-        assert stage.info.run_name == "distill" and stage.data.params["distill.temperature"] == str(float(temperature))
-        models = {r.info.run_name: r for r in children[stage.info.run_id]}
+        stages = {r.info.run_name: r for r in children[trial.info.run_id]}
+        assert set(stages) == {"distill", "student_hard_labels", "student_scratch"}  # a stage per student
+        stage = stages["distill"]
+        assert stage.data.params["distill.temperature"] == str(float(temperature))
+        models = {r.info.run_name: r for stage in stages.values() for r in children[stage.info.run_id]}
         assert set(models) == {"student_distilled", "student_hard_labels", "student_scratch"}
         assert models["student_distilled"].data.params["temperature"] == str(float(temperature))

@@ -23,9 +23,11 @@ def test_version_and_short_help():
 
 
 @pytest.mark.parametrize(("arguments", "choices"), [
-    (["stage", "teacher"], "'prepare', 'train_teacher', 'soft_labels', 'distill', 'finetune', 'evaluate'"),
+    (["stage", "teacher"], "'prepare', 'train_teacher', 'soft_labels', 'distill', 'student_hard_labels', "
+                           "'student_scratch', 'finetune', 'target_scratch', 'evaluate'"),
     (["run", "--force", "teacher"], "'all', 'prepare', 'train_teacher'"),
-    (["lr-find", "evaluate"], "'train_teacher', 'distill', 'finetune'."),
+    (["lr-find", "evaluate"], "'train_teacher', 'distill', 'student_hard_labels', 'student_scratch', 'finetune', "
+                              "'target_scratch'."),
 ])
 def test_an_unknown_stage_is_refused_before_anything_starts(tmp_path, arguments, choices):
     result = CliRunner().invoke(app, [*arguments, "--root", str(tmp_path)])
@@ -41,3 +43,21 @@ def test_a_stage_with_a_misspelt_key_says_which_and_writes_nothing(tmp_path, tin
     error_lines = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert len(error_lines) == 1 and "sed" in error_lines[0] and "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize(("command", "kind", "slots"), [
+    ("run --serial", "serial", 1),
+    ("run --workers 3", "processes", 3),
+    ("run --dask-address tcp://host:8786", "dask", None),
+])
+def test_the_run_options_choose_where_the_stages_run(command, kind, slots):
+    """`kdflow run`'s --serial, --workers and --dask-address reach flows.runners, which starts nothing until a stage
+    must run."""
+    from flows import runners
+
+    name, *arguments = command.split()
+    chosen = app.commands[name].make_context(name, arguments).params  # parsed only: no run starts
+    runner = runners.choose(chosen["serial"], chosen["workers"], chosen["dask_address"])
+    assert runner.kind == kind and not runner.started
+    if slots is not None:
+        assert len(runner.slots) == slots

@@ -24,10 +24,26 @@ def test_the_committed_dvc_yaml_is_the_declarations_rendering():
 
 def test_dvc_yaml_lists_what_the_issue_found_missing():
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
-    assert {"tasks/distill.py", "kdflow/checkpoints.py"} <= set(stages["distill"]["deps"])
+    assert {"tasks/distill.py", "tasks/students.py", "kdflow/checkpoints.py"} <= set(stages["distill"]["deps"])
     assert {"models", "kdflow/training.py", "plots/curves/teacher.csv"} <= set(stages["evaluate"]["deps"])
-    for name in ("train_teacher", "soft_labels", "distill", "finetune", "evaluate"):
-        assert "data/prepared/dataset_card.json" in stages[name]["deps"], name
+    for name in graph.STAGES:
+        if name != "prepare":
+            assert "data/prepared/dataset_card.json" in stages[name]["deps"], name
+
+
+def test_each_model_is_a_stage_of_its_own_with_its_own_inputs_and_params():
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == ["prepare", "train_teacher", "soft_labels", "distill", "student_hard_labels",
+                            "student_scratch", "finetune", "target_scratch", "evaluate"]
+    scratch = stages["student_scratch"]
+    assert scratch["cmd"] == "kdflow stage student_scratch"
+    assert scratch["outs"] == ["artifacts/students/student_scratch.pt"]
+    assert scratch["params"] == ["seed", "distill.student", "distill.train"]  # a new temperature leaves it be
+    assert not [d for d in scratch["deps"] if d.startswith("artifacts/")]  # no teacher, no soft labels
+    assert "artifacts/teacher/teacher.pt" not in stages["student_hard_labels"]["deps"]
+    assert "artifacts/soft_labels/transfer.parquet" in stages["student_hard_labels"]["deps"]
+    assert stages["target_scratch"]["params"] == ["seed", "distill.student", "finetune.train"]
+    assert stages["finetune"]["outs"] == ["artifacts/target/target_finetuned.pt", "artifacts/target/transfer_report.json"]
 
 
 def project_modules_imported(module: str) -> set[Path]:
@@ -48,7 +64,7 @@ def covered(file: Path, deps: list[str]) -> bool:
 def test_every_project_module_a_stage_imports_is_one_of_its_deps(stage):
     deps = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
     imported = project_modules_imported(graph.STAGES[stage].module)
-    assert Path("tasks", f"{stage}.py") in imported
+    assert Path(*graph.STAGES[stage].module.split(".")).with_suffix(".py") in imported
     missing = sorted(str(f) for f in imported if not covered(f, deps))
     assert not missing, f"stage {stage} imports {missing}, which its dvc.yaml deps do not list"
 
@@ -78,8 +94,10 @@ def test_producer_names_the_stage_that_writes_a_file(tmp_path):
     paths = ProjectPaths.at(tmp_path)
     assert graph.producer(paths, paths.split("transfer")) == "prepare"
     assert graph.producer(paths, paths.soft_labels("transfer")) == "soft_labels"
-    assert graph.producer(paths, paths.checkpoint("student_scratch")) == "distill"
-    assert graph.producer(paths, paths.curve("target_scratch")) == "finetune"
+    assert graph.producer(paths, paths.checkpoint("student_scratch")) == "student_scratch"
+    assert graph.producer(paths, paths.checkpoint("student_distilled")) == "distill"
+    assert graph.producer(paths, paths.target_dir / "transfer_report.json") == "finetune"
+    assert graph.producer(paths, paths.curve("target_scratch")) == "target_scratch"
     assert graph.producer(paths, paths.summary) == "evaluate"
     assert graph.producer(paths, tmp_path / "params.yaml") is None
 
@@ -87,6 +105,8 @@ def test_producer_names_the_stage_that_writes_a_file(tmp_path):
 def test_upstream_follows_the_declared_files():
     assert graph.upstream("distill") == ["prepare", "train_teacher", "soft_labels"]
     assert graph.upstream("finetune") == ["prepare", "train_teacher", "soft_labels", "distill"]
+    assert graph.upstream("student_hard_labels") == ["prepare", "train_teacher", "soft_labels"]
+    assert graph.upstream("target_scratch") == ["prepare"]
     assert graph.upstream("prepare") == []
 
 

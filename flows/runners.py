@@ -1,0 +1,80 @@
+"""Where the flow's stages run: local worker processes (the default), a Dask cluster, or one after another.
+
+- processes: a local Dask cluster of single-threaded worker processes, one per slot; each stage trains with its
+  slot's share of the cores (kdflow.schedule.slots), and on a machine with several GPUs, one model per GPU;
+- a Dask address: the cluster's workers, which must see the project at the same path and reach the MLflow store
+  and the Prefect API (a temporary server on 127.0.0.1 is no use to a remote cluster: set PREFECT_API_URL);
+- serial: every stage in the flow's own process, in pipeline order, with all of its threads: the schedule the
+  pipeline had before its models trained at once, kept for comparison and for a machine without spare memory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdflow import graph, schedule
+
+
+def local_cluster(workers: int) -> dict:
+    """A local Dask cluster of single-threaded worker processes, listening on 127.0.0.1 only."""
+    return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:8787"}
+
+
+def dask_runner(workers: int | None = None, address: str | None = None):
+    """Prefect's Dask task runner on the cluster at `address`, or on a local cluster of `workers` processes."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs=local_cluster(workers or 2))
+
+
+def machine() -> tuple[int, int]:
+    """(CPU cores this process may use, CUDA devices visible)."""
+    import torch
+
+    return len(os.sched_getaffinity(0)), torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@dataclass
+class StageRunner:
+    """A Prefect task runner and the slots stages run in: at most one stage per slot at a time. The task runner
+    starts (a local cluster: its worker processes) at the first stage that must run, so a run that DVC's record
+    answers in full starts none."""
+
+    kind: str  # "processes", "dask" or "serial", for the run's record
+    runner: Any
+    slots: list[schedule.Slot | None] = field(default_factory=lambda: [None])
+    started: bool = False
+
+    def __enter__(self) -> "StageRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.started:
+            self.runner.__exit__(*exc)
+
+    def submit(self, task, stage: str, params: dict, root: str, parent_run_id: str | None, slot):
+        if not self.started:
+            self.runner.__enter__()
+            self.started = True
+        return self.runner.submit(task, parameters={"stage": stage, "params": params, "root": root,
+                                                    "parent_run_id": parent_run_id, "slot": slot})
+
+
+def choose(serial: bool = False, workers: int | None = None, dask_address: str | None = None) -> StageRunner:
+    """The runner a flow run asked for; see the module's docstring. `workers` defaults to one per GPU when several
+    are visible, else one per core, but no more than there are stages that can run at once."""
+    if serial:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return StageRunner("serial", ThreadPoolTaskRunner(max_workers=1))
+    cores, gpus = machine()
+    needs = {name: graph.needs(name) for name in graph.STAGES}
+    count = workers or schedule.default_workers(cores, gpus, schedule.width(needs))
+    if dask_address:  # another machine's cores and GPUs: a thread per stage, each worker's default device
+        return StageRunner("dask", dask_runner(address=dask_address), schedule.slots(count, count, 0))
+    return StageRunner("processes", dask_runner(count), schedule.slots(count, cores, gpus))
