@@ -37,13 +37,16 @@ def test_each_model_is_a_stage_of_its_own_with_its_own_inputs_and_params():
                             "student_scratch", "finetune", "target_scratch", "evaluate"]
     scratch = stages["student_scratch"]
     assert scratch["cmd"] == "kdflow stage student_scratch"
-    assert scratch["outs"] == ["artifacts/students/student_scratch.pt"]
+    # the stage's own JSON is a cached out: an uncached one that is neither metric nor plot turns DVC's run cache off
+    assert scratch["outs"] == ["artifacts/students/student_scratch.pt", "metrics/student_scratch.json"]
+    assert "metrics" not in scratch
     assert scratch["params"] == ["seed", "distill.student", "distill.train"]  # a new temperature leaves it be
     assert not [d for d in scratch["deps"] if d.startswith("artifacts/")]  # no teacher, no soft labels
     assert "artifacts/teacher/teacher.pt" not in stages["student_hard_labels"]["deps"]
     assert "artifacts/soft_labels/transfer.parquet" in stages["student_hard_labels"]["deps"]
     assert stages["target_scratch"]["params"] == ["seed", "distill.student", "finetune.train"]
-    assert stages["finetune"]["outs"] == ["artifacts/target/target_finetuned.pt", "artifacts/target/transfer_report.json"]
+    assert stages["finetune"]["outs"] == ["artifacts/target/target_finetuned.pt", "artifacts/target/transfer_report.json",
+                                          "metrics/finetune.json"]
 
 
 def project_modules_imported(module: str) -> set[Path]:
