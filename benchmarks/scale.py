@@ -32,12 +32,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks.harness import REPO_ROOT, parser, table, torch_threads, write_results
+from benchmarks.harness import REPO_ROOT, parser, table, write_results
 from kdflow.artifacts import PARQUET_ROW_GROUP_ROWS
 from kdflow.batches import Rows, Streamed, load_in_memory, training_data
 from kdflow.config import CNN1DSpec, MLPSpec, TrainSpec
 from kdflow.losses import kd_loss
-from kdflow.training import fit_batches
+from kdflow.training import fit_batches, intra_op_threads
 from models import build_model
 from tasks.soft_labels import write_logits
 
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     cli.add_argument("--memory-budget-mb", type=float, default=TrainSpec().memory_budget_mb,
                      help="train.memory_budget_mb (default: the stage's; --quick: 1, so its larger set streams)")
     args = cli.parse_args(argv)
-    with torch_threads(args.threads):
+    with intra_op_threads(args.threads):
         if args.measure is not None:
             print(json.dumps(measure(Path(args.work_dir) / "scale", args.measure, args.memory_budget_mb)))
             return None

@@ -20,15 +20,16 @@ def prefect_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory, tiny_params, write_params):
-    """The tiny config through prepare, train_teacher, soft_labels and distill, in-process. Copy it before changing it."""
+    """The tiny config through prepare, train_teacher, soft_labels and the three students, in-process. Copy it before
+    changing it."""
     from kdflow.config import load_params
     from kdflow.layout import ProjectPaths
-    from tasks import distill, prepare, soft_labels, train_teacher
+    from tasks import distill, prepare, soft_labels, student_hard_labels, student_scratch, train_teacher
 
     root = tmp_path_factory.mktemp("trained-project")
     params = load_params(write_params(root, tiny_params))
     (root / "data" / "raw").mkdir(parents=True)  # as record.ensure_project makes it: train_teacher's dep (its weights)
-    for stage in (prepare, train_teacher, soft_labels, distill):
+    for stage in (prepare, train_teacher, soft_labels, distill, student_hard_labels, student_scratch):
         stage.run(params, ProjectPaths.at(root))
     return root
 

@@ -108,9 +108,18 @@ def client_for(url):
     return client, client.get_experiment_by_name("kdflow").experiment_id
 
 
-def runs_named(client, experiment_id, name):
-    return client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{name}'",
+def tagged_runs(client, experiment_id, tag: str, value: str):
+    """Runs with `tag` = `value`, newest first: a stage and the model it trains may share a name, not a tag."""
+    return client.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'",
                               order_by=["attributes.start_time DESC"])
+
+
+def model_runs(client, experiment_id, model):
+    return tagged_runs(client, experiment_id, "kdflow.model", model)
+
+
+def stage_runs(client, experiment_id, stage):
+    return tagged_runs(client, experiment_id, "kdflow.stage", stage)
 
 
 def chosen(result: dict) -> dict[str, str]:
@@ -160,7 +169,7 @@ def test_logged_models_sit_in_the_kdflow_experiment_with_their_test_metrics_and_
     assert default is None or not client.search_logged_models(experiment_ids=[default.experiment_id])
     for name in chosen(result).values():
         model, split = logged[name], f"{task_of(name)}_test"
-        assert model.source_run_id == runs_named(client, experiment_id, name)[-1].info.run_id
+        assert model.source_run_id == model_runs(client, experiment_id, name)[-1].info.run_id
         metrics = {metric.key: metric for metric in model.metrics}
         assert {"test_accuracy", "test_macro_f1", "test_nll", "test_ece", "latency_ms"} <= set(metrics), name
         test_accuracy = metrics["test_accuracy"]
@@ -190,8 +199,8 @@ def rendered_dom(page: str, profile) -> str:
 def test_the_ui_compare_page_shows_the_model_runs_and_their_test_accuracy(project, mlflow_server, tmp_path):
     """Headless Chromium renders the React UI's run-compare page for the pipeline's model runs."""
     client, experiment_id = client_for(mlflow_server)
-    model_runs = {name: runs_named(client, experiment_id, name)[0].info.run_id for name in MODELS}
-    page = (f"{mlflow_server}/#/compare-runs?runs={json.dumps(list(model_runs.values()))}"
+    model_run_ids = {name: model_runs(client, experiment_id, name)[0].info.run_id for name in MODELS}
+    page = (f"{mlflow_server}/#/compare-runs?runs={json.dumps(list(model_run_ids.values()))}"
             f"&experiments={json.dumps([experiment_id])}")
     dom = rendered_dom(page, tmp_path / "chromium")
     for name in MODELS:
@@ -255,7 +264,7 @@ def test_the_experiment_opens_on_its_runs_and_model_runs_show_their_datasets_sou
     table = RunTable(rendered_dom(f"{runs_page(mlflow_server, experiment_id)}&{filtered}", tmp_path / "chromium"))
     registered = {model: f"{name} v1" for name, model in chosen(result).items()}
     for name in MODELS:
-        row = table.cells[runs_named(client, experiment_id, name)[-1].info.run_id]
+        row = table.cells[model_runs(client, experiment_id, name)[-1].info.run_id]
         assert row["attributes.`Run Name`"].split()[-1] == name  # after its colour swatch
         test_split = paths.split(f"{task_of(name)}_test")
         test_set = f"{test_split.relative_to(paths.root).as_posix()} ({file_digest(test_split)}) test"
@@ -276,7 +285,7 @@ def test_teacher_student_and_target_are_registered_with_signature_and_example(pr
         test_split = f"{task_of(model_name)}_test"
         champion = client.get_model_version_by_alias(registered, "champion")
         assert str(champion.version) == "1"
-        assert champion.run_id == runs_named(client, experiment_id, model_name)[0].info.run_id
+        assert champion.run_id == model_runs(client, experiment_id, model_name)[0].info.run_id
         # MLflow's loaders resolve models:/ through the process-wide URI: MLFLOW_TRACKING_URI, the server, here.
         info = mlflow.models.get_model_info(f"models:/{registered}/1")
         loaded = mlflow.pytorch.load_model(f"models:/{registered}@champion")
@@ -293,27 +302,27 @@ def test_every_run_carries_commit_input_digests_and_upstream_run_ids(project, ml
     root, _, paths, _ = project
     client, experiment_id = client_for(mlflow_server)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    stage_runs = {name: runs_named(client, experiment_id, name)[-1]
-                  for name in ("prepare", "train_teacher", "soft_labels", "distill", "finetune")}
-    ids = {name: run.info.run_id for name, run in stage_runs.items()}
+    runs_of_stage = {name: stage_runs(client, experiment_id, name)[-1]
+                     for name in ("prepare", "train_teacher", "soft_labels", "distill", "finetune")}
+    ids = {name: run.info.run_id for name, run in runs_of_stage.items()}
     for run in client.search_runs([experiment_id], max_results=500):
         assert run.data.tags["mlflow.source.git.commit"] == head, run.info.run_name
         assert run.data.tags["mlflow.source.git.dirty"] == "false", run.info.run_name  # outputs are untracked
         assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "LOCAL"
-    distill_tags = stage_runs["distill"].data.tags
+    distill_tags = runs_of_stage["distill"].data.tags
     assert distill_tags["kdflow.upstream.soft_labels"] == ids["soft_labels"]
     assert distill_tags["kdflow.upstream.train_teacher"] == ids["train_teacher"]
     assert distill_tags["kdflow.upstream.prepare"] == ids["prepare"]
-    soft_labels_tags = stage_runs["soft_labels"].data.tags
+    soft_labels_tags = runs_of_stage["soft_labels"].data.tags
     assert tagged_files(distill_tags, INPUT_PREFIX)["artifacts/soft_labels/transfer.parquet"] == \
         tagged_files(soft_labels_tags, OUTPUT_PREFIX)["artifacts/soft_labels/transfer.parquet"]
     assert tagged_files(soft_labels_tags, INPUT_PREFIX)["artifacts/teacher/teacher.pt"] == \
-        runs_named(client, experiment_id, "teacher")[-1].data.tags["kdflow.checkpoint_md5"]
-    target_run = runs_named(client, experiment_id, "target_finetuned")[-1]
+        model_runs(client, experiment_id, "teacher")[-1].data.tags["kdflow.checkpoint_md5"]
+    target_run = model_runs(client, experiment_id, "target_finetuned")[-1]
     assert target_run.data.tags["kdflow.upstream.distill"] == ids["distill"]
     assert tagged_files(target_run.data.tags, INPUT_PREFIX)["data/prepared/target_train.parquet"] == \
         file_digest(paths.split("target_train"))
-    assert not any(key.startswith("kdflow.upstream.") for key in stage_runs["prepare"].data.tags)
+    assert not any(key.startswith("kdflow.upstream.") for key in runs_of_stage["prepare"].data.tags)
 
 
 def test_lineage_command_prints_the_chain_from_data_to_target_model(project, mlflow_server):
@@ -321,16 +330,16 @@ def test_lineage_command_prints_the_chain_from_data_to_target_model(project, mlf
 
     root, _, _, _ = project
     client, experiment_id = client_for(mlflow_server)
-    target_run = runs_named(client, experiment_id, "target_finetuned")[-1]
+    target_run = model_runs(client, experiment_id, "target_finetuned")[-1]
     output = CliRunner().invoke(app, ["lineage", target_run.info.run_id, "--root", str(root)])
     assert output.exit_code == 0, output.output
     lines = output.output.splitlines()
     assert lines[0] == "data -> teacher -> soft labels -> student -> target model"
     for step, stage in [("data", "prepare"), ("teacher", "train_teacher"), ("soft labels", "soft_labels"),
                         ("student", "distill"), ("target model", "finetune")]:
-        run_id = runs_named(client, experiment_id, stage)[-1].info.run_id
+        run_id = stage_runs(client, experiment_id, stage)[-1].info.run_id
         assert any(line.startswith(f"{step}: {stage} run {run_id}") for line in lines), (step, lines)
-    distill_id = runs_named(client, experiment_id, "distill")[-1].info.run_id
+    distill_id = stage_runs(client, experiment_id, "distill")[-1].info.run_id
     assert any("artifacts/students/student_distilled.pt" in line and line.endswith(f"<- distill run {distill_id}")
                for line in lines)
     assert any(line.strip().startswith(f"model target_finetuned run {target_run.info.run_id}") for line in lines)

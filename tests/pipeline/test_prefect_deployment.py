@@ -167,7 +167,7 @@ def test_a_deployed_run_on_a_process_worker_is_versioned_in_dvc_and_a_new_clone_
         git("clone", "-q", str(project), str(clone), cwd=tmp_path)
         restored = kdflow("checkout", ref, "--root", str(clone), cwd=clone, env=user_env)
         assert restored.returncode == 0, restored.stdout + restored.stderr
-        assert "restored artifacts/teacher  md5 " in restored.stdout
+        assert "restored artifacts/teacher/teacher.pt  md5 " in restored.stdout
         for folder in ("artifacts", "data/prepared"):
             assert tree_bytes(clone / folder) == tree_bytes(project / folder), (name, folder)
         assert (clone / "dvc.lock").read_bytes() == (project / "dvc.lock").read_bytes()

@@ -35,7 +35,7 @@ def test_a_teacher_from_weights_with_no_epochs_scores_as_the_weights_do(project_
     card = read_dataset_card(paths.dataset_card)
     shape = tuple(card["input_shape"])
     trained, _ = load_model(paths.checkpoint("teacher"), load_params(root / "params.yaml").train_teacher.model)
-    paths.raw_dir.mkdir(parents=True)
+    paths.raw_dir.mkdir(parents=True, exist_ok=True)
     save_file(trained.state_dict(), root / WEIGHTS)
     teacher = {**tiny_params["train_teacher"], "weights": WEIGHTS, "train": {"epochs": 0}}
     params = load_params(write_params(root, {**tiny_params, "train_teacher": teacher}))
@@ -78,7 +78,7 @@ def test_weights_that_would_run_code_or_miss_layers_are_refused_before_anything_
     root = project_copy()
     paths = ProjectPaths.at(root)
     before = file_digest(paths.checkpoint("teacher"))
-    paths.raw_dir.mkdir(parents=True)
+    paths.raw_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"conv.weight": torch.zeros(1), "hook": Pickled()}, root / "data/raw/teacher.pt")
     teacher = {**tiny_params["train_teacher"], "weights": "data/raw/teacher.pt", "train": {"epochs": 0}}
     params = load_params(write_params(root, {**tiny_params, "train_teacher": teacher}))

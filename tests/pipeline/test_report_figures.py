@@ -19,12 +19,13 @@ def test_evaluate_draws_confusion_reliability_and_curves_the_same_twice(project_
     from kdflow.datasets import load_split, read_dataset_card
     from kdflow.layout import MODELS, REPORT_FIGURES, ProjectPaths
     from kdflow.tracking import tracking_uri
-    from tasks import evaluate, finetune
+    from tasks import evaluate, finetune, target_scratch
 
     root = project_copy()
     paths = ProjectPaths.at(root)
     params = load_params(root / "params.yaml")
     finetune.run(params, paths)
+    target_scratch.run(params, paths)
     evaluate.run(params, paths)
     first = {name: paths.report_figure(name).read_bytes() for name in REPORT_FIGURES}
     report = (paths.report_dir / "report.md").read_text()

@@ -79,7 +79,6 @@ def test_two_processes_follow_the_one_process_curve_and_resume_after_a_kill(proj
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"student_distilled: resuming after epoch {killed_at}" in rerun.stdout
     assert not ranks.resume_state("student_distilled").exists()
-    for model in ("student_distilled", "student_hard_labels", "student_scratch"):
-        expected, measured = train_losses(alone, model), train_losses(ranks, model)
-        assert len(measured) == len(expected) == 3
-        assert measured == pytest.approx(expected, rel=RELATIVE_TOLERANCE), model
+    expected, measured = train_losses(alone, "student_distilled"), train_losses(ranks, "student_distilled")
+    assert len(measured) == len(expected) == 3
+    assert measured == pytest.approx(expected, rel=RELATIVE_TOLERANCE)
