@@ -68,8 +68,6 @@ def _curves(*models: str) -> PathsOf:
     return lambda paths: [paths.curve(model) for model in models]
 
 
-STUDENTS = ("student_distilled", "student_hard_labels", "student_scratch")
-TARGETS = ("target_finetuned", "target_scratch")
 SOFT_LABELLED = ("transfer", "source_train")  # the sets the teacher labels, in the order the student sees them
 STUDENT_SETTINGS = ("distill.student", "distill.train")  # what a baseline student shares with the distilled one
 

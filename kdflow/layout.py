@@ -7,8 +7,36 @@ from pathlib import Path
 
 SPLITS = ("source_train", "source_val", "source_test", "transfer", "target_train", "target_val", "target_test")
 
-# Models trained by the pipeline, in the order the results table lists them.
-MODELS = ("teacher", "student_distilled", "student_hard_labels", "student_scratch", "target_finetuned", "target_scratch")
+
+@dataclass(frozen=True)
+class PipelineModel:
+    """One model the pipeline trains: its role (whose registered model it is a candidate for, kdflow.registry),
+    the task whose test set measures it and the artifacts/ folder its checkpoint lives in."""
+
+    name: str
+    role: str  # teacher | student | target
+    task: str  # source | target
+    folder: str
+
+
+# The model catalogue, in the order the results table lists the models; within a role the technique's model comes
+# first, then its baselines.
+CATALOGUE = {model.name: model for model in (
+    PipelineModel("teacher", "teacher", "source", "teacher"),
+    PipelineModel("student_distilled", "student", "source", "students"),
+    PipelineModel("student_hard_labels", "student", "source", "students"),
+    PipelineModel("student_scratch", "student", "source", "students"),
+    PipelineModel("target_finetuned", "target", "target", "target"),
+    PipelineModel("target_scratch", "target", "target", "target"),
+)}
+MODELS = tuple(CATALOGUE)
+
+
+def models_of(role: str) -> tuple[str, ...]:
+    """The models of `role`, in catalogue order."""
+    return tuple(model.name for model in CATALOGUE.values() if model.role == role)
+
+
 # The model whose confusion matrix the report draws: the product, on the target task.
 CONFUSION_MODEL = "target_finetuned"
 # The report's pictures (kdflow.figures), reports/<name>.png.
@@ -39,9 +67,8 @@ class ProjectPaths:
     def dataset_card(self) -> Path:
         return self.prepared / "dataset_card.json"
 
-    @property
-    def teacher_dir(self) -> Path:
-        return self.root / "artifacts" / "teacher"
+    def model_dir(self, folder: str) -> Path:
+        return self.root / "artifacts" / folder
 
     @property
     def soft_labels_dir(self) -> Path:
@@ -58,17 +85,14 @@ class ProjectPaths:
 
     @property
     def students_dir(self) -> Path:
-        return self.root / "artifacts" / "students"
+        return self.model_dir(CATALOGUE["student_distilled"].folder)
 
     @property
     def target_dir(self) -> Path:
-        return self.root / "artifacts" / "target"
+        return self.model_dir(CATALOGUE["target_finetuned"].folder)
 
     def checkpoint(self, model: str) -> Path:
-        directory = {"teacher": self.teacher_dir}.get(model) or (
-            self.students_dir if model.startswith("student") else self.target_dir
-        )
-        return directory / f"{model}.pt"
+        return self.model_dir(CATALOGUE[model].folder) / f"{model}.pt"
 
     def resume_state(self, model: str) -> Path:
         """The training state a killed run of `model` resumes from; removed once the model is written."""
