@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-SPLITS = ("source_train", "source_val", "source_test", "transfer", "target_train", "target_val", "target_test")
+# Each split, and the task whose classes its labels (or, for the unlabelled transfer set, its samples) come from.
+SPLIT_TASK = {"source_train": "source", "source_val": "source", "source_test": "source", "transfer": "source",
+              "target_train": "target", "target_val": "target", "target_test": "target"}
+SPLITS = tuple(SPLIT_TASK)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
 
     spec = params.evaluate
     card = read_dataset_card(paths.dataset_card)
-    input_shape = tuple(card["input_shape"])
+    input_shape = card.input_shape
     with stage_run(paths, "evaluate", params, parent_run_id) as tracked:
         tests = {task: load_split(paths.split(f"{task}_test"), input_shape) for task in ("source", "target")}
         vals = {task: load_split(paths.split(f"{task}_val"), input_shape) for task in ("source", "target")}

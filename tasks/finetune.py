@@ -105,10 +105,10 @@ def target_task(params: Params, paths: ProjectPaths):
     """What both target models train on: input shape, class names, the target training set (in memory or streamed,
     kdflow.batches) and the target validation split."""
     card = read_dataset_card(paths.dataset_card)
-    input_shape = tuple(card["input_shape"])
+    input_shape = card.input_shape
     train = training_data([Rows(paths.split("target_train"))], ["label"], input_shape, params.finetune.train)
     val = load_split(paths.split("target_val"), input_shape)
-    return input_shape, card["target_classes"], train, val
+    return input_shape, card.target_classes, train, val
 
 
 def trainings(params: Params, paths: ProjectPaths, transfer: Transfer | None = None) -> list[Training]:
@@ -134,7 +134,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     spec = params.finetune
     card = read_dataset_card(paths.dataset_card)
     with stage_run(paths, "finetune", params, parent_run_id) as tracked:
-        transfer = transfer_from_student(params, paths, tuple(card["input_shape"]), len(card["target_classes"]))
+        transfer = transfer_from_student(params, paths, card.input_shape, len(card.target_classes))
         report = transfer.report
         report_path = write_json(paths.target_dir / "transfer_report.json",
                                  {"source": SOURCE_MODEL, "strategy": spec.strategy, **report.as_dict(),

@@ -39,8 +39,7 @@ def student(params: Params, paths: ProjectPaths, name: str,
     on source_val; `declared` are Training's other fields (loss_fn, extra_params)."""
     spec = params.distill
     card = read_dataset_card(paths.dataset_card)
-    input_shape = tuple(card["input_shape"])
-    classes = card["source_classes"]
+    input_shape, classes = card.input_shape, card.source_classes
     val = load_split(paths.split("source_val"), input_shape)
 
     def fresh_student() -> torch.nn.Module:

@@ -35,8 +35,7 @@ def trainings(params: Params, paths: ProjectPaths) -> list[Training]:
     """What the stage trains: the teacher, on the labelled source task, from its starting weights if any."""
     spec = params.train_teacher
     card = read_dataset_card(paths.dataset_card)
-    input_shape = tuple(card["input_shape"])
-    classes = card["source_classes"]
+    input_shape, classes = card.input_shape, card.source_classes
     train = training_data([Rows(paths.split("source_train"))], ["label"], input_shape, spec.train)
     val = load_split(paths.split("source_val"), input_shape)
     weights = starting_weights(params, paths)

@@ -33,7 +33,7 @@ def test_a_teacher_from_weights_with_no_epochs_scores_as_the_weights_do(project_
     root = project_copy()
     paths = ProjectPaths.at(root)
     card = read_dataset_card(paths.dataset_card)
-    shape = tuple(card["input_shape"])
+    shape = card.input_shape
     trained, _ = load_model(paths.checkpoint("teacher"), load_params(root / "params.yaml").train_teacher.model)
     paths.raw_dir.mkdir(parents=True, exist_ok=True)
     save_file(trained.state_dict(), root / WEIGHTS)
@@ -42,7 +42,7 @@ def test_a_teacher_from_weights_with_no_epochs_scores_as_the_weights_do(project_
 
     metrics = train_teacher.run(params, paths)
 
-    direct = build_model(params.train_teacher.model, shape, len(card["source_classes"])).eval()
+    direct = build_model(params.train_teacher.model, shape, len(card.source_classes)).eval()
     direct.load_state_dict(load_file(root / WEIGHTS))
     test, val = (load_split(paths.split(name), shape) for name in ("source_test", "source_val"))
     labelled, _ = load_model(paths.checkpoint("teacher"), params.train_teacher.model)
