@@ -212,7 +212,7 @@ def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
             apply_overrides(params_file, overrides)  # the upstream stages' record names the params they ran with
             with runners.choose(serial=True) as in_turn:  # in this process: the trials take the cluster
                 run_stages(UPSTREAM, arguments, set(), in_turn)
-        sweep_dir = paths.root / "sweeps" / sweep_run.run_id
+        sweep_dir = paths.sweep_dir(sweep_run.run_id)
         futures = distill_trial.map(
             index=list(range(len(points))), point=points, params=trial_params, root=unmapped(str(paths.root)),
             trial_dir=[str(sweep_dir / f"trial-{i:02d}") for i in range(len(points))],

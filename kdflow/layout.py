@@ -97,6 +97,11 @@ class ProjectPaths:
     def checkpoint(self, model: str) -> Path:
         return self.model_dir(CATALOGUE[model].folder) / f"{model}.pt"
 
+    @property
+    def transfer_report(self) -> Path:
+        """Which layers the fine-tuned model took from the distilled student, and why others were not."""
+        return self.target_dir / "transfer_report.json"
+
     def resume_state(self, model: str) -> Path:
         """The training state a killed run of `model` resumes from; removed once the model is written."""
         return self.root / ".kdflow" / "resume" / f"{model}.pt"
@@ -136,5 +141,34 @@ class ProjectPaths:
         return self.report_dir / f"{name}.png"
 
     @property
+    def report(self) -> Path:
+        return self.report_dir / "report.md"
+
+    def lr_find(self, stage: str, suffix: str) -> Path:
+        """The learning-rate range test of `stage`: its plot (".png") and its curve (".json")."""
+        return self.root / "plots" / "lr_find" / f"{stage}{suffix}"
+
+    def sweep_dir(self, sweep_run_id: str) -> Path:
+        """A sweep's trials and its summary."""
+        return self.root / "sweeps" / sweep_run_id
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def dvc_yaml(self) -> Path:
+        return self.root / "dvc.yaml"
+
+    @property
     def dvc_lock(self) -> Path:
         return self.root / "dvc.lock"
+
+    @property
+    def mlflow_store(self) -> Path:
+        """The local MLflow store (`sqlite:///<root>/mlflow.db`) and, beside it, its artifacts."""
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"

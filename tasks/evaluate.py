@@ -134,10 +134,10 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
             "\n".join(f"- {line}" for line in [*champion_lines(summary), *map(registry.describe, decisions)]),
             *(f"![{name.replace('_', ' ')}]({path.name})" for name, path in figures.items()),
         ]) + "\n"
-        write_text(paths.report_dir / "report.md", report)
+        write_text(paths.report, report)
         tracked.log_metrics({f"{name}.{key}": value for name, m in models.items()
                              for key, value in m.items() if key != "task"})
         tracked.log_metrics(summary["comparisons"])
-        for artifact in (paths.summary, paths.report_dir / "report.md", *figures.values()):
+        for artifact in (paths.summary, paths.report, *figures.values()):
             tracked.log_artifact(artifact, "report")
     return summary["comparisons"]

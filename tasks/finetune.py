@@ -136,7 +136,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     with stage_run(paths, "finetune", params, parent_run_id) as tracked:
         transfer = transfer_from_student(params, paths, card.input_shape, len(card.target_classes))
         report = transfer.report
-        report_path = write_json(paths.target_dir / "transfer_report.json",
+        report_path = write_json(paths.transfer_report,
                                  {"source": SOURCE_MODEL, "strategy": spec.strategy, **report.as_dict(),
                                   **block_schedule(transfer.source, spec)})
         print("\n".join(["transfer from " + SOURCE_MODEL, *report.lines()]))
