@@ -101,6 +101,7 @@ def test_weights_that_would_run_code_or_miss_layers_are_refused_before_anything_
 ])
 def test_the_stage_command_says_what_is_wrong_in_one_line(project_copy, tiny_params, write_params, teacher, message):
     from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
 
     from cli.main import app
 
@@ -109,3 +110,5 @@ def test_the_stage_command_says_what_is_wrong_in_one_line(project_copy, tiny_par
     result = CliRunner().invoke(app, ["stage", "train_teacher", "--root", str(root)])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert result.output.splitlines()[-1].startswith(message), result.output
+    if "weights" in teacher:  # read while the stage declares its training, before any MLflow run opens
+        assert MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").get_experiment_by_name("kdflow") is None
