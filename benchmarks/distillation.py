@@ -17,9 +17,8 @@ import torch
 
 from benchmarks.harness import fmt, mean_ci, parser, table, write_results
 from benchmarks.workspace import load_overridden, quick_overrides, workspace
-from kdflow.artifacts import read_json
 from kdflow.checkpoints import expected_spec, load_model
-from kdflow.datasets import load_split, teacher_logits_for
+from kdflow.datasets import load_split, read_dataset_card, teacher_logits_for
 from kdflow.losses import kd_loss
 from kdflow.training import fit, intra_op_threads, predict_logits
 from models import build_model
@@ -43,7 +42,7 @@ def run(args) -> dict:
     train = params.distill.train.model_copy(update={"epochs": epochs, "device": "cpu"})
     paths = workspace(params, ["prepare", "train_teacher", "soft_labels"], args.work_dir)
 
-    shape = tuple(read_json(paths.dataset_card)["input_shape"])
+    shape = read_dataset_card(paths.dataset_card).input_shape
     source, transfer = load_split(paths.split("source_train"), shape), load_split(paths.split("transfer"), shape)
     val, test = load_split(paths.split("source_val"), shape), load_split(paths.split("source_test"), shape)
     source_logits = teacher_logits_for(source, paths.soft_labels("source_train"))

@@ -24,8 +24,8 @@ def workspace(params: Params, stages: list[str], work_dir: Path) -> ProjectPaths
     text = dump_params(params)
     root = Path(work_dir) / hashlib.sha256(text.encode()).hexdigest()[:12]
     root.mkdir(parents=True, exist_ok=True)
-    (root / "params.yaml").write_text(text)
     paths = ProjectPaths.at(root)
+    paths.params_file.write_text(text)
     done = {
         "prepare": (prepare.run, paths.dataset_card),
         "train_teacher": (train_teacher.run, paths.checkpoint("teacher")),

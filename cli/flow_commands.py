@@ -92,7 +92,7 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     click.echo(f"  restore its bytes later: kdflow checkout {result['mlflow_run_id']}")
     if result["git_commit"]:
         click.echo(f"git: dvc.lock, params and metrics committed on {git_branch} as {result['git_commit'][:12]}")
-    click.echo(f"report: {Path(root) / 'reports' / 'report.md'}")
+    click.echo(f"report: {paths.report}")
 
 
 @click.command()

@@ -118,7 +118,7 @@ def dvc_yaml(root: str, check: bool) -> None:
     from kdflow import record
     from kdflow.artifacts import write_text
 
-    path = Path(root).resolve() / "dvc.yaml"
+    path = ProjectPaths.at(root).dvc_yaml
     expected = graph.render_dvc_yaml(record.code_prefix(path.parent))
     if check:
         if not path.exists() or path.read_text() != expected:

@@ -30,7 +30,7 @@ from kdflow import graph, record, tracking
 from kdflow.artifacts import write_json
 from kdflow.config import ConfigError, format_override, load_params, syntax_problem, validate
 from kdflow.figures import plot_matrix
-from kdflow.layout import ProjectPaths
+from kdflow.layout import CATALOGUE, ProjectPaths, models_of
 
 UPSTREAM = graph.upstream("distill")
 
@@ -43,7 +43,7 @@ class SweepParams:
 
 # A grid point may change the student or its training (distill.student, distill.train): each trial trains the
 # distilled student and its two baselines, each in its stage.
-TRIAL_STAGES = [name for name, stage in graph.STAGES.items() if stage.model in graph.STUDENTS]
+TRIAL_STAGES = [name for name, stage in graph.STAGES.items() if stage.model in models_of("student")]
 DEFAULT_GRID = {"distill.temperature": [1.0, 2.0, 4.0, 8.0], "distill.alpha": [0.5, 1.0]}
 SELECT_BY = "student_distilled_val_accuracy"  # from the distill stage's metrics; higher is better
 
@@ -63,19 +63,24 @@ class TrialPaths(ProjectPaths):
     trial_dir: Path
 
     @property
-    def students_dir(self) -> Path:
-        return self.trial_dir / "artifacts" / "students"
+    def trial(self) -> ProjectPaths:
+        """The project layout inside the trial's folder, for what the trial writes."""
+        return ProjectPaths(self.trial_dir)
+
+    def model_dir(self, folder: str) -> Path:
+        trained_here = folder == CATALOGUE["student_distilled"].folder
+        return self.trial.model_dir(folder) if trained_here else super().model_dir(folder)
 
     @property
     def metrics_dir(self) -> Path:
-        return self.trial_dir / "metrics"
+        return self.trial.metrics_dir
 
     def curve(self, model: str) -> Path:
-        return self.trial_dir / "plots" / "curves" / f"{model}.csv"
+        return self.trial.curve(model)
 
     def resume_state(self, model: str) -> Path:
         # Trials train in parallel, and their students share names: each keeps its own resume state.
-        return self.trial_dir / ".kdflow" / "resume" / f"{model}.pt"
+        return self.trial.resume_state(model)
 
 
 def parse_grid_option(option: str) -> tuple[str, list]:
@@ -207,7 +212,7 @@ def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None,
             apply_overrides(params_file, overrides)  # the upstream stages' record names the params they ran with
             with runners.choose(serial=True) as in_turn:  # in this process: the trials take the cluster
                 run_stages(UPSTREAM, arguments, set(), in_turn)
-        sweep_dir = paths.root / "sweeps" / sweep_run.run_id
+        sweep_dir = paths.sweep_dir(sweep_run.run_id)
         futures = distill_trial.map(
             index=list(range(len(points))), point=points, params=trial_params, root=unmapped(str(paths.root)),
             trial_dir=[str(sweep_dir / f"trial-{i:02d}") for i in range(len(points))],

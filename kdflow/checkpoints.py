@@ -15,6 +15,7 @@ from torch import nn
 
 from kdflow.artifacts import CheckpointError, load_checkpoint, save_checkpoint
 from kdflow.config import ModelSpec, Params
+from kdflow.layout import CATALOGUE
 from models import build_model
 
 _MODEL_SPEC = TypeAdapter(ModelSpec)
@@ -23,7 +24,7 @@ _MODEL_SPEC = TypeAdapter(ModelSpec)
 def expected_spec(params: Params, model: str):
     """The architecture params.yaml gives the pipeline model `model`: the teacher's, or the student's for the
     students and for the target models (fine-tuned from the distilled student)."""
-    return params.train_teacher.model if model == "teacher" else params.distill.student
+    return params.train_teacher.model if CATALOGUE[model].role == "teacher" else params.distill.student
 
 
 def save_model(path: str | Path, model: nn.Module, spec, input_shape: tuple[int, ...], class_names: list[str],

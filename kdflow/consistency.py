@@ -37,7 +37,7 @@ def _check_splits(paths: ProjectPaths, digests: dict[str, str]) -> None:
         return
     card = read_dataset_card(paths.dataset_card)
     for name, digest in read.items():
-        recorded = card["splits"][name]["md5"]
+        recorded = card.splits[name].md5
         if recorded != digest:
             raise ArtifactError(paths.split(name), f"md5 {digest}, not the md5 {recorded} {paths.dataset_card.name} "
                                                    "records: changed or damaged since prepare wrote them")

@@ -13,6 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from pydantic import (BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError, conint,
+                      model_validator)
 
 from kdflow.artifacts import ArtifactError, read_json
 from kdflow.layout import SPLITS
@@ -75,19 +77,47 @@ def read_table(path: str | Path) -> pa.Table:
         raise _unreadable(path, exc) from None
 
 
-def read_dataset_card(path: str | Path) -> dict:
+class SplitRecord(BaseModel):
+    """One split as the dataset card records it; `md5` is what the stages check the split file against."""
+
+    model_config = ConfigDict(frozen=True)
+
+    md5: StrictStr
+    rows: StrictInt | None = None
+    labelled: StrictBool | None = None
+    class_counts: dict[str, StrictInt] = {}
+
+
+class DatasetCard(BaseModel):
+    """`prepare`'s record of the prepared data (data/prepared/dataset_card.json), the one form every stage reads:
+    the input shape, each task's class names in label order, each split's record and the raw files' md5s."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input_shape: tuple[conint(strict=True, gt=0), ...]
+    source_classes: list[StrictStr]
+    target_classes: list[StrictStr]
+    splits: dict[str, SplitRecord]
+    raw_files_md5: dict[str, StrictStr] | None = None  # only for a user's own files
+
+    @model_validator(mode="after")
+    def _every_split(self) -> "DatasetCard":
+        missing = [name for name in SPLITS if name not in self.splits]
+        if missing:
+            raise ValueError(f"no record of the splits {missing}")
+        return self
+
+    def as_json(self) -> dict:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def read_dataset_card(path: str | Path) -> DatasetCard:
     """`prepare`'s dataset card, checked for what the stages read from it."""
-    card = read_json(path)
     try:
-        valid = (all(isinstance(n, int) and n > 0 for n in card["input_shape"])
-                 and isinstance(card["source_classes"], list) and isinstance(card["target_classes"], list)
-                 and all(isinstance(card["splits"][name]["md5"], str) for name in SPLITS))
-    except (KeyError, TypeError):
-        valid = False
-    if not valid:
+        return DatasetCard.model_validate(read_json(path))
+    except ValidationError:
         raise ArtifactError(path, "not a dataset card (input_shape, source_classes, target_classes and every "
-                                  "split's md5 are missing or malformed)")
-    return card
+                                  "split's md5 are missing or malformed)") from None
 
 
 def load_split(path: str | Path, input_shape: tuple[int, ...] | None = None) -> Split:

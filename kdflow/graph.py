@@ -68,8 +68,6 @@ def _curves(*models: str) -> PathsOf:
     return lambda paths: [paths.curve(model) for model in models]
 
 
-STUDENTS = ("student_distilled", "student_hard_labels", "student_scratch")
-TARGETS = ("target_finetuned", "target_scratch")
 SOFT_LABELLED = ("transfer", "source_train")  # the sets the teacher labels, in the order the student sees them
 STUDENT_SETTINGS = ("distill.student", "distill.train")  # what a baseline student shares with the distilled one
 
@@ -80,10 +78,9 @@ def _soft_labelled(paths: ProjectPaths) -> list[Path]:
             *(paths.soft_labels(name) for name in SOFT_LABELLED), paths.soft_labels_manifest]
 
 
-def _model_outputs(stage: str, model: str, *extra: str) -> dict[str, PathsOf]:
-    """A model stage's checkpoint (and `extra` files beside it) and its metrics file, cached, and its curve."""
-    return dict(outs=lambda paths: [paths.checkpoint(model), *(paths.checkpoint(model).parent / f for f in extra),
-                                    paths.stage_metrics(stage)],
+def _model_outputs(stage: str, model: str, extra: PathsOf = lambda paths: []) -> dict[str, PathsOf]:
+    """A model stage's checkpoint (and `extra` files) and its metrics file, cached, and its curve."""
+    return dict(outs=lambda paths: [paths.checkpoint(model), *extra(paths), paths.stage_metrics(stage)],
                 plots=_curves(model), model=model)
 
 
@@ -111,7 +108,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("finetune", "target model", ("seed", "finetune"),
           deps=lambda paths: [paths.dataset_card, paths.checkpoint("student_distilled"),
                               *_splits(paths, "target_train", "target_val")],
-          **_model_outputs("finetune", "target_finetuned", "transfer_report.json")),
+          **_model_outputs("finetune", "target_finetuned", lambda paths: [paths.transfer_report])),
     Stage("target_scratch", "target model from scratch", ("seed", "distill.student", "finetune.train"),
           deps=lambda paths: [paths.dataset_card, *_splits(paths, "target_train", "target_val")],
           **_model_outputs("target_scratch", "target_scratch")),

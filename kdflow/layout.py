@@ -5,10 +5,41 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-SPLITS = ("source_train", "source_val", "source_test", "transfer", "target_train", "target_val", "target_test")
+# Each split, and the task whose classes its labels (or, for the unlabelled transfer set, its samples) come from.
+SPLIT_TASK = {"source_train": "source", "source_val": "source", "source_test": "source", "transfer": "source",
+              "target_train": "target", "target_val": "target", "target_test": "target"}
+SPLITS = tuple(SPLIT_TASK)
 
-# Models trained by the pipeline, in the order the results table lists them.
-MODELS = ("teacher", "student_distilled", "student_hard_labels", "student_scratch", "target_finetuned", "target_scratch")
+
+@dataclass(frozen=True)
+class PipelineModel:
+    """One model the pipeline trains: its role (whose registered model it is a candidate for, kdflow.registry),
+    the task whose test set measures it and the artifacts/ folder its checkpoint lives in."""
+
+    name: str
+    role: str  # teacher | student | target
+    task: str  # source | target
+    folder: str
+
+
+# The model catalogue, in the order the results table lists the models; within a role the technique's model comes
+# first, then its baselines.
+CATALOGUE = {model.name: model for model in (
+    PipelineModel("teacher", "teacher", "source", "teacher"),
+    PipelineModel("student_distilled", "student", "source", "students"),
+    PipelineModel("student_hard_labels", "student", "source", "students"),
+    PipelineModel("student_scratch", "student", "source", "students"),
+    PipelineModel("target_finetuned", "target", "target", "target"),
+    PipelineModel("target_scratch", "target", "target", "target"),
+)}
+MODELS = tuple(CATALOGUE)
+
+
+def models_of(role: str) -> tuple[str, ...]:
+    """The models of `role`, in catalogue order."""
+    return tuple(model.name for model in CATALOGUE.values() if model.role == role)
+
+
 # The model whose confusion matrix the report draws: the product, on the target task.
 CONFUSION_MODEL = "target_finetuned"
 # The report's pictures (kdflow.figures), reports/<name>.png.
@@ -39,9 +70,8 @@ class ProjectPaths:
     def dataset_card(self) -> Path:
         return self.prepared / "dataset_card.json"
 
-    @property
-    def teacher_dir(self) -> Path:
-        return self.root / "artifacts" / "teacher"
+    def model_dir(self, folder: str) -> Path:
+        return self.root / "artifacts" / folder
 
     @property
     def soft_labels_dir(self) -> Path:
@@ -58,17 +88,19 @@ class ProjectPaths:
 
     @property
     def students_dir(self) -> Path:
-        return self.root / "artifacts" / "students"
+        return self.model_dir(CATALOGUE["student_distilled"].folder)
 
     @property
     def target_dir(self) -> Path:
-        return self.root / "artifacts" / "target"
+        return self.model_dir(CATALOGUE["target_finetuned"].folder)
 
     def checkpoint(self, model: str) -> Path:
-        directory = {"teacher": self.teacher_dir}.get(model) or (
-            self.students_dir if model.startswith("student") else self.target_dir
-        )
-        return directory / f"{model}.pt"
+        return self.model_dir(CATALOGUE[model].folder) / f"{model}.pt"
+
+    @property
+    def transfer_report(self) -> Path:
+        """Which layers the fine-tuned model took from the distilled student, and why others were not."""
+        return self.target_dir / "transfer_report.json"
 
     def resume_state(self, model: str) -> Path:
         """The training state a killed run of `model` resumes from; removed once the model is written."""
@@ -109,5 +141,34 @@ class ProjectPaths:
         return self.report_dir / f"{name}.png"
 
     @property
+    def report(self) -> Path:
+        return self.report_dir / "report.md"
+
+    def lr_find(self, stage: str, suffix: str) -> Path:
+        """The learning-rate range test of `stage`: its plot (".png") and its curve (".json")."""
+        return self.root / "plots" / "lr_find" / f"{stage}{suffix}"
+
+    def sweep_dir(self, sweep_run_id: str) -> Path:
+        """A sweep's trials and its summary."""
+        return self.root / "sweeps" / sweep_run_id
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def dvc_yaml(self) -> Path:
+        return self.root / "dvc.yaml"
+
+    @property
     def dvc_lock(self) -> Path:
         return self.root / "dvc.lock"
+
+    @property
+    def mlflow_store(self) -> Path:
+        """The local MLflow store (`sqlite:///<root>/mlflow.db`) and, beside it, its artifacts."""
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"

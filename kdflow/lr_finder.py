@@ -141,7 +141,7 @@ def lr_find(stage: str, training: Training, paths: ProjectPaths, min_lr: float =
     scale = lr_scale(training.train, resolve_batch_size(training.train.batch_size, training.data.num_samples))
     summary = {"stage": stage, "suggested_lr": sweep.suggested_lr, "min_loss_lr": sweep.min_loss_lr,
                "suggested_train_lr": sweep.suggested_lr / scale, "steps_run": len(sweep.lrs)}
-    plot, curve = paths.root / "plots" / "lr_find" / f"{stage}.png", paths.root / "plots" / "lr_find" / f"{stage}.json"
+    plot, curve = paths.lr_find(stage, ".png"), paths.lr_find(stage, ".json")
     plot_sweep(sweep, stage, plot)
     write_json(curve, {**summary, **sweep.as_dict()})
     with tracking.start_run(paths.root, f"lr_find:{stage}", tags={"kdflow.stage": "lr_find"},

@@ -59,7 +59,7 @@ def project_params(params_path: str | Path, root: Path) -> Path:
     project there)."""
     path = Path(params_path)
     path = (path if path.is_absolute() else Path.cwd() / path).resolve()
-    expected = root / "params.yaml"
+    expected = ProjectPaths(root).params_file
     if path != expected:
         raise ConfigError(f"{params_path}: the flow records its runs in DVC, which reads {expected}; fix: pass "
                           f"--params {expected} (copy your file there) or --root {path.parent}")
@@ -75,7 +75,7 @@ def ensure_project(root: Path) -> None:
     """
     root = Path(root).resolve()
     expected = graph.render_dvc_yaml(code_prefix(root))
-    dvc_yaml = root / "dvc.yaml"
+    dvc_yaml = ProjectPaths(root).dvc_yaml
     if dvc_yaml.exists() and dvc_yaml.read_text() != expected:
         raise RecordError(f"{dvc_yaml} differs from kdflow's stage declarations (kdflow/graph.py); "
                           f"fix: `kdflow dvc-yaml --root {root}` rewrites it (your edits to it are lost)")
@@ -223,7 +223,7 @@ def git_kept_files(root: Path) -> list[Path]:
     """What a run's record holds besides DVC's cache: dvc.lock, params.yaml, and the outputs DVC keeps in git
     (metrics and plots, cache: false)."""
     paths = ProjectPaths.at(root)
-    kept = [paths.dvc_lock, paths.root / "params.yaml"]
+    kept = [paths.dvc_lock, paths.params_file]
     for stage in graph.STAGES.values():
         kept.extend(p for p in stage.kept_in_git(paths) if p.exists())
     return kept
@@ -326,7 +326,7 @@ def checkout(client, root: Path, ref: str) -> list[tuple[str, str]]:
             target = root / source.relative_to(downloaded)
             target.parent.mkdir(parents=True, exist_ok=True)
             write_text(target, source.read_text())
-    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    lock = yaml.safe_load(ProjectPaths(root).dvc_lock.read_text())
     restored = [(out["path"], out.get("md5", "")) for stage in lock["stages"].values() for out in stage.get("outs", [])]
     from dvc.exceptions import CheckoutError
 

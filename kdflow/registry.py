@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from kdflow.graph import STUDENTS, TARGETS
+from kdflow.layout import models_of
 from kdflow.metrics import accuracy
 from kdflow.training import predict_logits
 
@@ -35,9 +35,9 @@ class Role:
 
 
 ROLES = (
-    Role("kdflow-teacher", None, ("teacher",), "source_val"),
-    Role("kdflow-student", "distillation", STUDENTS, "source_val"),
-    Role("kdflow-target", "transfer", TARGETS, "target_val"),
+    Role("kdflow-teacher", None, models_of("teacher"), "source_val"),
+    Role("kdflow-student", "distillation", models_of("student"), "source_val"),
+    Role("kdflow-target", "transfer", models_of("target"), "target_val"),
 )
 
 

@@ -10,7 +10,7 @@ import contextlib
 import csv
 import io
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from kdflow.artifacts import check_writable, file_digest, files_in, write_json, write_text
 from kdflow.checkpoints import save_model
@@ -68,16 +68,54 @@ def stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: st
     Before the run starts, the inputs must belong together (kdflow.consistency) and every folder the stage writes
     must take a file: a stale input or a read-only folder fails now, not after the training.
     """
-    from kdflow import consistency, lineage, tracking
-
     if not distributed.is_main():
         yield Untracked()
         return
-    declared = graph.STAGES[stage]
-    inputs = declared.read_files(paths) + list(extra_inputs)
+    inputs = graph.STAGES[stage].read_files(paths) + list(extra_inputs)
+    with _tracked_stage(paths, stage, params, parent_run_id, _checked_inputs(paths, stage, inputs)) as tracked:
+        yield tracked
+
+
+@contextlib.contextmanager
+def training_stage_run(paths: ProjectPaths, stage: str, params: Params, parent_run_id: str | None,
+                       declare: Callable[[], object], extra_inputs: Sequence[Path] = ()):
+    """stage_run for a stage that trains: yields its run and `declare()`, what the stage trains (its `trainings`).
+
+    The declaration reads the inputs, so it is made after they are checked; and before the run opens, so that one
+    that fails (weights that do not fit the teacher) ends the stage with its own message and leaves no run.
+    `extra_inputs` are files the declaration names itself (a teacher's starting weights): checked after it, so a
+    missing one is the declaration's error.
+    """
+    from kdflow import consistency
+
+    if not distributed.is_main():  # rank 0 checks and tracks; every rank trains
+        yield Untracked(), declare()
+        return
+    digests = _checked_inputs(paths, stage, graph.STAGES[stage].read_files(paths))
+    declared = declare()
+    digests |= consistency.check_inputs(paths, extra_inputs)
+    with _tracked_stage(paths, stage, params, parent_run_id, digests) as tracked:
+        yield tracked, declared
+
+
+def _checked_inputs(paths: ProjectPaths, stage: str, inputs: Sequence[Path]) -> dict[str, str]:
+    """The md5s of `inputs`, once they are found to belong together (kdflow.consistency) and every folder `stage`
+    writes to take a file."""
+    from kdflow import consistency
+
     digests = consistency.check_inputs(paths, inputs)  # hashed once: checked, tagged, recorded in checkpoints
     for directory in output_dirs(paths, stage):
         check_writable(directory)
+    return digests
+
+
+@contextlib.contextmanager
+def _tracked_stage(paths: ProjectPaths, stage: str, params: Params, parent_run_id: str | None,
+                   digests: dict[str, str]):
+    """The stage's MLflow run on its checked inputs' `digests`, as stage_run describes it."""
+    from kdflow import lineage, tracking
+
+    declared = graph.STAGES[stage]
     inputs_md5 = lineage.input_tags(digests)
     with tracking.start_run(paths.root, stage, parent_run_id, {"kdflow.stage": stage, **inputs_md5},
                             source=f"tasks/{stage}.py") as tracked:

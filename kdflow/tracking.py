@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kdflow.artifacts import ArtifactError, process_alive
+from kdflow.layout import ProjectPaths
 
 DEFAULT_EXPERIMENT = "kdflow"
 PARENT_RUN_ENV = "KDFLOW_PARENT_RUN_ID"
@@ -40,7 +41,7 @@ def offline() -> bool:
 
 
 def local_uri(root: Path) -> str:
-    return f"sqlite:///{(root / 'mlflow.db').as_posix()}"
+    return f"sqlite:///{ProjectPaths(root).mlflow_store.as_posix()}"
 
 
 def tracking_uri(root: Path) -> str:
@@ -287,7 +288,7 @@ def project_client(root: Path):
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         # A local store keeps artifacts beside mlflow.db; a server decides for itself.
-        location = (root / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+        location = ProjectPaths(root).mlflow_artifacts.as_uri() if uri.startswith("sqlite:") else None
         return client, client.create_experiment(name, artifact_location=location,
                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
     if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before kdflow set it; a kind chosen in the UI stays

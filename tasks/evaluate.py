@@ -17,7 +17,7 @@ from kdflow.config import Params
 from kdflow.datasets import load_split, read_dataset_card
 from kdflow.figures import (PREDICTION_COLUMNS, RELIABILITY_COLUMNS, csv_text, plot_accuracy_cost,
                             plot_learning_curves, plot_matrix, plot_reliability)
-from kdflow.layout import CONFUSION_MODEL, MODELS, REPORT_FIGURES, ProjectPaths
+from kdflow.layout import CATALOGUE, CONFUSION_MODEL, MODELS, REPORT_FIGURES, ProjectPaths
 from kdflow.lineage import relative
 from kdflow.metrics import (accuracy, agreement, classification_metrics, confusion_counts, latency_ms_per_sample,
                             reliability_bins)
@@ -26,10 +26,6 @@ from kdflow.report import champion_lines, comparison_lines, markdown_table
 from kdflow.stage import stage_run
 from kdflow.training import predict_logits
 from models import count_parameters
-
-
-def task_of(model: str) -> str:
-    return "target" if model.startswith("target") else "source"
 
 
 def comparisons(models: dict) -> dict:
@@ -51,7 +47,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
 
     spec = params.evaluate
     card = read_dataset_card(paths.dataset_card)
-    input_shape = tuple(card["input_shape"])
+    input_shape = card.input_shape
     with stage_run(paths, "evaluate", params, parent_run_id) as tracked:
         tests = {task: load_split(paths.split(f"{task}_test"), input_shape) for task in ("source", "target")}
         vals = {task: load_split(paths.split(f"{task}_val"), input_shape) for task in ("source", "target")}
@@ -67,18 +63,18 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         val_accuracy: dict[str, float] = {}  # what the registry chooses by; the test set never decides
         diagrams: dict[str, tuple[list[dict], float]] = {}  # name -> (its reliability bins, its ECE)
         for name in progress(MODELS, "evaluate", unit="model"):
-            checkpoint = paths.checkpoint(name)
+            checkpoint, task = paths.checkpoint(name), CATALOGUE[name].task
             model, meta = load_model(checkpoint, expected_spec(params, name))
-            test = tests[task_of(name)]
+            test = tests[task]
             logits = predict_logits(model, test.x)
             metrics = classification_metrics(logits, test.y, len(meta["class_names"]), spec.ece_bins)
             metrics["parameters"] = count_parameters(model)
             metrics["latency_ms"] = latency_ms_per_sample(model, test.x, spec.latency_batches)
-            if name == "teacher":
+            if CATALOGUE[name].role == "teacher":
                 teacher_logits = logits
-            elif task_of(name) == "source":
+            elif task == "source":
                 metrics["test_agreement"] = agreement(logits, teacher_logits)
-            models[name] = {"task": task_of(name), **metrics}
+            models[name] = {"task": task, **metrics}
             diagrams[name] = (reliability_bins(logits, test.y, spec.ece_bins), metrics["test_ece"])
             write_text(paths.reliability(name), csv_text(diagrams[name][0], RELIABILITY_COLUMNS))
             if name == CONFUSION_MODEL:
@@ -92,12 +88,12 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
             if run_id is None:  # trained outside this tracking store: record the evaluation on its own
                 with tracked.child(name, tags={"kdflow.model": name}) as model_run:
                     run_id = model_run.run_id
-            test_set = test_sets[task_of(name)]
+            test_set = test_sets[task]
             model_run = tracking.TrackedRun(tracked.client, run_id, paths.root, tracked.experiment_id)
             model_run.log_datasets([test_set])
             evaluated[name] = (model_run, metrics, test_set)
             loaded[name] = (model, run_id, checkpoint_md5)
-            val = vals[task_of(name)]
+            val = vals[task]
             val_accuracy[name] = accuracy(predict_logits(model, val.x), val.y)
 
         selections = [registry.Selection(role, {name: val_accuracy[name] for name in role.candidates})
@@ -105,7 +101,7 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         candidates = []
         for selection in selections:
             model, run_id, checkpoint_md5 = loaded[selection.winner]
-            val = vals[task_of(selection.winner)]
+            val = vals[CATALOGUE[selection.winner].task]
             candidates.append(registry.Candidate(selection, model, val.x, val.y, run_id, checkpoint_md5,
                                                  file_digest(paths.split(selection.role.val_split))))
         decisions = [registry.register(tracked.client, tracking.store_uri(paths.root), c) for c in candidates]
@@ -138,10 +134,10 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
             "\n".join(f"- {line}" for line in [*champion_lines(summary), *map(registry.describe, decisions)]),
             *(f"![{name.replace('_', ' ')}]({path.name})" for name, path in figures.items()),
         ]) + "\n"
-        write_text(paths.report_dir / "report.md", report)
+        write_text(paths.report, report)
         tracked.log_metrics({f"{name}.{key}": value for name, m in models.items()
                              for key, value in m.items() if key != "task"})
         tracked.log_metrics(summary["comparisons"])
-        for artifact in (paths.summary, paths.report_dir / "report.md", *figures.values()):
+        for artifact in (paths.summary, paths.report, *figures.values()):
             tracked.log_artifact(artifact, "report")
     return summary["comparisons"]

@@ -20,7 +20,7 @@ from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import FinetuneSpec, Params, Section
 from kdflow.datasets import load_split, read_dataset_card
 from kdflow.layout import ProjectPaths
-from kdflow.stage import stage_run, train_model, write_stage_metrics
+from kdflow.stage import train_model, training_stage_run, write_stage_metrics
 from kdflow.training import Training
 from kdflow.transfer import (TransferError, TransferReport, backbone_blocks, copy_matching_layers, head_and_backbone,
                              set_trainable_blocks)
@@ -105,10 +105,10 @@ def target_task(params: Params, paths: ProjectPaths):
     """What both target models train on: input shape, class names, the target training set (in memory or streamed,
     kdflow.batches) and the target validation split."""
     card = read_dataset_card(paths.dataset_card)
-    input_shape = tuple(card["input_shape"])
+    input_shape = card.input_shape
     train = training_data([Rows(paths.split("target_train"))], ["label"], input_shape, params.finetune.train)
     val = load_split(paths.split("target_val"), input_shape)
-    return input_shape, card["target_classes"], train, val
+    return input_shape, card.target_classes, train, val
 
 
 def trainings(params: Params, paths: ProjectPaths, transfer: Transfer | None = None) -> list[Training]:
@@ -132,16 +132,21 @@ def trainings(params: Params, paths: ProjectPaths, transfer: Transfer | None = N
 
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
     spec = params.finetune
-    card = read_dataset_card(paths.dataset_card)
-    with stage_run(paths, "finetune", params, parent_run_id) as tracked:
-        transfer = transfer_from_student(params, paths, tuple(card["input_shape"]), len(card["target_classes"]))
+
+    def transfer_and_trainings() -> tuple[Transfer, list[Training]]:
+        card = read_dataset_card(paths.dataset_card)
+        transfer = transfer_from_student(params, paths, card.input_shape, len(card.target_classes))
+        return transfer, trainings(params, paths, transfer)
+
+    with training_stage_run(paths, "finetune", params, parent_run_id, transfer_and_trainings) as (
+            tracked, (transfer, [training])):
         report = transfer.report
-        report_path = write_json(paths.target_dir / "transfer_report.json",
+        report_path = write_json(paths.transfer_report,
                                  {"source": SOURCE_MODEL, "strategy": spec.strategy, **report.as_dict(),
                                   **block_schedule(transfer.source, spec)})
         print("\n".join(["transfer from " + SOURCE_MODEL, *report.lines()]))
         tracked.log_artifact(report_path)
-        [finetuned] = (train_model(tracked, paths, training) for training in trainings(params, paths, transfer))
+        finetuned = train_model(tracked, paths, training)
         metrics = {
             "target_finetuned_val_accuracy": finetuned.best["val_accuracy"],
             "target_finetuned_best_epoch": finetuned.best_epoch,

@@ -21,8 +21,8 @@ import numpy as np
 from kdflow import media, sources
 from kdflow.artifacts import file_digest, write_json, write_parquet
 from kdflow.config import Params
-from kdflow.datasets import to_frame
-from kdflow.layout import SPLITS, ProjectPaths
+from kdflow.datasets import DatasetCard, SplitRecord, to_frame
+from kdflow.layout import SPLIT_TASK, SPLITS, ProjectPaths
 from kdflow.mnist1d_fast import make_dataset
 from kdflow.progress import progress
 from kdflow.stage import stage_run
@@ -171,28 +171,22 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     raw = {path: media.folder_digest(at) if at.is_dir() else file_digest(at) for path, at in located.items()}
     inputs = [at for at in located.values() if at.is_file()]  # an image folder's digest is the card's
     with stage_run(paths, "prepare", params, parent_run_id, extra_inputs=inputs) as tracked:
-        card: dict = {
-            "input_shape": [int(n) for n in splits["source_train"][1].shape[1:]],
-            "source_classes": [str(d) for d in spec.source_classes],
-            "target_classes": [str(d) for d in spec.target_classes],
-            "splits": {},
-        }
-        if raw:
-            card["raw_files_md5"] = raw
+        classes = {"source": [str(d) for d in spec.source_classes], "target": [str(d) for d in spec.target_classes]}
+        records = {}
         for name in progress(SPLITS, "prepare: writing splits", unit="split"):
             sample_ids, features, labels = splits[name]
             path = write_parquet(paths.split(name), to_frame(sample_ids, features, labels))
-            classes = card["target_classes" if name.startswith("target") else "source_classes"]
-            card["splits"][name] = {
-                "rows": int(len(sample_ids)),
-                "labelled": labels is not None,
-                "class_counts": {classes[i]: int(n) for i, n in enumerate(np.bincount(labels, minlength=len(classes)))}
-                if labels is not None else {},
-                "md5": file_digest(path),
-            }
-        write_json(paths.dataset_card, card)
-        metrics = {f"rows_{name}": card["splits"][name]["rows"] for name in SPLITS}
+            names = classes[SPLIT_TASK[name]]
+            records[name] = SplitRecord(
+                rows=len(sample_ids), labelled=labels is not None, md5=file_digest(path),
+                class_counts={names[i]: int(n) for i, n in enumerate(np.bincount(labels, minlength=len(names)))}
+                if labels is not None else {})
+        card = DatasetCard(input_shape=tuple(int(n) for n in splits["source_train"][1].shape[1:]),
+                           source_classes=classes["source"], target_classes=classes["target"], splits=records,
+                           raw_files_md5=raw or None)
+        write_json(paths.dataset_card, card.as_json())
+        metrics = {f"rows_{name}": card.splits[name].rows for name in SPLITS}
         tracked.log_metrics(metrics)
-        tracked.set_tags({f"kdflow.data.{name}.md5": card["splits"][name]["md5"] for name in SPLITS})
+        tracked.set_tags({f"kdflow.data.{name}.md5": card.splits[name].md5 for name in SPLITS})
         tracked.log_artifact(paths.dataset_card)
     return metrics

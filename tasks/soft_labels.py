@@ -89,10 +89,10 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         metrics = {}
         for name in SOFT_LABELLED:
             target = paths.soft_labels(name)
-            rows = write_logits(teacher, paths.split(name), target, tuple(card["input_shape"]), num_classes,
+            rows = write_logits(teacher, paths.split(name), target, card.input_shape, num_classes,
                                 params.soft_labels.chunk_size, device)
             manifest["files"][name] = {"rows": rows, "md5": file_digest(target),
-                                       "input_md5": card["splits"][name]["md5"]}
+                                       "input_md5": card.splits[name].md5}
             metrics[f"soft_label_rows_{name}"] = rows
         write_json(paths.soft_labels_manifest, manifest)
         tracked.set_tags({"kdflow.teacher_checkpoint_md5": manifest["teacher_checkpoint_md5"]})

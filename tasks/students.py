@@ -17,7 +17,7 @@ from kdflow.config import Params
 from kdflow.datasets import load_split, read_dataset_card
 from kdflow.graph import SOFT_LABELLED
 from kdflow.layout import ProjectPaths
-from kdflow.stage import stage_run, train_model, write_stage_metrics
+from kdflow.stage import train_model, training_stage_run, write_stage_metrics
 from kdflow.training import Training
 from models import build_model
 
@@ -39,8 +39,7 @@ def student(params: Params, paths: ProjectPaths, name: str,
     on source_val; `declared` are Training's other fields (loss_fn, extra_params)."""
     spec = params.distill
     card = read_dataset_card(paths.dataset_card)
-    input_shape = tuple(card["input_shape"])
-    classes = card["source_classes"]
+    input_shape, classes = card.input_shape, card.source_classes
     val = load_split(paths.split("source_val"), input_shape)
 
     def fresh_student() -> torch.nn.Module:
@@ -57,8 +56,8 @@ def train_student(params: Params, paths: ProjectPaths, parent_run_id: str | None
     """Train the one student stage `stage` declares (its `trainings`) in the stage's MLflow run. Writes the
     stage's metrics: the student's best validation accuracy, its training samples and `extra_metrics(training)`
     (computed before the training, so it may refuse the model)."""
-    with stage_run(paths, stage, params, parent_run_id) as tracked:
-        [training] = trainings(params, paths)
+    with training_stage_run(paths, stage, params, parent_run_id, lambda: trainings(params, paths)) as (
+            tracked, [training]):
         metrics = extra_metrics(training)
         result = train_model(tracked, paths, training)
         metrics = {**metrics, f"{training.name}_val_accuracy": result.best["val_accuracy"],

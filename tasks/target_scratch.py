@@ -8,7 +8,7 @@ import torch
 from kdflow.checkpoints import expected_spec
 from kdflow.config import Params
 from kdflow.layout import ProjectPaths
-from kdflow.stage import stage_run, train_model, write_stage_metrics
+from kdflow.stage import train_model, training_stage_run, write_stage_metrics
 from kdflow.training import Training
 from models import build_model
 from tasks.finetune import SOURCE_MODEL, target_task
@@ -30,8 +30,8 @@ def trainings(params: Params, paths: ProjectPaths) -> list[Training]:
 
 
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
-    with stage_run(paths, "target_scratch", params, parent_run_id) as tracked:
-        [training] = trainings(params, paths)
+    with training_stage_run(paths, "target_scratch", params, parent_run_id, lambda: trainings(params, paths)) as (
+            tracked, [training]):
         scratch = train_model(tracked, paths, training)
         metrics = {"target_scratch_val_accuracy": scratch.best["val_accuracy"]}
         write_stage_metrics(paths, "target_scratch", metrics)

@@ -16,9 +16,7 @@ from kdflow.datasets import load_split, read_dataset_card
 from kdflow.layout import ProjectPaths
 from kdflow.pretrained import Weights, load_into, read_weights
 from kdflow.sources import resolve
-from kdflow import graph
-from kdflow.consistency import check_inputs
-from kdflow.stage import stage_run, train_model, write_stage_metrics
+from kdflow.stage import train_model, training_stage_run, write_stage_metrics
 from kdflow.training import Training
 from models import build_model
 
@@ -35,8 +33,7 @@ def trainings(params: Params, paths: ProjectPaths) -> list[Training]:
     """What the stage trains: the teacher, on the labelled source task, from its starting weights if any."""
     spec = params.train_teacher
     card = read_dataset_card(paths.dataset_card)
-    input_shape = tuple(card["input_shape"])
-    classes = card["source_classes"]
+    input_shape, classes = card.input_shape, card.source_classes
     train = training_data([Rows(paths.split("source_train"))], ["label"], input_shape, spec.train)
     val = load_split(paths.split("source_val"), input_shape)
     weights = starting_weights(params, paths)
@@ -57,11 +54,10 @@ def trainings(params: Params, paths: ProjectPaths) -> list[Training]:
 
 
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
-    check_inputs(paths, graph.STAGES["train_teacher"].read_files(paths))  # before trainings() reads the splits
-    [training] = trainings(params, paths)  # weights that do not fit stop here, before anything is tracked
     weights = params.train_teacher.weights
     local = [resolve(paths.root, weights)] if weights and not weights.startswith("models:/") else []
-    with stage_run(paths, "train_teacher", params, parent_run_id, extra_inputs=local) as tracked:
+    with training_stage_run(paths, "train_teacher", params, parent_run_id, lambda: trainings(params, paths),
+                            extra_inputs=local) as (tracked, [training]):
         tracked.set_tags({f"kdflow.teacher_weights.{key.removeprefix('weights_')}": value
                           for key, value in training.extra_params.items()})
         result = train_model(tracked, paths, training)

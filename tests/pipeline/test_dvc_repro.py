@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from kdflow import graph
-from kdflow.layout import MODELS, SPLITS
+from kdflow.layout import MODELS, SPLITS, models_of
 from tests.conftest import KDFLOW
 
 pytestmark = pytest.mark.slow
@@ -131,7 +131,7 @@ def test_push_then_pull_into_a_fresh_clone_restores_every_output_byte_for_byte(d
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     outs = {out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
     assert {"data/prepared", "artifacts/teacher/teacher.pt", "artifacts/soft_labels", "reports",
-            *(f"artifacts/students/{model}.pt" for model in graph.STUDENTS)} <= outs  # one out per model
+            *(f"artifacts/students/{model}.pt" for model in models_of("student"))} <= outs  # one out per model
     for out in outs:
         files = sorted(p.relative_to(repo) for p in (repo / out).rglob("*") if p.is_file()) \
             if (repo / out).is_dir() else [Path(out)]

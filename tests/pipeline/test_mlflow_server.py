@@ -24,7 +24,7 @@ from kdflow import graph, record
 from kdflow.checkpoints import expected_spec, load_model
 from kdflow.config import load_params
 from kdflow.datasets import load_split
-from kdflow.layout import MODELS, ProjectPaths
+from kdflow.layout import CATALOGUE, MODELS, ProjectPaths
 from kdflow.lineage import INPUT_PREFIX, OUTPUT_PREFIX, tagged_files
 from tasks import evaluate
 
@@ -159,7 +159,6 @@ def test_logged_models_sit_in_the_kdflow_experiment_with_their_test_metrics_and_
         project, mlflow_server):
     from kdflow.artifacts import file_digest
 
-    from tasks.evaluate import task_of
 
     root, _, paths, result = project
     client, experiment_id = client_for(mlflow_server)
@@ -168,7 +167,7 @@ def test_logged_models_sit_in_the_kdflow_experiment_with_their_test_metrics_and_
     default = client.get_experiment_by_name("Default")
     assert default is None or not client.search_logged_models(experiment_ids=[default.experiment_id])
     for name in chosen(result).values():
-        model, split = logged[name], f"{task_of(name)}_test"
+        model, split = logged[name], f"{CATALOGUE[name].task}_test"
         assert model.source_run_id == model_runs(client, experiment_id, name)[-1].info.run_id
         metrics = {metric.key: metric for metric in model.metrics}
         assert {"test_accuracy", "test_macro_f1", "test_nll", "test_ece", "latency_ms"} <= set(metrics), name
@@ -253,7 +252,6 @@ def test_the_experiment_opens_on_its_runs_and_model_runs_show_their_datasets_sou
     version of the logged model."""
     from kdflow.artifacts import file_digest
     from kdflow.tracking import runs_page
-    from tasks.evaluate import task_of
 
     _, _, paths, result = project
     client, experiment_id = client_for(mlflow_server)
@@ -266,7 +264,7 @@ def test_the_experiment_opens_on_its_runs_and_model_runs_show_their_datasets_sou
     for name in MODELS:
         row = table.cells[model_runs(client, experiment_id, name)[-1].info.run_id]
         assert row["attributes.`Run Name`"].split()[-1] == name  # after its colour swatch
-        test_split = paths.split(f"{task_of(name)}_test")
+        test_split = paths.split(f"{CATALOGUE[name].task}_test")
         test_set = f"{test_split.relative_to(paths.root).as_posix()} ({file_digest(test_split)}) test"
         assert test_set in row["attributes.`Dataset`"], (name, row)
         assert row["attributes.`Source`"] == f"{graph.trainer(name)}.py", (name, row)
@@ -277,12 +275,11 @@ def test_teacher_student_and_target_are_registered_with_signature_and_example(pr
     import mlflow
     import mlflow.pytorch
 
-    from tasks.evaluate import task_of
 
     _, params, paths, result = project
     client, experiment_id = client_for(mlflow_server)
     for registered, model_name in chosen(result).items():
-        test_split = f"{task_of(model_name)}_test"
+        test_split = f"{CATALOGUE[model_name].task}_test"
         champion = client.get_model_version_by_alias(registered, "champion")
         assert str(champion.version) == "1"
         assert champion.run_id == model_runs(client, experiment_id, model_name)[0].info.run_id

@@ -33,7 +33,7 @@ def test_a_teacher_from_weights_with_no_epochs_scores_as_the_weights_do(project_
     root = project_copy()
     paths = ProjectPaths.at(root)
     card = read_dataset_card(paths.dataset_card)
-    shape = tuple(card["input_shape"])
+    shape = card.input_shape
     trained, _ = load_model(paths.checkpoint("teacher"), load_params(root / "params.yaml").train_teacher.model)
     paths.raw_dir.mkdir(parents=True, exist_ok=True)
     save_file(trained.state_dict(), root / WEIGHTS)
@@ -42,7 +42,7 @@ def test_a_teacher_from_weights_with_no_epochs_scores_as_the_weights_do(project_
 
     metrics = train_teacher.run(params, paths)
 
-    direct = build_model(params.train_teacher.model, shape, len(card["source_classes"])).eval()
+    direct = build_model(params.train_teacher.model, shape, len(card.source_classes)).eval()
     direct.load_state_dict(load_file(root / WEIGHTS))
     test, val = (load_split(paths.split(name), shape) for name in ("source_test", "source_val"))
     labelled, _ = load_model(paths.checkpoint("teacher"), params.train_teacher.model)
@@ -101,6 +101,7 @@ def test_weights_that_would_run_code_or_miss_layers_are_refused_before_anything_
 ])
 def test_the_stage_command_says_what_is_wrong_in_one_line(project_copy, tiny_params, write_params, teacher, message):
     from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
 
     from cli.main import app
 
@@ -109,3 +110,5 @@ def test_the_stage_command_says_what_is_wrong_in_one_line(project_copy, tiny_par
     result = CliRunner().invoke(app, ["stage", "train_teacher", "--root", str(root)])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert result.output.splitlines()[-1].startswith(message), result.output
+    if "weights" in teacher:  # read while the stage declares its training, before any MLflow run opens
+        assert MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").get_experiment_by_name("kdflow") is None

@@ -32,11 +32,11 @@ def test_evaluate_draws_confusion_reliability_and_curves_the_same_twice(project_
     assert all(f"]({name}.png)" in report for name in REPORT_FIGURES)
 
     card = read_dataset_card(paths.dataset_card)
-    target_test = load_split(paths.split("target_test"), tuple(card["input_shape"]))
+    target_test = load_split(paths.split("target_test"), card.input_shape)
     with open(paths.predictions("target_finetuned")) as handle:
         predictions = list(csv.DictReader(handle))
     assert len(predictions) == len(target_test.y)
-    assert [row["actual"] for row in predictions] == [str(card["target_classes"][y]) for y in target_test.y.tolist()]
+    assert [row["actual"] for row in predictions] == [card.target_classes[y] for y in target_test.y.tolist()]
     accuracy = json.loads(paths.summary.read_text())["models"]["target_finetuned"]["test_accuracy"]
     assert sum(row["actual"] == row["predicted"] for row in predictions) / len(predictions) == pytest.approx(accuracy)
     for model in MODELS:

@@ -108,6 +108,7 @@ def test_each_trial_writes_its_students_and_resume_state_in_its_own_directory(tm
             assert all(path.is_relative_to(trial.trial_dir) for path in paths)
         assert not set(written[0]) & set(written[1])
     assert trials[0].dataset_card == project.dataset_card  # the project's data, read by every trial
+    assert trials[0].checkpoint("teacher") == project.checkpoint("teacher")  # and its teacher
 
 
 def test_temperature_alpha_map_keeps_the_best_trial_of_each_cell():

@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 from kdflow import tracking
 from kdflow.config import load_params
 from kdflow.layout import SPLITS, ProjectPaths
-from kdflow.stage import stage_run
+from kdflow.artifacts import ArtifactError
+from kdflow.stage import stage_run, training_stage_run
 
 GIT = ["git", "-c", "user.name=kdflow tests", "-c", "user.email=tests@kdflow.invalid"]
 
@@ -98,19 +99,25 @@ def test_an_experiment_made_before_gets_the_kind_and_a_kind_chosen_in_the_ui_sta
     assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "genai_development"
 
 
+def write_teacher_inputs(project: Path) -> dict[str, bytes]:
+    """What train_teacher reads, {path: bytes}: two splits and a dataset card that records their md5s."""
+    splits = {"data/prepared/source_train.parquet": b"train rows", "data/prepared/source_val.parquet": b"val rows"}
+    card = {"input_shape": [40], "source_classes": ["0", "1"], "target_classes": ["2", "3"],
+            "splits": {name: {"md5": hashlib.md5(splits.get(f"data/prepared/{name}.parquet", b"")).hexdigest()}
+                       for name in SPLITS}}
+    files = {**splits, "data/prepared/dataset_card.json": json.dumps(card).encode()}
+    for name, content in files.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_bytes(content)
+    return files
+
+
 def test_stage_and_model_runs_log_their_input_files_as_fetchable_datasets(project, tiny_params, write_params):
     import mlflow.data
 
     params = load_params(write_params(project, tiny_params))
     paths = ProjectPaths.at(project)
-    splits = {"data/prepared/source_train.parquet": b"train rows", "data/prepared/source_val.parquet": b"val rows"}
-    card = {"input_shape": [40], "source_classes": ["0", "1"], "target_classes": ["2", "3"],
-            "splits": {name: {"md5": hashlib.md5(splits.get(f"data/prepared/{name}.parquet", b"")).hexdigest()}
-                       for name in SPLITS}}
-    files = {**splits, "data/prepared/dataset_card.json": json.dumps(card).encode()}  # what train_teacher reads
-    for name, content in files.items():
-        (project / name).parent.mkdir(parents=True, exist_ok=True)
-        (project / name).write_bytes(content)
+    files = write_teacher_inputs(project)
     with stage_run(paths, "train_teacher", params, None) as tracked:
         with tracked.child("teacher") as model_run:
             pass
@@ -199,3 +206,53 @@ def test_evaluation_finds_the_newest_run_that_trained_the_checkpoint(project):
         assert older.run_id != newer.run_id
         assert tracking.find_model_run(stage, "a" * 32) == newer.run_id
         assert tracking.find_model_run(stage, "c" * 32) is None
+
+
+def test_a_training_stage_checks_its_inputs_once_before_its_declaration_reads_them_and_opens_no_run_if_it_fails(
+        project, tiny_params, write_params, monkeypatch):
+    from kdflow import consistency
+
+    params = load_params(write_params(project, tiny_params))
+    paths = ProjectPaths.at(project)
+    files = write_teacher_inputs(project)
+    weights = project / "data/raw/teacher.pt"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    checked, check_inputs = [], consistency.check_inputs
+
+    def counted_check(paths, inputs):
+        checked.append([p.relative_to(project).as_posix() for p in inputs])
+        return check_inputs(paths, inputs)
+
+    monkeypatch.setattr(consistency, "check_inputs", counted_check)
+    read = []
+
+    def declare() -> str:
+        read.append(len(checked))  # how many checks came before
+        return "declared"
+
+    with training_stage_run(paths, "train_teacher", params, None, declare, extra_inputs=[weights]) as (
+            tracked, declared):
+        assert declared == "declared" and read == [1]
+    assert checked == [["data/prepared/dataset_card.json", "data/prepared/source_train.parquet",
+                        "data/prepared/source_val.parquet"],
+                       ["data/raw/teacher.pt"]]  # once each; the weights after the declaration named them
+    assert set(tracked.input_digests) == {*files, "data/raw/teacher.pt"}
+
+    (project / "data/prepared/source_val.parquet").write_bytes(b"other rows")  # not what the card records
+    read.clear()
+    with pytest.raises(ArtifactError, match="source_val.parquet: md5 .* changed or damaged since prepare"):
+        with training_stage_run(paths, "train_teacher", params, None, declare):
+            pass
+    assert read == []
+
+    runs = len(store(project).search_runs([tracked.experiment_id]))
+
+    def refuse() -> None:
+        raise ValueError("weights that do not fit")
+
+    (project / "data/prepared/source_val.parquet").write_bytes(files["data/prepared/source_val.parquet"])
+    with pytest.raises(ValueError, match="weights that do not fit"):
+        with training_stage_run(paths, "train_teacher", params, None, refuse):
+            pass
+    assert len(store(project).search_runs([tracked.experiment_id])) == runs  # no run opened
