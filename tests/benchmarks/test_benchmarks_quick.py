@@ -115,7 +115,8 @@ def test_pipeline_overhead(dirs):
         max(plan["critical_path_seconds"], plan["total_compute_seconds"] / plan["cores"]))
     assert plan["critical_path"][0] == "prepare" and plan["critical_path"][-1] == "evaluate"
     assert payload["targets"]["same_bytes_as_serial"]["met"], payload["targets"]["same_bytes_as_serial"]
-    assert payload["small_transfer"]["stage_seconds"].keys() == {"soft_labels", "distill"}
+    # the 10x transfer-set comparison is left out of the smoke run: two more flow runs
+    assert payload["small_transfer"] is None and payload["scale"] == {} and "scale_cost" not in payload["targets"]
 
 
 @pytest.mark.slow
@@ -123,7 +124,7 @@ def test_sweep_workers(dirs):
     payload = quick_run("benchmarks.sweep_workers", dirs)
     written(dirs, "sweep_workers")
     timings = payload["timings"]
-    assert [t["workers"] for t in timings] == [1, 2] and all(t["trials"] == 4 for t in timings)
+    assert [t["workers"] for t in timings] == [1, 2] and all(t["trials"] == 2 for t in timings)
     assert timings[0]["dask_workers_used"] == 1
     assert timings[1]["speed_up"] == pytest.approx(timings[0]["wall_seconds"] / timings[1]["wall_seconds"])
     assert payload["target"]["met"] == (timings[1]["wall_seconds"] < timings[0]["wall_seconds"])
