@@ -16,8 +16,9 @@ runs below start Prefect as every run after a machine's first does.
 - dvc: `dvc repro` right after the flow, timed: it must run nothing, the flow's record being DVC's own;
 - scale (not with --quick, a smoke run of the rest): soft_labels and distill rerun on a transfer set a tenth the
   size, against the cold run's;
-- baseline (`--baseline REF`): the cold run of the code at git REF, in the same benchmark run, for the ratio of
-  this code's cold run to that one's.
+- baseline (`--baseline REF`): the cold run of the code at git REF with REF's own params.yaml (and the same -S
+  overrides), in the same benchmark run, for the ratio of this code's cold run to that one's: each commit's default
+  run, as a user of each would start it.
 """
 
 from __future__ import annotations
@@ -77,6 +78,20 @@ def project_copy(root: Path, params_text: str, ref: str | None = None) -> Path:
     return root
 
 
+def params_at(ref: str, overrides: list[str]) -> str:
+    """params.yaml as git `ref` has it, `overrides` written in as `dvc exp run -S` writes them: another commit's
+    params may lack keys this one has (or have others), which this code's validation would refuse."""
+    from dvc.utils.hydra import apply_overrides
+
+    text = subprocess.run(["git", "show", f"{ref}:params.yaml"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          check=True).stdout
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "params.yaml"
+        path.write_text(text)
+        apply_overrides(path, overrides)
+        return path.read_text()
+
+
 def shell(command: list[str], cwd: Path) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     completed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
@@ -108,7 +123,8 @@ def met(name: str, value: float) -> dict:
 
 
 def run(args) -> dict:
-    params = load_overridden([*(quick_overrides() if args.quick else []), *args.overrides])
+    overrides = [*(quick_overrides() if args.quick else []), *args.overrides]
+    params = load_overridden(overrides)
     smaller = params.model_copy(update={"data": params.data.model_copy(
         update={"transfer": params.data.transfer.model_copy(update={"size": params.data.transfer.size // 10})})})
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -126,7 +142,7 @@ def run(args) -> dict:
         same_bytes = {stage: lock_outs(root, stage) == lock_outs(serial_root, stage)
                       for stage in graph.STAGES if stage != "evaluate"}  # evaluate's report holds measured latency
         if args.baseline:
-            baseline_root = project_copy(Path(scratch) / "baseline", dump_params(params), args.baseline)
+            baseline_root = project_copy(Path(scratch) / "baseline", params_at(args.baseline, overrides), args.baseline)
             shutil.copytree(root / ".prefect-home", baseline_root / ".prefect-home")
             baseline = measure(baseline_root, "flow", args.threads)
         small = None
