@@ -2,10 +2,14 @@
 
 Training: the same MLP (40-64-64-5), the same tensors, batch 100, Adam, the same number of steps, four ways,
 interleaved round by round so that a busy machine slows all of them alike (the ratios are what count):
-- engine: kdflow.training.fit, what every stage trains with;
-- (a) a minimal hand-written loop: a permutation, index each batch, forward, backward, step (the practical limit);
-- (b) a DataLoader over a TensorDataset, what most code does;
-- (c) PyTorch Lightning's Trainer over that DataLoader (the `bench` extra; reported as skipped when missing).
+- engine: kdflow.training.fit, what every stage trains with, fed the tensors moved to the device once and indexed
+  by each epoch's permutation;
+- (a) a minimal hand-written loop fed the same way: the tensors on the device, a permutation, index each batch,
+  forward, backward, step (the practical limit);
+- (b) a DataLoader over a TensorDataset, what most code does: each batch indexed sample by sample, collated by
+  stacking, then moved to the device;
+- (c) PyTorch Lightning's Trainer fed the hand loop's batches, index slices of the tensors on the device, so that
+  it costs its loop and not a DataLoader's (the `bench` extra; reported as skipped when missing).
 Soft labels: tasks.soft_labels.write_logits (Parquet in, Parquet out, streamed in chunks) against the teacher
 alone on an in-memory tensor under torch.inference_mode; and its peak memory, in a fresh process each, for a
 transfer set and one 10x larger.
@@ -54,16 +58,31 @@ def engine_loop(x, y, epochs: int, device: torch.device, bf16: bool = False) -> 
     fit(make_student(device), x, [y], spec, seed=0)
 
 
+class ShuffledSlices:
+    """Batches indexed straight out of tensors already on the device, a fresh permutation each pass: no Dataset,
+    no per-sample collation. The hand loop and Lightning's Trainer both iterate it, so they see the same batches."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+        self.generator = torch.Generator().manual_seed(0)
+
+    def __len__(self) -> int:  # the Trainer counts an epoch's batches
+        return -(-len(self.x) // BATCH)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
+        for start in range(0, len(self.x), BATCH):
+            batch = order[start : start + BATCH]
+            yield self.x[batch], self.y[batch]
+
+
 def hand_loop(x, y, epochs: int, device: torch.device) -> None:
     model = make_student(device)
-    x, y = x.to(device), y.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
+    batches = ShuffledSlices(x.to(device), y.to(device))
     for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator).to(device)
-        for start in range(0, len(x), BATCH):
-            batch = order[start : start + BATCH]
-            loss = F.cross_entropy(model(x[batch]), y[batch])
+        for xb, yb in batches:
+            loss = F.cross_entropy(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -96,11 +115,10 @@ def lightning_loop(x, y, epochs: int, device: torch.device) -> None:
         def configure_optimizers(self):
             return torch.optim.Adam(self.parameters(), lr=1e-3)
 
-    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0))
     trainer = L.Trainer(max_epochs=epochs, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0)
-    trainer.fit(Module(), loader)
+    trainer.fit(Module(), ShuffledSlices(x.to(device), y.to(device)))
 
 
 def lightning_available() -> bool:
