@@ -2,10 +2,14 @@
 
 Training: the same MLP (40-64-64-5), the same tensors, batch 100, Adam, the same number of steps, four ways,
 interleaved round by round so that a busy machine slows all of them alike (the ratios are what count):
-- engine: kdflow.training.fit, what every stage trains with;
-- (a) a minimal hand-written loop: a permutation, index each batch, forward, backward, step (the practical limit);
-- (b) a DataLoader over a TensorDataset, what most code does;
-- (c) PyTorch Lightning's Trainer over that DataLoader (the `bench` extra; reported as skipped when missing).
+- engine: kdflow.training.fit, what every stage trains with, fed the tensors moved to the device once and indexed
+  by each epoch's permutation;
+- (a) a minimal hand-written loop fed the same way: the tensors on the device, a permutation, index each batch,
+  forward, backward, step (the practical limit);
+- (b) a DataLoader over a TensorDataset, what most code does: each batch indexed sample by sample, collated by
+  stacking, then moved to the device;
+- (c) PyTorch Lightning's Trainer fed the hand loop's batches, index slices of the tensors on the device, so that
+  it costs its loop and not a DataLoader's (the `bench` extra; reported as skipped when missing).
 Soft labels: tasks.soft_labels.write_logits (Parquet in, Parquet out, streamed in chunks) against the teacher
 alone on an in-memory tensor under torch.inference_mode; and its peak memory, in a fresh process each, for a
 transfer set and one 10x larger.
@@ -35,6 +39,14 @@ from kdflow.training import fit, intra_op_threads, resolve_device
 from models import build_model
 
 INPUT_SHAPE, CLASSES, BATCH = (40,), 5, 100
+# What each training row is fed: its name in the table, "fed" in its JSON.
+FEEDS = {
+    "engine": "fit, index slices of the tensors on the device",
+    "engine_bf16": "fit under bf16 autocast, index slices of the tensors on the device",
+    "hand_loop": "index slices of the tensors on the device",
+    "dataloader": "DataLoader over a TensorDataset: indexed and collated per sample, moved per batch",
+    "lightning": "Trainer over the hand loop's index slices of the tensors on the device",
+}
 TARGETS = {"engine_vs_hand_loop": 0.9, "engine_vs_dataloader": 1.5, "engine_vs_lightning": 2.0,
            "soft_labels_vs_raw_inference": 0.8}
 
@@ -54,16 +66,31 @@ def engine_loop(x, y, epochs: int, device: torch.device, bf16: bool = False) -> 
     fit(make_student(device), x, [y], spec, seed=0)
 
 
+class ShuffledSlices:
+    """Batches indexed straight out of tensors already on the device, a fresh permutation each pass: no Dataset,
+    no per-sample collation. The hand loop and Lightning's Trainer both iterate it, so they see the same batches."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+        self.generator = torch.Generator().manual_seed(0)
+
+    def __len__(self) -> int:  # the Trainer counts an epoch's batches
+        return -(-len(self.x) // BATCH)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
+        for start in range(0, len(self.x), BATCH):
+            batch = order[start : start + BATCH]
+            yield self.x[batch], self.y[batch]
+
+
 def hand_loop(x, y, epochs: int, device: torch.device) -> None:
     model = make_student(device)
-    x, y = x.to(device), y.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
+    batches = ShuffledSlices(x.to(device), y.to(device))
     for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator).to(device)
-        for start in range(0, len(x), BATCH):
-            batch = order[start : start + BATCH]
-            loss = F.cross_entropy(model(x[batch]), y[batch])
+        for xb, yb in batches:
+            loss = F.cross_entropy(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -96,11 +123,10 @@ def lightning_loop(x, y, epochs: int, device: torch.device) -> None:
         def configure_optimizers(self):
             return torch.optim.Adam(self.parameters(), lr=1e-3)
 
-    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0))
     trainer = L.Trainer(max_epochs=epochs, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0)
-    trainer.fit(Module(), loader)
+    trainer.fit(Module(), ShuffledSlices(x.to(device), y.to(device)))
 
 
 def lightning_available() -> bool:
@@ -128,7 +154,8 @@ def time_training(samples: int, epochs: int, rounds: int, device: torch.device) 
             loop(x, y, epochs, device)
             synchronise(device)
             timings[name].append(samples * epochs / (time.perf_counter() - started))
-    return {name: {"samples_per_second": statistics.median(values), "rounds": values} for name, values in timings.items()}
+    return {name: {"fed": FEEDS[name], "samples_per_second": statistics.median(values), "rounds": values}
+            for name, values in timings.items()}
 
 
 def soft_label_child(source: str, chunk_size: int) -> None:
@@ -205,10 +232,10 @@ def run(args) -> dict:
     targets["soft_labels_peak_memory_flat"] = {
         "required": "peak growth at 10x rows within 1.5x of (or 1 MiB over) the smaller set's",
         "measured": memory_growth, "met": memory[1]["peak_growth_mib"] <= max(1.5 * memory[0]["peak_growth_mib"], 1.0) + 1.0}
-    rows = [[name, f"{r['samples_per_second']:,.0f}", f"{engine / r['samples_per_second']:.2f}x"]
+    rows = [[f"{name}: {r['fed']}", f"{r['samples_per_second']:,.0f}", f"{engine / r['samples_per_second']:.2f}x"]
             for name, r in training.items()]
     if "lightning" not in training:
-        rows.append(["lightning", "skipped (not installed: pip install -e '.[bench]')", "-"])
+        rows.append([f"lightning: {FEEDS['lightning']}", "skipped (not installed: pip install -e '.[bench]')", "-"])
     markdown = "\n\n".join([
         table(["training loop", "samples/s", "engine is"], rows),
         table(["soft labels", "samples/s"],
