@@ -61,7 +61,8 @@ def measure(root: Path, stages: str, threads: int | None) -> dict:
 
 
 def project_copy(root: Path, params_text: str, ref: str | None = None) -> Path:
-    """A project root holding the code (this checkout's, or that of git `ref`), its dvc.yaml and the params."""
+    """A project root holding the code (this checkout's, or that of git `ref` with its own measuring child,
+    benchmarks/overhead_child.py, which times its code's functions), its dvc.yaml and the params."""
     root.mkdir(parents=True)
     if ref is None:
         for folder in ("kdflow", "models", "tasks", "flows"):
@@ -69,7 +70,8 @@ def project_copy(root: Path, params_text: str, ref: str | None = None) -> Path:
         for name in ("dvc.yaml", ".gitignore"):
             shutil.copy(REPO_ROOT / name, root / name)
     else:
-        archive = subprocess.run(["git", "archive", ref, "kdflow", "models", "tasks", "flows", "dvc.yaml", ".gitignore"],
+        archive = subprocess.run(["git", "archive", ref, "kdflow", "models", "tasks", "flows", "benchmarks", "dvc.yaml",
+                                  ".gitignore"],
                                  cwd=REPO_ROOT, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
     (root / "data" / "raw").mkdir(parents=True)  # prepare depends on the folder of users' raw files
