@@ -29,6 +29,12 @@ def dask_runner(workers: int | None = None, address: str | None = None):
 
     if address:
         return DaskTaskRunner(address=address)
+    import dask
+
+    # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, so that memory goes back to the OS sooner;
+    # torch's allocations then fault their pages in anew at every step (the default teacher trained in 24.8 s
+    # instead of 15.5 s). None unsets it, as Dask's config allows; the user's own environment still passes on.
+    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
     return DaskTaskRunner(cluster_kwargs=local_cluster(workers or 2))
 
 
