@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.states import Failed
 
@@ -36,7 +37,10 @@ class StageFailed(RuntimeError):
 
 
 @task(task_run_name="{stage}", retries=STAGE_RETRIES, retry_delay_seconds=STAGE_RETRY_DELAYS,
-      retry_jitter_factor=STAGE_RETRY_JITTER, retry_condition_fn=retry_on_transient)
+      retry_jitter_factor=STAGE_RETRY_JITTER, retry_condition_fn=retry_on_transient,
+      # DVC holds the one record: Prefect stores no result and reads none back (a stored record names its own
+      # serializer, pickle by default), whatever PREFECT_RESULTS_PERSIST_BY_DEFAULT says
+      cache_policy=NO_CACHE, persist_result=False)
 def train_stage(stage: str, params: dict[str, Any], root: str, parent_run_id: str | None,
                 slot: schedule.Slot | None) -> tuple[float, float]:
     """Run `stage`'s function, which DVC's record says must run (the flow records it after); its wall and CPU
@@ -129,7 +133,7 @@ def apply_overrides(params_path: Path, overrides: list[str]) -> None:
         dvc_apply_overrides(params_path, overrides)
 
 
-@flow(name="kdflow-pipeline", log_prints=True)
+@flow(name="kdflow-pipeline", log_prints=True, persist_result=False)
 def pipeline(params_path: str = "params.yaml", overrides: list[str] | None = None, root: str = ".",
              force: list[str] | None = None, git_branch: str | None = None,
              params: dict[str, Any] | None = None, serial: bool = False, workers: int | None = None,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
+from prefect.cache_policies import NO_CACHE
 
 from flows import runners
 from flows.pipeline import STAGES, apply_overrides, run_stages
@@ -133,7 +134,10 @@ def assignments(point: dict[str, Any]) -> list[str]:
 
 
 @task(task_run_name="trial-{index}", retries=STAGE_RETRIES, retry_delay_seconds=STAGE_RETRY_DELAYS,
-      retry_jitter_factor=STAGE_RETRY_JITTER, retry_condition_fn=retry_on_transient)
+      retry_jitter_factor=STAGE_RETRY_JITTER, retry_condition_fn=retry_on_transient,
+      # DVC holds the one record: Prefect stores no result and reads none back (a stored record names its own
+      # serializer, pickle by default), whatever PREFECT_RESULTS_PERSIST_BY_DEFAULT says
+      cache_policy=NO_CACHE, persist_result=False)
 def distill_trial(index: int, point: dict[str, Any], params: dict[str, Any], root: str, trial_dir: str,
                   sweep_run_id: str) -> dict:
     """One grid point through the student stages (TRIAL_STAGES), in its own directory and nested MLflow run."""
@@ -190,7 +194,7 @@ def sweep_params(params_path: str | Path, grid: dict[str, list] | None, override
                        [params.model_dump(mode="json") for params in trials])
 
 
-@flow(name="kdflow-sweep", task_runner=runners.dask_runner(2))
+@flow(name="kdflow-sweep", task_runner=runners.dask_runner(2), persist_result=False)
 def sweep(params_path: str = "params.yaml", grid: dict[str, list] | None = None, overrides: list[str] | None = None,
           root: str = ".", loaded: SweepParams | None = None) -> dict:
     """Run the upstream stages (cached), then one distill trial per grid point; report the best. `loaded`: the

@@ -88,14 +88,21 @@ def task_run_counts(flow_run_id) -> dict[str, int]:
     return {run.name: run.run_count for run in runs}
 
 
-def test_a_transient_io_error_is_retried_and_the_flow_completes(project, monkeypatch):
+def test_a_transient_io_error_is_retried_and_the_flow_completes(project, monkeypatch, tmp_path):
+    """The retry runs the stage again: no result record is written, nor read back in its place, even where
+    Prefect is told to persist results (a record names its own serializer)."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings
+
     from flows import pipeline as pipeline_module
 
     root, params_path = project
     stage = failing(pipeline_module.STAGES["evaluate"], [OSError(errno.EIO, "Input/output error", "summary.json")])
     monkeypatch.setitem(pipeline_module.STAGES, "evaluate", stage)
-    state = pipeline_module.pipeline(params_path=str(params_path), root=str(root), force=["evaluate"],
-                                     serial=True, return_state=True)
+    storage = tmp_path / "prefect-results"
+    with temporary_settings({PREFECT_RESULTS_PERSIST_BY_DEFAULT: True, PREFECT_LOCAL_STORAGE_PATH: storage}):
+        state = pipeline_module.pipeline(params_path=str(params_path), root=str(root), force=["evaluate"],
+                                         serial=True, return_state=True)
+    assert not storage.exists() or not any(storage.iterdir())
     assert state.is_completed()
     assert state.result()["ran"] == ["evaluate"]
     assert stage.calls == 2
