@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from kdflow.layout import models_of
+from kdflow.layout import CATALOGUE, models_of
 from kdflow.metrics import accuracy
 from kdflow.training import predict_logits
 
@@ -31,13 +31,17 @@ class Role:
     registered_name: str
     technique: str | None  # what beating the baselines would show, e.g. "distillation"; None: no baseline
     candidates: tuple[str, ...]  # the technique's model first, then its baselines
-    val_split: str
+
+    @property
+    def val_split(self) -> str:
+        """The validation set of the candidates' task: each role's candidates share one (the catalogue's)."""
+        return f"{CATALOGUE[self.candidates[0]].task}_val"
 
 
 ROLES = (
-    Role("kdflow-teacher", None, models_of("teacher"), "source_val"),
-    Role("kdflow-student", "distillation", models_of("student"), "source_val"),
-    Role("kdflow-target", "transfer", models_of("target"), "target_val"),
+    Role("kdflow-teacher", None, models_of("teacher")),
+    Role("kdflow-student", "distillation", models_of("student")),
+    Role("kdflow-target", "transfer", models_of("target")),
 )
 
 
