@@ -44,23 +44,26 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
 
     from flows.server import check_configured_api
 
+    from flows.server import PrefectApi
+
     go_offline(offline)
     paths = ProjectPaths.at(root)
+    api = None
     try:
         click.echo(tracking.check_tracking(paths.root))  # before anything trains
         params = load_params(params_path, overrides)  # before Prefect starts a server; the flow takes them as read
         check_configured_api()
+        # Prefect's temporary server starts in the background (seconds) while the project is checked, the stages
+        # import and MLflow's store opens (a fresh project's store creates its tables).
+        api = PrefectApi.start()
         record.project_params(params_path, paths.root)  # before anything is written to the root
         record.ensure_project(paths.root)
         with record.hold_outputs(paths.root):  # another run holds the project: say so now, not in the flow
             pass
     except Exception as exc:  # a bad key, a dead tracking server, a damaged mlflow.db, a held project
+        if api is not None:
+            api.stop()
         fail_clearly(exc, paths)
-    from flows.server import PrefectApi
-
-    # Prefect's temporary server starts in the background while the stages import and MLflow's store opens
-    # (a fresh project's store creates its tables: seconds).
-    api = PrefectApi.start()
     from flows.pipeline import StageFailed, pipeline
 
     _, experiment_id = tracking.project_client(paths.root)

@@ -166,11 +166,17 @@ class PrefectApi:
                     APILogWorker.drain_all(timeout=5)
                     EventsWorker.drain_all(timeout=5)
         finally:
-            self._server.terminate()
-            try:
-                self._server.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self._server.kill()
-                self._server.wait()
-            self._log.close()
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop a temporary server (nothing for a configured one)."""
+        if self._server is None or self._log.closed:
+            return
+        self._server.terminate()
+        try:
+            self._server.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._server.kill()
+            self._server.wait()
+        self._log.close()
 

@@ -11,6 +11,7 @@ through every import statement (module level or inside functions), so a new impo
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -171,8 +172,16 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-def _imported_modules(source: Path) -> set[str]:
+def _imported_modules(source: Path) -> frozenset[str]:
     """Every module an import statement anywhere in `source` names (for `from a import b`, `a` and `a.b`)."""
+    status = (CODE_ROOT / source).stat()
+    return _parsed_imports(source, status.st_mtime_ns, status.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed_imports(source: Path, mtime_ns: int, size: int) -> frozenset[str]:
+    # Keyed by the file's mtime and size: each stage's scan reads the same modules again (nine stages, ~600 parses
+    # a render, twice per `kdflow run`), and a long-lived `kdflow serve` still sees an edited file.
     names: set[str] = set()
     for node in ast.walk(ast.parse((CODE_ROOT / source).read_text(), filename=str(source))):
         if isinstance(node, ast.Import):
@@ -183,7 +192,7 @@ def _imported_modules(source: Path) -> set[str]:
             parts = node.module.split(".")
             names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
+    return frozenset(names)
 
 
 def code_files(module: str) -> list[Path]:

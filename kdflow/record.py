@@ -198,18 +198,26 @@ def order_lock(root: Path) -> None:
     """List dvc.lock's stages in the order dvc.yaml declares them. DVC appends a stage the first time it records
     it, and stages that run at once finish in any order: without this, the same run would write dvc.lock's
     entries in another order each time (the same content, other bytes, a diff in git)."""
+    import yaml
     from dvc.utils.serialize import modify_yaml
+
+    def declared_order(names: list[str]) -> list[str]:
+        return [name for name in graph.STAGES if name in names] + [n for n in names if n not in graph.STAGES]
 
     path = ProjectPaths.at(root).dvc_lock
     if not path.exists():
         return
+    # Read with libyaml first: DVC's comment-keeping round trip of the whole file takes about a second, and the
+    # order is usually right already (a serial run, a rerun).
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    recorded = list((yaml.load(path.read_text(), Loader=loader) or {}).get("stages", {}))
+    if recorded == declared_order(recorded):
+        return
     with modify_yaml(path) as lock:
         stages = lock.get("stages", {})
-        ordered = [name for name in graph.STAGES if name in stages] + [n for n in stages if n not in graph.STAGES]
-        if list(stages) != ordered:
-            entries = {name: stages[name] for name in ordered}
-            stages.clear()
-            stages.update(entries)
+        entries = {name: stages[name] for name in declared_order(list(stages))}
+        stages.clear()
+        stages.update(entries)
 
 
 def push_to_default_remote(root: Path) -> tuple[str | None, int]:
