@@ -170,5 +170,10 @@ class ProjectPaths:
         return self.root / "mlflow.db"
 
     @property
+    def mlflow_store_lock(self) -> Path:
+        """Held while a command makes the local store or its experiment, so that two commands do not at once."""
+        return self.root / ".kdflow" / "mlflow-store.lock"
+
+    @property
     def mlflow_artifacts(self) -> Path:
         return self.root / "mlartifacts"

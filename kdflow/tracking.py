@@ -278,19 +278,43 @@ class TrackedRun:
             yield run
 
 
+@contextlib.contextmanager
+def _one_maker(root: Path, uri: str) -> Iterator[None]:
+    """One process at a time makes a local store: MLflow builds a new database by migrating it, and two commands
+    started together in a fresh project (two `kdflow run`, a run and `dvc repro`) would both migrate it, one
+    failing midway. A server makes its database itself."""
+    if not uri.startswith("sqlite:"):
+        yield
+        return
+    from filelock import FileLock
+
+    lock = ProjectPaths(root).mlflow_store_lock
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock):
+        yield
+
+
 def project_client(root: Path):
     """An MlflowClient on the project's store and the id of its experiment (made, and tagged, when new)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
     from mlflow.tracking import MlflowClient
 
     uri = store_uri(root)
-    client = MlflowClient(tracking_uri=uri)
     name = experiment_name()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        # A local store keeps artifacts beside mlflow.db; a server decides for itself.
-        location = ProjectPaths(root).mlflow_artifacts.as_uri() if uri.startswith("sqlite:") else None
-        return client, client.create_experiment(name, artifact_location=location,
-                                                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+    with _one_maker(root, uri):
+        client = MlflowClient(tracking_uri=uri)  # a new local store is made here
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            # A local store keeps artifacts beside mlflow.db; a server decides for itself.
+            location = ProjectPaths(root).mlflow_artifacts.as_uri() if uri.startswith("sqlite:") else None
+            try:
+                return client, client.create_experiment(name, artifact_location=location,
+                                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+            except MlflowException as exc:  # another command made it on the same server meanwhile
+                if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+                experiment = client.get_experiment_by_name(name)
     if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before kdflow set it; a kind chosen in the UI stays
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     return client, experiment.experiment_id

@@ -86,6 +86,22 @@ def test_the_experiment_is_for_model_training_and_keeps_its_artifacts_beside_the
     assert experiment.artifact_location == (project / "mlartifacts").as_uri()
 
 
+def experiment_of(root: str) -> str:
+    return tracking.project_client(Path(root))[1]
+
+
+def test_commands_started_together_in_a_fresh_project_make_one_store_and_one_experiment(tmp_path):
+    """Two `kdflow run` (or a run and `dvc repro`) started at once in a new project: MLflow builds a new database by
+    migrating it, and without one maker at a time one of them failed midway (alembic: 'expected to match one row')."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        experiments = pool.map(experiment_of, [str(tmp_path)] * 4)
+    assert len(set(experiments)) == 1
+    client = MlflowClient(tracking_uri=tracking.local_uri(tmp_path))
+    assert [e.name for e in client.search_experiments()] == ["kdflow", "Default"]
+
+
 def test_an_experiment_made_before_gets_the_kind_and_a_kind_chosen_in_the_ui_stays(project):
     client = store(project)
     experiment_id = client.create_experiment("kdflow")
