@@ -5,6 +5,7 @@ Each checks its choices and loads its params once, before the Prefect API (flows
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -42,44 +43,42 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     from kdflow import record, tracking
     from kdflow.report import comparison_lines, text_table
 
-    from flows.server import check_configured_api
-
-    from flows.server import PrefectApi
+    from flows.server import PrefectApi, check_configured_api
 
     go_offline(offline)
     paths = ProjectPaths.at(root)
-    api = None
-    try:
-        click.echo(tracking.check_tracking(paths.root))  # before anything trains
-        params = load_params(params_path, overrides)  # before Prefect starts a server; the flow takes them as read
-        check_configured_api()
-        # Prefect's temporary server starts in the background (seconds) while the project is checked, the stages
-        # import and MLflow's store opens (a fresh project's store creates its tables).
-        api = PrefectApi.start()
-        record.project_params(params_path, paths.root)  # before anything is written to the root
-        record.ensure_project(paths.root)
-        with record.hold_outputs(paths.root):  # another run holds the project: say so now, not in the flow
-            pass
-    except Exception as exc:  # a bad key, a dead tracking server, a damaged mlflow.db, a held project
-        if api is not None:
-            api.stop()
-        fail_clearly(exc, paths)
-    from flows.pipeline import StageFailed, pipeline
+    with contextlib.ExitStack() as held:
+        try:
+            click.echo(tracking.check_tracking(paths.root))  # before anything trains
+            params = load_params(params_path, overrides)  # before Prefect starts a server; the flow takes them
+            check_configured_api()
+            # Prefect's temporary server starts in the background (seconds) while the project is checked, the
+            # stages import and MLflow's store opens (a fresh project's store creates its tables).
+            api = PrefectApi.start()
+            held.callback(api.stop)
+            record.project_params(params_path, paths.root)  # before anything is written to the root
+            record.ensure_project(paths.root)
+            # Another run holds the project: say so now, not in the flow. Held until this run ends (the flow's own
+            # hold re-enters it), so no second run starts in between.
+            held.enter_context(record.hold_outputs(paths.root))
+        except Exception as exc:  # a bad key, a dead tracking server, a damaged mlflow.db, a held project
+            fail_clearly(exc, paths)
+        from flows.pipeline import StageFailed, pipeline
 
-    _, experiment_id = tracking.project_client(paths.root)
-    try:
-        with api.settings():
-            result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force),
-                              git_branch=git_branch, params=params.model_dump(mode="json"), serial=serial,
-                              workers=workers, dask_address=dask_address)
-    except StageFailed as exc:  # names the stage; a bad checkpoint or artifact also says how to rebuild it
-        from kdflow.artifacts import ArtifactError, CheckpointError
+        _, experiment_id = tracking.project_client(paths.root)
+        try:
+            with api.settings():
+                result = pipeline(params_path=params_path, overrides=list(overrides), root=root, force=list(force),
+                                  git_branch=git_branch, params=params.model_dump(mode="json"), serial=serial,
+                                  workers=workers, dask_address=dask_address)
+        except StageFailed as exc:  # names the stage; a bad checkpoint or artifact also says how to rebuild it
+            from kdflow.artifacts import ArtifactError, CheckpointError
 
-        cause = exc.__cause__
-        bad_file = isinstance(cause, (ArtifactError, CheckpointError))
-        raise click.ClickException(failure_message(cause, paths) if bad_file else str(exc)) from None
-    except Exception as exc:
-        fail_clearly(exc, paths)
+            cause = exc.__cause__
+            bad_file = isinstance(cause, (ArtifactError, CheckpointError))
+            raise click.ClickException(failure_message(cause, paths) if bad_file else str(exc)) from None
+        except Exception as exc:
+            fail_clearly(exc, paths)
     click.echo("\n" + text_table(result["summary"]) + "\n")
     for line in comparison_lines(result["summary"]):
         click.echo(line)
