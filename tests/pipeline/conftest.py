@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -32,6 +33,45 @@ def trained_project(tmp_path_factory, tiny_params, write_params):
     for stage in (prepare, train_teacher, soft_labels, distill, student_hard_labels, student_scratch):
         stage.run(params, ProjectPaths.at(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def flowed_project(tmp_path_factory, tiny_params, write_params, prefect_server, worker_id):
+    """The tiny config through one cold run of the Prefect flow, on a local Dask cluster of two worker processes
+    reached by its address (`--dask-address`), for the whole test run: the first xdist worker that needs it runs it,
+    the others wait for it. (root, the flow's result). Read it, never write to it: `flowed_copy` gives a copy."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if worker_id != "master" else shared  # every worker's base folder sits in one
+    root, result_file = shared / "flowed-project", shared / "flowed-project.json"
+    with FileLock(shared / "flowed-project.lock"):
+        if not result_file.exists():
+            from distributed import LocalCluster
+
+            from flows.pipeline import pipeline
+
+            shutil.rmtree(root, ignore_errors=True)  # what a worker that failed here left
+            root.mkdir()
+            params_path = write_params(root, tiny_params)
+            with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                              dashboard_address=None) as cluster:
+                result = pipeline(params_path=str(params_path), root=str(root),
+                                  dask_address=cluster.scheduler_address, workers=2)
+            result_file.write_text(json.dumps(result))
+    return root, json.loads(result_file.read_text())
+
+
+@pytest.fixture(scope="session")
+def copy_flowed(flowed_project):
+    """Copy `flowed_project` to a new folder, where a test may run the flow again: DVC's record and cache come along;
+    its MLflow store does not, as its artifact paths point at the original (a run in the copy makes a new one)."""
+
+    def copy(target: Path) -> Path:
+        ignore = shutil.ignore_patterns("mlflow.db", "mlartifacts")
+        return Path(shutil.copytree(flowed_project[0], target, ignore=ignore))
+
+    return copy
 
 
 @pytest.fixture

@@ -15,22 +15,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory, tiny_params, write_params, prefect_server):
-    """The tiny config once on a 2-worker Dask cluster, once serially, each in a project of its own."""
-    from distributed import LocalCluster
-
+def two_runs(flowed_project, tmp_path_factory, tiny_params, write_params, prefect_server):
+    """The tiny config once on a 2-worker Dask cluster (the test run's shared cold run), once serially, each in a
+    project of its own."""
     from flows.pipeline import pipeline
 
-    runs = {}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
-        root = tmp_path_factory.mktemp("on-dask")
-        params = write_params(root, tiny_params)
-        runs["dask"] = root, pipeline(params_path=str(params), root=str(root), dask_address=cluster.scheduler_address,
-                                      workers=2)
     root = tmp_path_factory.mktemp("serial")
-    runs["serial"] = root, pipeline(params_path=str(write_params(root, tiny_params)), root=str(root), serial=True)
-    return runs
+    return {"dask": flowed_project,
+            "serial": (root, pipeline(params_path=str(write_params(root, tiny_params)), root=str(root), serial=True))}
 
 
 def client_for(root: Path):
@@ -87,9 +79,9 @@ def test_each_models_lineage_is_its_own_upstream_stages(two_runs):
     assert graph.upstream("student_scratch") == ["prepare"]
 
 
-def test_an_unchanged_rerun_takes_every_stage_from_dvcs_record(two_runs, prefect_server):
+def test_an_unchanged_rerun_takes_every_stage_from_dvcs_record(copy_flowed, tmp_path, prefect_server):
     from flows.pipeline import pipeline
 
-    root, _ = two_runs["dask"]
+    root = copy_flowed(tmp_path / "project")
     again = pipeline(params_path=str(root / "params.yaml"), root=str(root), serial=True)
     assert again["ran"] == [] and again["cached"] == list(graph.STAGES)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from kdflow import graph
-from kdflow.layout import MODELS, SPLITS, models_of
+from kdflow.layout import MODELS, SPLITS, ProjectPaths, models_of
 from tests.conftest import KDFLOW
 
 pytestmark = pytest.mark.slow
@@ -82,6 +82,42 @@ def test_repro_runs_every_stage_then_nothing(dvc_repo):
     for row in table[1:]:
         tested = summary["models"][Path(row[0]).stem]
         assert row[3] == tested["task"] and float(row[4]) == pytest.approx(tested["test_accuracy"], abs=1e-5)
+
+
+def test_after_dvc_repro_kdflow_run_runs_nothing(dvc_repo, prefect_server):
+    """The other order of issue 9's promise: what `dvc repro` recorded, the flow takes from DVC's record."""
+    repo, _ = dvc_repo
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(repo)}  # the repository's copy of the code, which its dvc.yaml names
+    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    done = subprocess.run([KDFLOW, "run"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"stages run: none; from DVC's record: {', '.join(graph.STAGES)}" in done.stdout
+    assert "Data and pipelines are up to date" in run([sys.executable, "-m", "dvc", "status"], repo)
+
+
+def test_the_flow_writes_the_same_files_and_numbers_as_dvc(dvc_repo, flowed_project):
+    """One logic, two runners: the test run's cold flow run (stages in Dask worker processes) and `dvc repro`
+    (each stage a `kdflow stage` process) on the same params write the same Parquet bytes, the same checkpoints
+    and the same test metrics (latency aside)."""
+    repo, _ = dvc_repo
+    flowed, _ = flowed_project
+    assert yaml.safe_load((repo / "params.yaml").read_text()) == yaml.safe_load((flowed / "params.yaml").read_text())
+    for split in SPLITS:
+        relative = Path("data", "prepared", f"{split}.parquet")
+        assert (flowed / relative).read_bytes() == (repo / relative).read_bytes(), split
+    for name in ("transfer", "source_train"):
+        relative = Path("artifacts", "soft_labels", f"{name}.parquet")
+        assert (flowed / relative).read_bytes() == (repo / relative).read_bytes(), name
+    for model in MODELS:
+        relative = ProjectPaths(Path(".")).checkpoint(model)
+        assert (flowed / relative).read_bytes() == (repo / relative).read_bytes(), model
+    flow_summary = json.loads((flowed / "metrics" / "summary.json").read_text())
+    dvc_summary = json.loads((repo / "metrics" / "summary.json").read_text())
+    for model, metrics in dvc_summary["models"].items():
+        for key in ("test_accuracy", "test_macro_f1", "test_nll", "test_ece", "parameters"):
+            assert flow_summary["models"][model][key] == metrics[key], (model, key)
 
 
 def test_exp_run_shows_the_new_temperature_in_exp_show_metrics_diff_and_plots(dvc_repo, tmp_path):
@@ -160,30 +196,3 @@ def test_changing_temperature_reruns_distill_and_downstream_only(dvc_repo):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in output
     metrics = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo)
     assert "student_distilled" in metrics
-
-
-def test_kdflow_run_writes_the_same_files_and_numbers_as_dvc(dvc_repo, tmp_path, write_params):
-    """One logic, two runners, each in a process of its own as users start them: same Parquet bytes, same test
-    metrics (latency aside). Run inside the test process instead, after some sixty other tests, the flow once
-    trained a teacher that differed from dvc's in the last bits (cause not found; see the team note)."""
-    repo, _ = dvc_repo
-    params = yaml.safe_load((repo / "params.yaml").read_text())  # as the previous test left it
-    params_path = write_params(tmp_path, params)
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / ".prefect-home")}  # its own temporary Prefect server
-    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
-        env.pop(name, None)
-    done = subprocess.run([KDFLOW, "run", "--params", str(params_path), "--root", str(tmp_path)],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"stages run: {', '.join(graph.STAGES)}" in done.stdout
-    for split in SPLITS:
-        relative = Path("data", "prepared", f"{split}.parquet")
-        assert (tmp_path / relative).read_bytes() == (repo / relative).read_bytes(), split
-    for name in ("transfer", "source_train"):
-        relative = Path("artifacts", "soft_labels", f"{name}.parquet")
-        assert (tmp_path / relative).read_bytes() == (repo / relative).read_bytes(), name
-    flow_summary = yaml.safe_load((tmp_path / "metrics" / "summary.json").read_text())
-    dvc_summary = yaml.safe_load((repo / "metrics" / "summary.json").read_text())
-    for model, metrics in dvc_summary["models"].items():
-        for key in ("test_accuracy", "test_macro_f1", "test_nll", "test_ece", "parameters"):
-            assert flow_summary["models"][model][key] == metrics[key], (model, key)

@@ -17,14 +17,10 @@ STAGE_ORDER = list(graph.STAGES)
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_params, write_params, prefect_server):
-    """A tiny project after one cold flow run, so every stage is cached."""
-    from flows.pipeline import pipeline
-
-    root = tmp_path_factory.mktemp("force-project")
-    params_path = write_params(root, tiny_params)
-    assert pipeline(params_path=str(params_path), root=str(root))["ran"] == STAGE_ORDER
-    return root, params_path
+def project(copy_flowed, tmp_path_factory):
+    """A copy of the test run's cold flow run of the tiny config, so every stage is cached."""
+    root = copy_flowed(tmp_path_factory.mktemp("force") / "project")
+    return root, root / "params.yaml"
 
 
 def kdflow_run(root, params_path, *options) -> tuple[list[str], list[str]]:

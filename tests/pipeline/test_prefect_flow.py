@@ -25,15 +25,17 @@ STAGE_ORDER = list(graph.STAGES)
 
 
 @pytest.fixture(scope="module")
-def flow_project(tmp_path_factory, tiny_params, write_params, prefect_server):
-    """One cold flow run of the tiny config; the tests below read what it left."""
-    from flows.pipeline import pipeline
+def flow_project(flowed_project):
+    """The test run's one cold flow run of the tiny config (read only): its root, params file and result."""
+    root, result = flowed_project
+    return root, root / "params.yaml", result
 
-    root = tmp_path_factory.mktemp("flow-project")
-    params_path = write_params(root, tiny_params)
-    result = pipeline(params_path=str(params_path), root=str(root))
-    result["summary_distill"] = json.loads((root / "metrics" / "distill.json").read_text())
-    return root, params_path, result
+
+@pytest.fixture(scope="module")
+def rerun_project(copy_flowed, tmp_path_factory):
+    """A copy of that run's project, in which the tests below run the flow again, in turn."""
+    root = copy_flowed(tmp_path_factory.mktemp("rerun") / "project")
+    return root, root / "params.yaml"
 
 
 def mlflow_client(root):
@@ -115,10 +117,12 @@ def tiny_params_value(root, section, key):
     return yaml.safe_load((root / "params.yaml").read_text())[section][key]
 
 
-def test_unchanged_rerun_is_skipped_by_dvcs_record_and_a_changed_temperature_reruns_downstream_only(flow_project):
+def test_unchanged_rerun_is_skipped_by_dvcs_record_and_a_changed_temperature_reruns_downstream_only(flow_project,
+                                                                                                    rerun_project):
     from flows.pipeline import pipeline
 
-    root, params_path, cold = flow_project
+    root, params_path = rerun_project
+    cold_distill = json.loads((flow_project[0] / "metrics" / "distill.json").read_text())
     summary_before = (root / "metrics" / "summary.json").read_bytes()
     students_before = (root / "artifacts" / "students" / "student_distilled.pt").read_bytes()
 
@@ -139,7 +143,7 @@ def test_unchanged_rerun_is_skipped_by_dvcs_record_and_a_changed_temperature_rer
     back = pipeline(params_path=str(params_path), root=str(root), overrides=["distill.temperature=4.0"])
     assert back["ran"] == [] and back["cached"] == STAGE_ORDER
     assert (root / "artifacts" / "students" / "student_distilled.pt").read_bytes() == students_before
-    assert json.loads((root / "metrics" / "distill.json").read_text()) == cold["summary_distill"]
+    assert json.loads((root / "metrics" / "distill.json").read_text()) == cold_distill
 
     forced = pipeline(params_path=str(params_path), root=str(root), force=["train_teacher"])
     assert forced["ran"][0] == "train_teacher" and forced["cached"][0] == "prepare"
@@ -154,8 +158,8 @@ def dvc(root, *arguments: str) -> str:
     return done.stdout
 
 
-def test_after_the_flow_dvc_sees_everything_current_and_repro_runs_nothing(flow_project):
-    root, _, _ = flow_project
+def test_after_the_flow_dvc_sees_everything_current_and_repro_runs_nothing(copy_flowed, tmp_path):
+    root = copy_flowed(tmp_path / "project")
     assert dvc(root, "status").strip() == "Data and pipelines are up to date."
     output = dvc(root, "repro")
     assert "Running stage" not in output and "Data and pipelines are up to date." in output
@@ -168,10 +172,11 @@ def test_after_the_flow_dvc_sees_everything_current_and_repro_runs_nothing(flow_
     assert not (root / ".kdflow" / "prefect").exists(), "a second cache beside DVC's"
 
 
-def test_a_deleted_output_is_restored_from_dvcs_run_cache_as_dvc_repro_would(flow_project):
+def test_a_deleted_output_is_restored_from_dvcs_run_cache_as_dvc_repro_would(copy_flowed, tmp_path):
     from flows.pipeline import pipeline
 
-    root, params_path, _ = flow_project
+    root = copy_flowed(tmp_path / "project")
+    params_path = root / "params.yaml"
     report = (root / "reports" / "report.md").read_bytes()
     (root / "reports" / "report.md").unlink()
     result = pipeline(params_path=str(params_path), root=str(root))
@@ -179,16 +184,18 @@ def test_a_deleted_output_is_restored_from_dvcs_run_cache_as_dvc_repro_would(flo
     assert (root / "reports" / "report.md").read_bytes() == report
 
 
-def test_a_second_run_beside_a_running_one_stops_naming_it_and_the_outputs_stay_intact(flow_project):
-    """Two `kdflow run --force` started together in one project, and `dvc repro` beside them: whichever comes second
-    stops at once with a message naming the process that holds the outputs; the first finishes and DVC's record is
-    whole."""
-    root, params_path, _ = flow_project
+def test_a_second_run_beside_a_running_one_stops_naming_it_and_the_outputs_stay_intact(copy_flowed, tmp_path,
+                                                                                       prefect_server):
+    """Two `kdflow run --force evaluate` started together in one project, and `dvc repro` beside them: whichever
+    comes second stops at once with a message naming the process that holds the outputs; the first finishes and
+    DVC's record is whole."""
+    root = copy_flowed(tmp_path / "project")
+    params_path = root / "params.yaml"
     # The session's PREFECT_HOME, whose database exists: two temporary servers creating one at once would race.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
-    kdflow_run = [KDFLOW, "run", "--params", str(params_path), "--root", str(root), "--force"]
+    kdflow_run = [KDFLOW, "run", "--params", str(params_path), "--root", str(root), "--force", "evaluate"]
     runs = [subprocess.Popen(kdflow_run, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
     rwlock = root / ".dvc" / "tmp" / "rwlock"
