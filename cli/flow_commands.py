@@ -163,6 +163,8 @@ def serve(cron: str | None, interval: int | None, name: str, params_path: str, r
     schedule = {"cron": cron} if cron else {"interval": interval}
     with api.settings():
         click.echo(f"Prefect UI: {api.ui_url()}", err=True)
-        pipeline.serve(name=name, **schedule, parameters={
+        # One run at a time: runs of one project would only collide on its outputs (the second stops at once), so
+        # a run that comes due while another runs waits for it instead.
+        pipeline.serve(name=name, **schedule, limit=1, parameters={
             "params_path": str(Path(params_path).resolve()), "root": str(Path(root).resolve()),
         })

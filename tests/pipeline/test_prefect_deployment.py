@@ -190,7 +190,8 @@ def test_kdflow_serve_without_a_prefect_api_fires_its_schedule_until_a_run_compl
     for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
     log = tmp_path / "serve.log"
-    serve = start([KDFLOW, "serve", "--interval", "60", "--name", "kdflow-serve-test",
+    # Every 10 s: the schedule's first run is due 10 s after it is registered; later ones wait for it (limit 1).
+    serve = start([KDFLOW, "serve", "--interval", "10", "--name", "kdflow-serve-test",
                    "--params", str(params_path), "--root", str(project)], env, log)
     try:
         deadline = time.monotonic() + 600
