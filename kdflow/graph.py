@@ -174,16 +174,17 @@ def _module_file(module: str) -> Path | None:
 
 def _imported_modules(source: Path) -> frozenset[str]:
     """Every module an import statement anywhere in `source` names (for `from a import b`, `a` and `a.b`)."""
-    status = (CODE_ROOT / source).stat()
-    return _parsed_imports(source, status.st_mtime_ns, status.st_size)
+    path = CODE_ROOT / source
+    status = path.stat()
+    return _parsed_imports(path, status.st_mtime_ns, status.st_size)
 
 
 @functools.lru_cache(maxsize=None)
-def _parsed_imports(source: Path, mtime_ns: int, size: int) -> frozenset[str]:
+def _parsed_imports(path: Path, mtime_ns: int, size: int) -> frozenset[str]:
     # Keyed by the file's mtime and size: each stage's scan reads the same modules again (nine stages, ~600 parses
     # a render, twice per `kdflow run`), and a long-lived `kdflow serve` still sees an edited file.
     names: set[str] = set()
-    for node in ast.walk(ast.parse((CODE_ROOT / source).read_text(), filename=str(source))):
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
