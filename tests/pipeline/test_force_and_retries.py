@@ -27,7 +27,8 @@ def kdflow_run(root, params_path, *options) -> tuple[list[str], list[str]]:
     """`kdflow run` through click's parser; the stages it ran and those DVC's record had, as its last lines say."""
     from cli.main import app
 
-    result = CliRunner().invoke(app, ["run", "--params", str(params_path), "--root", str(root), *options])
+    # --serial: which stages rerun is the subject, not where they run (no worker processes to start)
+    result = CliRunner().invoke(app, ["run", "--params", str(params_path), "--root", str(root), "--serial", *options])
     assert result.exit_code == 0, result.output + repr(result.exception)
     line = re.search(r"^stages run: (.*); from DVC's record: (.*)$", result.output, re.MULTILINE)
     return [s for s in line.group(1).split(", ") if s != "none"], [s for s in line.group(2).split(", ") if s != "none"]

@@ -55,10 +55,10 @@ def test_flow_runs_on_a_csv_and_a_new_version_reruns_from_prepare(tmp_path, own_
     report = json.loads((tmp_path / "artifacts/target/transfer_report.json").read_text())
     assert report["copied"] and set(report["skipped"]) == {"head.weight", "head.bias"}
 
-    assert pipeline(params_path=str(params_path), root=str(tmp_path))["ran"] == []
+    assert pipeline(params_path=str(params_path), root=str(tmp_path), serial=True)["ran"] == []
 
     write_image_csv(tmp_path / RAW, rows_per_class=30, seed=1)  # a new version of the user's file
-    rerun = pipeline(params_path=str(params_path), root=str(tmp_path))
+    rerun = pipeline(params_path=str(params_path), root=str(tmp_path), serial=True)  # what reruns, not where
     assert rerun["ran"] == STAGES
 
 

@@ -126,12 +126,13 @@ def test_unchanged_rerun_is_skipped_by_dvcs_record_and_a_changed_temperature_rer
     summary_before = (root / "metrics" / "summary.json").read_bytes()
     students_before = (root / "artifacts" / "students" / "student_distilled.pt").read_bytes()
 
-    warm = pipeline(params_path=str(params_path), root=str(root))
+    # One stage after another in this process: what DVC's record decides is the subject, not where stages run.
+    warm = pipeline(params_path=str(params_path), root=str(root), serial=True)
     assert warm["ran"] == [] and warm["cached"] == STAGE_ORDER
     assert (root / "metrics" / "summary.json").read_bytes() == summary_before
 
     # -S is written into params.yaml, as `dvc exp run -S` writes it, so dvc.lock records what the stages ran with.
-    changed = pipeline(params_path=str(params_path), root=str(root), overrides=["distill.temperature=8"])
+    changed = pipeline(params_path=str(params_path), root=str(root), overrides=["distill.temperature=8"], serial=True)
     assert changed["ran"] == ["distill", "finetune", "evaluate"]
     # The baselines read no temperature: they stay as they are.
     assert changed["cached"] == ["prepare", "train_teacher", "soft_labels", "student_hard_labels", "student_scratch",
@@ -140,12 +141,12 @@ def test_unchanged_rerun_is_skipped_by_dvcs_record_and_a_changed_temperature_rer
     assert dvc(root, "status").strip() == "Data and pipelines are up to date."
 
     # Back to the first temperature: DVC's run cache holds those stages' outputs, so they are restored, not rerun.
-    back = pipeline(params_path=str(params_path), root=str(root), overrides=["distill.temperature=4.0"])
+    back = pipeline(params_path=str(params_path), root=str(root), overrides=["distill.temperature=4.0"], serial=True)
     assert back["ran"] == [] and back["cached"] == STAGE_ORDER
     assert (root / "artifacts" / "students" / "student_distilled.pt").read_bytes() == students_before
     assert json.loads((root / "metrics" / "distill.json").read_text()) == cold_distill
 
-    forced = pipeline(params_path=str(params_path), root=str(root), force=["train_teacher"])
+    forced = pipeline(params_path=str(params_path), root=str(root), force=["train_teacher"], serial=True)
     assert forced["ran"][0] == "train_teacher" and forced["cached"][0] == "prepare"
 
 
