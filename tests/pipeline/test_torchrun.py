@@ -1,5 +1,6 @@
 """`distill` under torchrun with two CPU processes (gloo): the one-process loss curve at the same global batch,
-and a run killed mid-training resumes from rank 0's state and ends where the uninterrupted run does."""
+a run killed mid-training resumes from rank 0's state and ends where the uninterrupted run does, and `kdflow run`
+launches the ranks itself when the stage's params ask for them."""
 
 from __future__ import annotations
 
@@ -82,3 +83,30 @@ def test_two_processes_follow_the_one_process_curve_and_resume_after_a_kill(proj
     expected, measured = train_losses(alone, "student_distilled"), train_losses(ranks, "student_distilled")
     assert len(measured) == len(expected) == 3
     assert measured == pytest.approx(expected, rel=RELATIVE_TOLERANCE)
+
+
+def test_kdflow_run_launches_a_stage_as_torchrun_ranks_when_its_params_ask(copy_flowed, flowed_project, tmp_path):
+    """`kdflow run -S distill.train.nproc_per_node=2`: the flow runs distill as two torchrun ranks (processes of
+    their own, not the flow's), to the one-process curve of the test run's shared cold run at the same global batch;
+    the stages after it run as usual."""
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    from cli.main import app
+    from kdflow.tracking import local_uri
+
+    root = copy_flowed(tmp_path / "project")
+    result = CliRunner().invoke(app, ["run", "--serial", "--root", str(root), "--params", str(root / "params.yaml"),
+                                      "-S", "distill.train.nproc_per_node=2"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    # The students from hard labels and from scratch train with distill's settings, so they rerun as ranks too.
+    assert "stages run: distill, student_hard_labels, student_scratch, finetune, evaluate;" in result.output
+
+    client = MlflowClient(tracking_uri=local_uri(root))
+    experiment = client.get_experiment_by_name("kdflow").experiment_id
+    (distill_run,) = client.search_runs([experiment], filter_string="tags.`kdflow.stage` = 'distill'")
+    assert distill_run.data.tags["kdflow.pid"] != str(os.getpid()), "distill ran in the flow's own process"
+    shared = ProjectPaths.at(flowed_project[0])
+    expected, measured = train_losses(shared, "student_distilled"), train_losses(ProjectPaths.at(root),
+                                                                                 "student_distilled")
+    assert len(measured) == len(expected) and measured == pytest.approx(expected, rel=RELATIVE_TOLERANCE)
