@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -20,46 +21,63 @@ def prefect_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trained_project(tmp_path_factory, tiny_params, write_params):
-    """The tiny config through prepare, train_teacher, soft_labels and the three students, in-process. Copy it before
-    changing it."""
-    from kdflow.config import load_params
-    from kdflow.layout import ProjectPaths
-    from tasks import distill, prepare, soft_labels, student_hard_labels, student_scratch, train_teacher
-
-    root = tmp_path_factory.mktemp("trained-project")
-    params = load_params(write_params(root, tiny_params))
-    (root / "data" / "raw").mkdir(parents=True)  # as record.ensure_project makes it: train_teacher's dep (its weights)
-    for stage in (prepare, train_teacher, soft_labels, distill, student_hard_labels, student_scratch):
-        stage.run(params, ProjectPaths.at(root))
-    return root
-
-
-@pytest.fixture(scope="session")
-def flowed_project(tmp_path_factory, tiny_params, write_params, prefect_server, worker_id):
-    """The tiny config through one cold run of the Prefect flow, on a local Dask cluster of two worker processes
-    reached by its address (`--dask-address`), for the whole test run: the first xdist worker that needs it runs it,
-    the others wait for it. (root, the flow's result). Read it, never write to it: `flowed_copy` gives a copy."""
+def build_once(tmp_path_factory, worker_id):
+    """`build_once(name, build)`: the folder `name`, made by `build(folder)` once for the whole test run, and what
+    `build` returned (JSON). The first xdist worker that asks builds it; the others wait for it and read it."""
     from filelock import FileLock
 
     shared = tmp_path_factory.getbasetemp()
     shared = shared.parent if worker_id != "master" else shared  # every worker's base folder sits in one
-    root, result_file = shared / "flowed-project", shared / "flowed-project.json"
-    with FileLock(shared / "flowed-project.lock"):
-        if not result_file.exists():
-            from distributed import LocalCluster
 
-            from flows.pipeline import pipeline
+    def built(name: str, build: Callable[[Path], dict]) -> tuple[Path, dict]:
+        root, result_file = shared / name, shared / f"{name}.json"
+        with FileLock(shared / f"{name}.lock"):
+            if not result_file.exists():
+                shutil.rmtree(root, ignore_errors=True)  # what a worker that failed here left
+                root.mkdir()
+                result_file.write_text(json.dumps(build(root)))
+        return root, json.loads(result_file.read_text())
 
-            shutil.rmtree(root, ignore_errors=True)  # what a worker that failed here left
-            root.mkdir()
-            params_path = write_params(root, tiny_params)
-            with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                              dashboard_address=None) as cluster:
-                result = pipeline(params_path=str(params_path), root=str(root),
-                                  dask_address=cluster.scheduler_address, workers=2)
-            result_file.write_text(json.dumps(result))
-    return root, json.loads(result_file.read_text())
+    return built
+
+
+@pytest.fixture(scope="session")
+def trained_project(build_once, tiny_params, write_params):
+    """The tiny config through prepare, train_teacher, soft_labels and the three students, in-process, once for the
+    test run. Copy it before changing it (`project_copy`)."""
+
+    def train(root: Path) -> dict:
+        from kdflow.config import load_params
+        from kdflow.layout import ProjectPaths
+        from tasks import distill, prepare, soft_labels, student_hard_labels, student_scratch, train_teacher
+
+        params = load_params(write_params(root, tiny_params))
+        (root / "data" / "raw").mkdir(parents=True)  # as record.ensure_project makes it: train_teacher's dep
+        for stage in (prepare, train_teacher, soft_labels, distill, student_hard_labels, student_scratch):
+            stage.run(params, ProjectPaths.at(root))
+        return {}
+
+    return build_once("trained-project", train)[0]
+
+
+@pytest.fixture(scope="session")
+def flowed_project(build_once, tiny_params, write_params, prefect_server):
+    """The tiny config through one cold run of the Prefect flow, on a local Dask cluster of two worker processes
+    reached by its address (`--dask-address`), once for the test run: (root, the flow's result). Read it, never
+    write to it: `copy_flowed` gives a copy."""
+
+    def flow(root: Path) -> dict:
+        from distributed import LocalCluster
+
+        from flows.pipeline import pipeline
+
+        params_path = write_params(root, tiny_params)
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None) as cluster:
+            return pipeline(params_path=str(params_path), root=str(root), dask_address=cluster.scheduler_address,
+                            workers=2)
+
+    return build_once("flowed-project", flow)
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,7 @@ def test_flow_runs_on_a_csv_and_a_new_version_reruns_from_prepare(tmp_path, own_
 
     write_image_csv(tmp_path / RAW, rows_per_class=30)
     params_path = write_params(tmp_path, own_data_params)
-    cold = pipeline(params_path=str(params_path), root=str(tmp_path))
+    cold = pipeline(params_path=str(params_path), root=str(tmp_path), serial=True)
     assert cold["ran"] == STAGES
 
     card = json.loads((tmp_path / "data/prepared/dataset_card.json").read_text())

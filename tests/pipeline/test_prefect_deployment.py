@@ -140,7 +140,9 @@ def test_a_deployed_run_on_a_process_worker_is_versioned_in_dvc_and_a_new_clone_
             assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {
                 "directory": str(REPO_ROOT)}}]
             flow_run = run_deployment(deployment.id, timeout=420, poll_interval=2,
-                                      parameters={"params_path": str(params_path), "root": str(project)})
+                                      # serial: a flow parameter like the others (no worker processes to start)
+                                      parameters={"params_path": str(params_path), "root": str(project),
+                                                  "serial": True})
             assert flow_run.state.is_completed(), (
                 f"{flow_run.state!r}\n--- worker log ---\n{(home / 'worker.log').read_text()[-4000:]}")
     finally:

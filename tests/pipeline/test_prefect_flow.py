@@ -196,7 +196,7 @@ def test_a_second_run_beside_a_running_one_stops_naming_it_and_the_outputs_stay_
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
-    kdflow_run = [KDFLOW, "run", "--params", str(params_path), "--root", str(root), "--force", "evaluate"]
+    kdflow_run = [KDFLOW, "run", "--params", str(params_path), "--root", str(root), "--force", "evaluate", "--serial"]
     runs = [subprocess.Popen(kdflow_run, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
     rwlock = root / ".dvc" / "tmp" / "rwlock"
