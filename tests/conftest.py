@@ -182,24 +182,3 @@ def zoo_or_skip():
             pytest.skip(f"{module} does not import beside torch {torch.__version__}: {str(exc).splitlines()[0]}")
 
     return imported
-
-
-# The longest files, longest first (worker-seconds on 2 cores, CI of 2026-11-29): only the order the workers take
-# files in, so that no long file starts last while the other worker idles. test_prefect_flow comes first, as it
-# builds the cold run several others share.
-LONGEST_FIRST = ["tests/pipeline/test_prefect_flow.py", "tests/benchmarks/test_benchmarks_quick.py",
-                 "tests/pipeline/test_dvc_repro.py", "tests/pipeline/test_faults.py",
-                 "tests/pipeline/test_prefect_deployment.py", "tests/pipeline/test_mlflow_server.py",
-                 "tests/pipeline/test_force_and_retries.py", "tests/pipeline/test_own_data.py",
-                 "tests/pipeline/test_torchrun.py", "tests/pipeline/test_zoo_pipeline.py"]
-
-
-def pytest_collection_modifyitems(items):
-    """The longest files first, then the other end-to-end files, then the fast tiers, which fill the gaps at the end
-    (pyproject's --no-loadscope-reorder keeps this order: xdist would put the files with the most tests first)."""
-    def rank(item) -> tuple[int, int]:
-        path = item.nodeid.split("::")[0]
-        return (LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST),
-                item.get_closest_marker("slow") is None)
-
-    items.sort(key=rank)
