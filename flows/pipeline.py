@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.states import Failed
 
@@ -27,7 +26,7 @@ from kdflow.artifacts import read_json
 from kdflow.config import ConfigError, Params, dump_params, load_params, validate
 from kdflow.layout import ProjectPaths
 from kdflow.stage import stage_train_spec
-from flows.retries import STAGE_RETRIES, STAGE_RETRY_DELAYS, STAGE_RETRY_JITTER, retry_on_transient
+from flows.retries import STAGE_TASK_OPTIONS
 
 STAGES = {name: importlib.import_module(stage.module).run for name, stage in graph.STAGES.items()}
 
@@ -36,11 +35,7 @@ class StageFailed(RuntimeError):
     """A stage that failed for good: a deterministic error, or a transient one that outlasted its retries."""
 
 
-@task(task_run_name="{stage}", retries=STAGE_RETRIES, retry_delay_seconds=STAGE_RETRY_DELAYS,
-      retry_jitter_factor=STAGE_RETRY_JITTER, retry_condition_fn=retry_on_transient,
-      # DVC holds the one record: Prefect stores no result and reads none back (a stored record names its own
-      # serializer, pickle by default), whatever PREFECT_RESULTS_PERSIST_BY_DEFAULT says
-      cache_policy=NO_CACHE, persist_result=False)
+@task(task_run_name="{stage}", **STAGE_TASK_OPTIONS)
 def train_stage(stage: str, params: dict[str, Any], root: str, parent_run_id: str | None,
                 slot: schedule.Slot | None) -> tuple[float, float]:
     """Run `stage`'s function, which DVC's record says must run (the flow records it after); its wall and CPU

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 STAGE_RETRIES = 2
@@ -43,3 +44,11 @@ def retry_on_transient(task, task_run, state) -> bool:
     """Prefect's retry_condition_fn: retry a stage only when it failed with a transient error."""
     exc = state.data
     return isinstance(exc, BaseException) and is_transient(exc)
+
+
+# How every stage-running task (the flow's stages, a sweep's trials) is declared: retried on transient errors only;
+# and DVC holds the one record, so Prefect stores no result and reads none back (a stored record names its own
+# serializer, pickle by default), whatever PREFECT_RESULTS_PERSIST_BY_DEFAULT says.
+STAGE_TASK_OPTIONS = {"retries": STAGE_RETRIES, "retry_delay_seconds": STAGE_RETRY_DELAYS,
+                      "retry_jitter_factor": STAGE_RETRY_JITTER, "retry_condition_fn": retry_on_transient,
+                      "cache_policy": NO_CACHE, "persist_result": False}

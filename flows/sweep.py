@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
-from prefect.cache_policies import NO_CACHE
 
 from flows import runners
 from flows.pipeline import STAGES, apply_overrides, run_stages
-from flows.retries import STAGE_RETRIES, STAGE_RETRY_DELAYS, STAGE_RETRY_JITTER, retry_on_transient
+from flows.retries import STAGE_TASK_OPTIONS
 from kdflow import graph, record, tracking
 from kdflow.artifacts import write_json
 from kdflow.config import ConfigError, format_override, load_params, syntax_problem, validate
@@ -133,11 +132,7 @@ def assignments(point: dict[str, Any]) -> list[str]:
     return [format_override(key, value) for key, value in point.items()]
 
 
-@task(task_run_name="trial-{index}", retries=STAGE_RETRIES, retry_delay_seconds=STAGE_RETRY_DELAYS,
-      retry_jitter_factor=STAGE_RETRY_JITTER, retry_condition_fn=retry_on_transient,
-      # DVC holds the one record: Prefect stores no result and reads none back (a stored record names its own
-      # serializer, pickle by default), whatever PREFECT_RESULTS_PERSIST_BY_DEFAULT says
-      cache_policy=NO_CACHE, persist_result=False)
+@task(task_run_name="trial-{index}", **STAGE_TASK_OPTIONS)
 def distill_trial(index: int, point: dict[str, Any], params: dict[str, Any], root: str, trial_dir: str,
                   sweep_run_id: str) -> dict:
     """One grid point through the student stages (TRIAL_STAGES), in its own directory and nested MLflow run."""
