@@ -13,8 +13,6 @@ Only the arguments a caller would vary are exposed; the rest are fixed at `get_d
 from __future__ import annotations
 
 import numpy as np
-from mnist1d.data import get_templates
-from scipy.ndimage import gaussian_filter1d
 
 TEMPLATE_LEN = 12
 PADDING = (36, 60)
@@ -54,6 +52,11 @@ def _interp_rows(values: np.ndarray, dst_len: int) -> np.ndarray:
 def make_dataset(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -> dict[str, np.ndarray]:
     """Same keys and values as mnist1d.data.make_dataset(args) with get_dataset_args() defaults
     except num_samples/seed/train_split: 'x', 'y', 'x_test', 'y_test' (float64 x, int y)."""
+    # Imported here: mnist1d.data imports matplotlib, scipy.interpolate and requests (about 0.9 s), and every run
+    # imports this module, also when DVC's record answers prepare.
+    from mnist1d.data import get_templates
+    from scipy.ndimage import gaussian_filter1d
+
     templates = get_templates()
     num_classes = len(templates["y"])
     samples_per_class = num_samples // num_classes

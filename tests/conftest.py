@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -30,6 +34,57 @@ def _undo_offline_mode():
         os.environ.pop("KDFLOW_OFFLINE", None)
     else:
         os.environ["KDFLOW_OFFLINE"] = before
+
+
+@pytest.fixture(scope="session")
+def build_once(tmp_path_factory, worker_id):
+    """`build_once(name, build)`: the folder `name`, made by `build(folder)` once for the whole test run, and what
+    `build` returned (JSON). The first xdist worker that asks builds it; the others wait for it and read it."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if worker_id != "master" else shared  # every worker's base folder sits in one
+
+    def built(name: str, build: Callable[[Path], dict]) -> tuple[Path, dict]:
+        root, result_file = shared / name, shared / f"{name}.json"
+        with FileLock(shared / f"{name}.lock"):
+            if not result_file.exists():
+                shutil.rmtree(root, ignore_errors=True)  # what a worker that failed here left
+                root.mkdir()
+                result_file.write_text(json.dumps(build(root)))
+        return root, json.loads(result_file.read_text())
+
+    return built
+
+
+@pytest.fixture(scope="session")
+def fresh_prefect_home(build_once, tmp_path_factory):
+    """`fresh_prefect_home(name)`: a new PREFECT_HOME holding a copy of a Prefect database migrated once for the
+    test run. A server started on an empty one would first migrate it (about 9 s on 2 cores), and two at once race."""
+
+    def migrate(folder: Path) -> dict:
+        subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], check=True,
+                       env={**os.environ, "PREFECT_HOME": str(folder)}, capture_output=True, timeout=600)
+        return {}
+
+    template = build_once("prefect-home-template", migrate)[0]
+
+    def fresh(name: str = "prefect-home") -> Path:
+        home = tmp_path_factory.mktemp(name)
+        shutil.copy(template / "prefect.db", home / "prefect.db")
+        return home
+
+    return fresh
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prefect_home(fresh_prefect_home):
+    """Every Prefect server a test's command starts keeps its runs in this worker's PREFECT_HOME, never in the
+    developer's ~/.prefect."""
+    home = pytest.MonkeyPatch()
+    home.setenv("PREFECT_HOME", str(fresh_prefect_home()))
+    yield
+    home.undo()
 
 
 TINY_OVERRIDES = {

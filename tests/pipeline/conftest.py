@@ -1,44 +1,23 @@
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
-    """One temporary Prefect server for the session, its database under a temporary PREFECT_HOME."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(fresh_prefect_home):
+    """One temporary Prefect server for the session, started as `kdflow run` starts its own (flows.server), on a
+    database of its own: the in-process flows of the tests talk to it."""
+    from flows.server import PrefectApi
 
-    with prefect_test_harness(server_startup_timeout=120):
+    home = pytest.MonkeyPatch()
+    home.setenv("PREFECT_HOME", str(fresh_prefect_home("prefect-server-home")))
+    api = PrefectApi.start()  # the server process takes the environment as it is now
+    home.undo()
+    with api.settings():
         yield
-    mp.undo()
-
-
-@pytest.fixture(scope="session")
-def build_once(tmp_path_factory, worker_id):
-    """`build_once(name, build)`: the folder `name`, made by `build(folder)` once for the whole test run, and what
-    `build` returned (JSON). The first xdist worker that asks builds it; the others wait for it and read it."""
-    from filelock import FileLock
-
-    shared = tmp_path_factory.getbasetemp()
-    shared = shared.parent if worker_id != "master" else shared  # every worker's base folder sits in one
-
-    def built(name: str, build: Callable[[Path], dict]) -> tuple[Path, dict]:
-        root, result_file = shared / name, shared / f"{name}.json"
-        with FileLock(shared / f"{name}.lock"):
-            if not result_file.exists():
-                shutil.rmtree(root, ignore_errors=True)  # what a worker that failed here left
-                root.mkdir()
-                result_file.write_text(json.dumps(build(root)))
-        return root, json.loads(result_file.read_text())
-
-    return built
 
 
 @pytest.fixture(scope="session")

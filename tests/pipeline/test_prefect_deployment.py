@@ -53,9 +53,9 @@ def prefect_cli(*args: str, env: dict, timeout: int = 180) -> str:
 
 
 @pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
+def prefect_api(fresh_prefect_home):
     """`prefect server start` on a free port of 127.0.0.1 with its own PREFECT_HOME; the env that points at it."""
-    home = tmp_path_factory.mktemp("prefect-server-home")
+    home = fresh_prefect_home("prefect-server-home")
     url = f"http://127.0.0.1:{free_port()}/api"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": url, "PYTHONPATH": str(REPO_ROOT),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "2",
@@ -181,13 +181,13 @@ def test_a_deployed_run_on_a_process_worker_is_versioned_in_dvc_and_a_new_clone_
 
 
 def test_kdflow_serve_without_a_prefect_api_fires_its_schedule_until_a_run_completes(tmp_path, tiny_params,
-                                                                                     write_params):
+                                                                                     write_params, fresh_prefect_home):
     """No PREFECT_API_URL: `kdflow serve` starts a Prefect server with its scheduler, says where its UI is, and the
     schedule's first run completes the tiny pipeline."""
     project = tmp_path / "project"
     project.mkdir()
     params_path = write_params(project, tiny_params)
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(REPO_ROOT),
+    env = {**os.environ, "PREFECT_HOME": str(fresh_prefect_home()), "PYTHONPATH": str(REPO_ROOT),
            "PREFECT_RUNNER_POLL_INTERVAL": "2"}
     for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)

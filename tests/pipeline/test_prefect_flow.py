@@ -192,7 +192,8 @@ def test_a_second_run_beside_a_running_one_stops_naming_it_and_the_outputs_stay_
     DVC's record is whole."""
     root = copy_flowed(tmp_path / "project")
     params_path = root / "params.yaml"
-    # The session's PREFECT_HOME, whose database exists: two temporary servers creating one at once would race.
+    # This worker's PREFECT_HOME (tests/conftest.py), whose database exists: two temporary servers creating one at
+    # once would race.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -49,14 +50,45 @@ def test_each_model_is_a_stage_of_its_own_with_its_own_inputs_and_params():
                                           "metrics/finetune.json"]
 
 
-def project_modules_imported(module: str) -> set[Path]:
-    """The project's source files loaded by importing `module` in a fresh interpreter."""
-    code = (f"import json, sys, {module}; print(json.dumps([m.__file__ for m in list(sys.modules.values()) "
-            "if getattr(m, '__file__', None)]))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    files = {Path(f).resolve() for f in json.loads(done.stdout.splitlines()[-1])}
-    return {f.relative_to(REPO_ROOT) for f in files
-            if f.is_relative_to(REPO_ROOT) and f.relative_to(REPO_ROOT).parts[0] in graph.PROJECT_PACKAGES}
+# Third-party packages the stages import, loaded once before the fork: none of them imports a project module.
+PRELOADED = ("torch", "numpy", "pandas", "pyarrow.parquet", "mlflow")
+
+
+@pytest.fixture(scope="module")
+def imported_by_stage() -> dict[str, set[Path]]:
+    """Per stage, the project's source files loaded by importing its module in a fresh interpreter. One process
+    imports the heavy third-party packages, then forks a child per stage that imports the stage's module: a
+    project module loaded before the fork would hide from every child, so none is (checked)."""
+    modules = {stage.module: name for name, stage in graph.STAGES.items()}
+    code = textwrap.dedent(f"""
+        import importlib, json, os, sys, traceback
+        for name in {PRELOADED!r}:
+            importlib.import_module(name)
+        assert not [m for m in sys.modules if m.split(".")[0] in {graph.PROJECT_PACKAGES!r}], "a project module"
+        for module in {list(modules)!r}:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    importlib.import_module(module)
+                    files = [m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)]
+                    print("IMPORTED " + json.dumps([module, files]), flush=True)
+                    os._exit(0)
+                except BaseException:
+                    traceback.print_exc()
+                    os._exit(1)
+            assert os.waitpid(pid, 0)[1] == 0, module
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    imported = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("IMPORTED "):
+            module, files = json.loads(line.removeprefix("IMPORTED "))
+            resolved = {Path(f).resolve() for f in files}
+            imported[modules[module]] = {f.relative_to(REPO_ROOT) for f in resolved if f.is_relative_to(REPO_ROOT)
+                                         and f.relative_to(REPO_ROOT).parts[0] in graph.PROJECT_PACKAGES}
+    assert set(imported) == set(graph.STAGES)
+    return imported
 
 
 def covered(file: Path, deps: list[str]) -> bool:
@@ -64,9 +96,9 @@ def covered(file: Path, deps: list[str]) -> bool:
 
 
 @pytest.mark.parametrize("stage", list(graph.STAGES))
-def test_every_project_module_a_stage_imports_is_one_of_its_deps(stage):
+def test_every_project_module_a_stage_imports_is_one_of_its_deps(stage, imported_by_stage):
     deps = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
-    imported = project_modules_imported(graph.STAGES[stage].module)
+    imported = imported_by_stage[stage]
     assert Path(*graph.STAGES[stage].module.split(".")).with_suffix(".py") in imported
     missing = sorted(str(f) for f in imported if not covered(f, deps))
     assert not missing, f"stage {stage} imports {missing}, which its dvc.yaml deps do not list"
