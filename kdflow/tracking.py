@@ -226,6 +226,15 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
+DATASET_LOG_ATTEMPTS = 3
+
+
+def _duplicate_key(error: Exception) -> bool:
+    """A unique key broken by a concurrent insert, as SQLite, PostgreSQL and MySQL word it (through a server too)."""
+    message = str(error).lower()
+    return any(words in message for words in ("unique constraint", "duplicate key", "duplicate entry"))
+
+
 class TrackedRun:
     """One MLflow run, logged to by id."""
 
@@ -257,8 +266,20 @@ class TrackedRun:
         self.client.log_batch(self.run_id, metrics=batch)
 
     def log_datasets(self, datasets: list) -> None:
-        if datasets:
-            self.client.log_inputs(self.run_id, datasets=datasets)
+        """Link the run to its input files. MLflow's store looks a dataset up, then inserts it if missing: two runs
+        logging the same new file at once (models trained at once, sweep trials) can both miss it, and the second
+        insert breaks the store's unique key. Logged again, it finds the first one's row and links that."""
+        from mlflow.exceptions import MlflowException
+
+        if not datasets:
+            return
+        for attempt in range(DATASET_LOG_ATTEMPTS):
+            try:
+                self.client.log_inputs(self.run_id, datasets=datasets)
+                return
+            except MlflowException as exc:
+                if attempt == DATASET_LOG_ATTEMPTS - 1 or not _duplicate_key(exc):
+                    raise
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag

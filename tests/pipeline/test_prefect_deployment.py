@@ -180,13 +180,13 @@ def test_a_deployed_run_on_a_process_worker_is_versioned_in_dvc_and_a_new_clone_
     assert len(after) == len(runs), "checkout ran something"
 
 
-def test_kdflow_serve_without_a_prefect_api_fires_its_schedule_until_a_run_completes(tmp_path, tiny_params,
-                                                                                     write_params, fresh_prefect_home):
+def test_kdflow_serve_without_a_prefect_api_fires_its_schedule_until_a_run_completes(copy_flowed, tmp_path,
+                                                                                     fresh_prefect_home):
     """No PREFECT_API_URL: `kdflow serve` starts a Prefect server with its scheduler, says where its UI is, and the
-    schedule's first run completes the tiny pipeline."""
-    project = tmp_path / "project"
-    project.mkdir()
-    params_path = write_params(project, tiny_params)
+    schedule's first run completes in its project. The project is a copy of the test run's flowed one: the schedule
+    is the subject, not the training, so the served run finds every stage in DVC's record."""
+    project = copy_flowed(tmp_path / "project")
+    params_path = project / "params.yaml"
     env = {**os.environ, "PREFECT_HOME": str(fresh_prefect_home()), "PYTHONPATH": str(REPO_ROOT),
            "PREFECT_RUNNER_POLL_INTERVAL": "2"}
     for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
@@ -220,4 +220,10 @@ def test_kdflow_serve_without_a_prefect_api_fires_its_schedule_until_a_run_compl
         assert completed[0].auto_scheduled  # fired by the scheduler, not started by hand
     finally:
         stop(serve)
-    assert (project / "metrics" / "summary.json").exists() and (project / "dvc.lock").exists()
+    from mlflow.tracking import MlflowClient
+
+    store = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")  # the copy came without one
+    experiment = store.get_experiment_by_name("kdflow")
+    served = [r for r in store.search_runs([experiment.experiment_id]) if r.info.run_name == "pipeline"
+              and r.info.status == "FINISHED"]
+    assert served and served[0].data.tags["kdflow.stages_cached"] == ",".join(graph.STAGES)

@@ -95,11 +95,38 @@ def test_commands_started_together_in_a_fresh_project_make_one_store_and_one_exp
     migrating it, and without one maker at a time one of them failed midway (alembic: 'expected to match one row')."""
     import multiprocessing
 
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
+    with multiprocessing.get_context("fork").Pool(4) as pool:
         experiments = pool.map(experiment_of, [str(tmp_path)] * 4)
     assert len(set(experiments)) == 1
     client = MlflowClient(tracking_uri=tracking.local_uri(tmp_path))
     assert [e.name for e in client.search_experiments()] == ["kdflow", "Default"]
+
+
+def log_new_file_together(root: str, barrier, rounds: int) -> int:
+    """In a run of its own, log `rounds` new files as datasets, each when every process is ready to log it too."""
+    with tracking.start_run(Path(root), "stage", source="tasks/distill.py") as run:
+        for index in range(rounds):
+            barrier.wait(timeout=60)  # a process that failed breaks it for the others
+            run.log_datasets(tracking.file_datasets(Path(root), {f"artifacts/file{index}.parquet": f"{index:032x}"}))
+        return len(run.client.get_run(run.run_id).inputs.dataset_inputs)
+
+
+def test_runs_logging_the_same_new_file_at_once_each_link_it_and_the_store_holds_it_once(tmp_path):
+    """Models trained at once and sweep trials log the same soft labels as datasets at the same moment; MLflow's
+    store looks a dataset up and then inserts it, so two at once failed one trial on its unique key."""
+    import multiprocessing
+
+    processes, rounds = 2, 6
+    context = multiprocessing.get_context("fork")  # no store is open here: each child opens its own
+    with context.Manager() as manager, context.Pool(processes) as pool:
+        barrier = manager.Barrier(processes)
+        linked = pool.starmap(log_new_file_together, [(str(tmp_path), barrier, rounds)] * processes)
+    assert linked == [rounds] * processes
+    client = store(tmp_path)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "kdflow"]
+    runs = client.search_runs([experiment.experiment_id])
+    uuids = {d.dataset.name: d.dataset.digest for r in runs for d in r.inputs.dataset_inputs}
+    assert uuids == {f"artifacts/file{index}.parquet": f"{index:032x}" for index in range(rounds)}
 
 
 def test_an_experiment_made_before_gets_the_kind_and_a_kind_chosen_in_the_ui_stays(project):
