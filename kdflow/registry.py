@@ -169,19 +169,31 @@ def _champion_accuracy(client, registered_name: str, candidate: Candidate) -> tu
     return str(champion.version), accuracy(logits, candidate.val_y), ""
 
 
+def ensure_registered_model(client, name: str, description: str) -> None:
+    """The registered model `name`, made when missing. Two projects evaluating at once against one server can both
+    find it missing; the second one's create then says it exists, which is all it wanted."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    try:
+        client.get_registered_model(name)
+        return
+    except MlflowException:
+        pass
+    try:
+        client.create_registered_model(name, description=description)
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+
+
 def register(client, tracking_uri: str, candidate: Candidate) -> Decision:
     """Log, register and alias the run's candidate for one role; the caller logs the decision."""
-    from mlflow.exceptions import MlflowException
-
     registered_name = candidate.selection.role.registered_name
     with _global_tracking_uri(tracking_uri):
         model_id = _log_model(client, candidate)
-        try:
-            client.get_registered_model(registered_name)
-        except MlflowException:
-            client.create_registered_model(
-                registered_name, description=f"kdflow's best of {', '.join(candidate.selection.role.candidates)}, "
-                                             "chosen on validation")
+        ensure_registered_model(client, registered_name, f"kdflow's best of "
+                                f"{', '.join(candidate.selection.role.candidates)}, chosen on validation")
         champion_version, champion_accuracy, reason = _champion_accuracy(client, registered_name, candidate)
         candidate_accuracy = accuracy(predict_logits(candidate.model, candidate.val_x), candidate.val_y)
         version = client.create_model_version(

@@ -57,3 +57,38 @@ def test_champion_only_on_beating_the_champion_on_the_same_validation_set(tmp_pa
     assert "kdflow.champion_test_accuracy" not in tags
     assert registry.describe(better) == ("kdflow-student v2 (student_distilled) -> champion (beats champion v1 on "
                                          "validation; val_accuracy 1.0000 vs champion 0.6667)")
+
+
+def make_store(uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
+
+
+def ensure_together(uri: str, barrier, rounds: int) -> int:
+    """Make `rounds` new registered models, each when every process is ready to make it too."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for index in range(rounds):
+        barrier.wait(timeout=60)  # a process that failed breaks it for the others
+        registry.ensure_registered_model(client, f"kdflow-model-{index}", "made by whichever process came first")
+    return rounds
+
+
+def test_projects_evaluating_at_once_on_one_store_make_each_registered_model_once(tmp_path):
+    """Two projects' evaluate stages against one store (a server's, here its SQLite database) both found the
+    registered model missing and both made it: the second one's create failed, and its evaluate with it."""
+    import multiprocessing
+
+    from mlflow.tracking import MlflowClient
+
+    processes, rounds = 2, 6
+    uri = f"sqlite:///{tmp_path / 'shared.db'}"
+    context = multiprocessing.get_context("fork")  # no store is open here: each child opens its own
+    with context.Manager() as manager, context.Pool(processes) as pool:
+        pool.apply(make_store, (uri,))  # once, before they start: two processes making one database race
+        barrier = manager.Barrier(processes)
+        assert pool.starmap(ensure_together, [(uri, barrier, rounds)] * processes) == [rounds] * processes
+    names = {m.name for m in MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()}
+    assert names == {f"kdflow-model-{index}" for index in range(rounds)}
