@@ -125,8 +125,8 @@ def test_runs_logging_the_same_new_file_at_once_each_link_it_and_the_store_holds
     client = store(tmp_path)
     (experiment,) = [e for e in client.search_experiments() if e.name == "kdflow"]
     runs = client.search_runs([experiment.experiment_id])
-    uuids = {d.dataset.name: d.dataset.digest for r in runs for d in r.inputs.dataset_inputs}
-    assert uuids == {f"artifacts/file{index}.parquet": f"{index:032x}" for index in range(rounds)}
+    linked_files = {d.dataset.name: d.dataset.digest for r in runs for d in r.inputs.dataset_inputs}
+    assert linked_files == {f"artifacts/file{index}.parquet": f"{index:032x}" for index in range(rounds)}
 
 
 def test_an_experiment_made_before_gets_the_kind_and_a_kind_chosen_in_the_ui_stays(project):
