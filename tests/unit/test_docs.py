@@ -28,7 +28,7 @@ PLACEHOLDER = re.compile(r"<[^<>\n]+>")
 SEPARATORS = {"&&", "||", "|", ";", "&"}
 # Words that say which program runs, not what it is asked to do: tests start these as `sys.executable -m dvc`,
 # `CliRunner().invoke(app, ...)` or `.venv/bin/pip`.
-PROGRAMS = {"kdflow", "dvc", "mlflow", "prefect", "git", "python", "python3", "pip", "source", "cd", "export"}
+PROGRAMS = {"kdflow", "dvc", "mlflow", "prefect", "git", "python", "python3", "pip", "uv", "source", "cd", "export"}
 
 
 def documented_commands(markdown: str) -> list[str]:
