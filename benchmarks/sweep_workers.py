@@ -1,7 +1,8 @@
 """Wall time of one sweep grid on a local Dask cluster of 1 worker against 2 (and more with --workers).
 
 A small project (the source task at its published size, a 10,000-sample transfer set, a two-layer teacher) is
-built once in a temporary directory with one Prefect server for all sweeps; an untimed one-point sweep runs the
+built once in a temporary directory with one Prefect server for all sweeps (with --quick, on a copy of the
+caller's Prefect database: benchmarks.workspace.quick_prefect_home); an untimed one-point sweep runs the
 upstream stages, so every timed sweep starts from the same cache and times only the cluster's start and the
 trials (4 grid points: temperature 2, 4 x alpha 0.5, 1; 2 with --quick, temperature 2, 4; each trial trains the
 three students).
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from benchmarks.harness import parser, table, write_results
-from benchmarks.workspace import load_overridden, quick_overrides
+from benchmarks.workspace import load_overridden, quick_overrides, quick_prefect_home
 from kdflow.config import dump_params
 
 GRID = {"distill.temperature": [2.0, 4.0], "distill.alpha": [0.5, 1.0]}
@@ -63,6 +64,8 @@ def run(args) -> dict:
     timings, grid = [], QUICK_GRID if args.quick else GRID
     with contextlib.ExitStack() as stack:
         directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="kdflow-sweep-bench-"))
+        if args.quick:
+            quick_prefect_home(Path(directory) / ".prefect-home")
         # The project's own MLflow store, and Prefect's database out of the user's PREFECT_HOME.
         stack.enter_context(environment(PREFECT_HOME=str(Path(directory) / ".prefect-home"), MLFLOW_TRACKING_URI=None,
                                         KDFLOW_OFFLINE=None))
