@@ -16,6 +16,7 @@ from benchmarks.harness import REPO_ROOT
 from kdflow.config import Params, dump_params, load_params
 from kdflow.layout import ProjectPaths
 
+
 def quick_prefect_home(home: Path) -> None:
     """For --quick, a smoke run whose seconds are not results: give the new PREFECT_HOME `home` a copy of the calling
     environment's Prefect database (`$PREFECT_HOME/prefect.db`, migrated already), so that the Prefect server started

@@ -19,6 +19,7 @@ import torch
 
 from kdflow.layout import CATALOGUE, models_of
 from kdflow.metrics import accuracy
+from kdflow.tracking import already_exists
 from kdflow.training import predict_logits
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -173,7 +174,6 @@ def ensure_registered_model(client, name: str, description: str) -> None:
     """The registered model `name`, made when missing. Two projects evaluating at once against one server can both
     find it missing; the second one's create then says it exists, which is all it wanted."""
     from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
     try:
         client.get_registered_model(name)
@@ -183,7 +183,7 @@ def ensure_registered_model(client, name: str, description: str) -> None:
     try:
         client.create_registered_model(name, description=description)
     except MlflowException as exc:
-        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+        if not already_exists(exc):
             raise
 
 

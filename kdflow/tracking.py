@@ -226,6 +226,13 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
+def already_exists(error) -> bool:
+    """MLflow's answer to creating what another process made meanwhile (an experiment, a registered model)."""
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    return error.error_code == ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
+
+
 DATASET_LOG_ATTEMPTS = 3
 
 
@@ -318,7 +325,6 @@ def _one_maker(root: Path, uri: str) -> Iterator[None]:
 def project_client(root: Path):
     """An MlflowClient on the project's store and the id of its experiment (made, and tagged, when new)."""
     from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
     from mlflow.tracking import MlflowClient
 
     uri = store_uri(root)
@@ -333,7 +339,7 @@ def project_client(root: Path):
                 return client, client.create_experiment(name, artifact_location=location,
                                                         tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
             except MlflowException as exc:  # another command made it on the same server meanwhile
-                if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                if not already_exists(exc):
                     raise
                 experiment = client.get_experiment_by_name(name)
     if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before kdflow set it; a kind chosen in the UI stays
