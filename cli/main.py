@@ -40,10 +40,11 @@ def main() -> None:
         if code is not None:
             print(code, file=sys.stderr)
         code = 0 if code is None else 1
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # noqa: SLF001 - what Python's own exit runs; the teardown after it is what is skipped
+    # What Python's own exit runs, in its order; the teardown after it is what is skipped. threading's shutdown
+    # first wakes idle thread pools (MLflow's artifact repositories keep one each), then joins the threads: a plain
+    # join would wait forever on a pool still referenced.
+    threading._shutdown()  # noqa: SLF001
+    atexit._run_exitfuncs()  # noqa: SLF001
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

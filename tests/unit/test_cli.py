@@ -3,7 +3,10 @@ starts, in one line that names the key."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,6 +14,7 @@ from click.testing import CliRunner
 
 from cli.main import app
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def test_version_and_short_help():
     runner = CliRunner()
@@ -61,3 +65,22 @@ def test_the_run_options_choose_where_the_stages_run(command, kind, slots):
     assert runner.kind == kind and not runner.started
     if slots is not None:
         assert len(runner.slots) == slots
+
+
+def test_the_console_script_exits_when_a_command_leaves_an_idle_thread_pool_behind():
+    # MLflow's artifact repositories keep a pool each; `kdflow checkout` hung on one while exiting.
+    script = """
+import atexit, sys
+from concurrent.futures import ThreadPoolExecutor
+from cli import main as cli_main
+pools = []
+@cli_main.app.command("hold-a-pool")
+def hold():
+    pools.append(ThreadPoolExecutor(2))
+    pools[0].submit(print, "work done")
+atexit.register(print, "exit handlers ran")
+sys.argv = ["kdflow", "hold-a-pool"]
+cli_main.main()
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "work done\nexit handlers ran\n"), done.stderr
