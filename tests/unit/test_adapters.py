@@ -131,6 +131,7 @@ def test_head_and_backbone_split_every_parameter_once():
     assert len(head) + len(backbone) == len(list(model.parameters()))
 
 
+@pytest.mark.zoo
 def test_linear_probe_on_a_timm_resnet_freezes_every_block_but_the_classifier(zoo_or_skip):
     zoo_or_skip("timm")
     torch.manual_seed(0)
@@ -142,10 +143,36 @@ def test_linear_probe_on_a_timm_resnet_freezes_every_block_but_the_classifier(zo
     assert set_trainable_blocks(model, 2) == list(found.blocks[-2:])
 
 
-def test_a_torchvision_model_gets_a_final_layer_for_the_task(zoo_or_skip):
+@pytest.mark.zoo
+@pytest.mark.parametrize(("name", "options", "blocks", "unfrozen"), [
+    ("resnet10t", {}, ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4"), ["layer3", "layer4"]),
+    ("vit_tiny_patch16_224", {"img_size": 16, "patch_size": 8, "depth": 2}, ("patch_embed", "blocks.0", "blocks.1",
+                                                                            "norm"), ["blocks.1", "norm"])])
+def test_gradual_unfreezing_of_a_timm_model_trains_the_blocks_the_schedule_reports(name, options, blocks, unfrozen,
+                                                                                   zoo_or_skip):
+    zoo_or_skip("timm")
+    torch.manual_seed(0)
+    model = build_model(TimmSpec(arch="timm", name=name, options=options), (3, 16, 16), 4)
+    spec = FinetuneSpec(strategy="gradual_unfreeze", unfreeze_every=2, train=TrainSpec(epochs=6))
+    schedule = block_schedule(model, spec)
+    assert schedule["blocks"] == list(blocks)
+    by_epoch = schedule["trainable_blocks_by_epoch"]
+    assert by_epoch == {"1": [], "2": [], "3": unfrozen[1:], "4": unfrozen[1:], "5": unfrozen, "6": unfrozen}
+    hook = unfreeze_schedule(model, spec)
+    for epoch, names in by_epoch.items():
+        hook(int(epoch))
+        flags = trainable(model)
+        assert flags.pop("head") is True
+        # `trainable` counts a ViT's cls_token and pos_embed, in no block, with the lowest one: frozen with it
+        assert [block for block, on in flags.items() if on] == names
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize(("name", "final_layer"), [("resnet18", "fc"), ("mobilenet_v3_small", "classifier.3")])
+def test_a_torchvision_model_gets_a_final_layer_for_the_task(name, final_layer, zoo_or_skip):
     zoo_or_skip("torchvision")
-    model = build_model(TorchvisionSpec(arch="torchvision", name="resnet18"), (3, 16, 16), 4)
-    assert layout(model).head == ("fc",) and model.fc.out_features == 4
+    model = build_model(TorchvisionSpec(arch="torchvision", name=name), (3, 32, 32), 4)
+    assert layout(model).head == (final_layer,) and model.get_submodule(final_layer).out_features == 4
 
 
 def test_a_saved_hf_model_loads_its_weights_and_gets_a_new_head_for_another_label_count(tmp_path):

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from kdflow.config import validate
@@ -31,3 +32,18 @@ def test_the_image_example_prepares_a_folder_of_four_classes(tmp_path, image_fol
     np.testing.assert_array_equal(np.bincount(splits["target_val"][2]), [10, 10])
     # the transfer set: the images no labelled split holds, 2 of fox's and 2 of owl's (cat and dog are all split)
     assert len(splits["transfer"][0]) == 160 - 80 - 2 * (8 + 20 + 10)
+
+
+@pytest.mark.zoo
+def test_the_image_examples_student_is_the_share_of_its_teacher_the_page_says(zoo_or_skip):
+    zoo_or_skip("timm")
+    from models import build_model
+
+    page = (REPO_ROOT / "docs/image-model.md").read_text()
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params.update(yaml.safe_load(re.findall(r"```yaml\n(.+?)\n```", page, re.S)[0]))
+    spec = validate(params)
+    teacher, student = (sum(p.numel() for p in build_model(model, (3, 64, 64), 2).parameters())
+                        for model in (spec.train_teacher.model, spec.distill.student))
+    share = re.search(r"max_param_ratio: ([\d.]+) .*\(this student: (\d+)%\)", page)
+    assert student / teacher <= float(share[1]) and round(100 * student / teacher) == int(share[2])
