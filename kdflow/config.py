@@ -263,9 +263,15 @@ class TeacherSpec(Section):
         return self
 
 
+def inference_threads() -> int:
+    return Field(1, gt=0, description="torch intra-op threads on the CPU, whichever runner runs the stage: the count "
+                                      "changes a convolution's outputs in their last bits, so it is fixed here")
+
+
 class SoftLabelSpec(Section):
     chunk_size: int = Field(8192, gt=0, description="samples per inference chunk; bounds peak memory")
     device: Device = "auto"
+    threads: int = inference_threads()
 
 
 class DistillSpec(Section):
@@ -289,6 +295,7 @@ class FinetuneSpec(Section):
 class EvaluateSpec(Section):
     ece_bins: int = Field(15, gt=1)
     latency_batches: int = Field(200, gt=0, description="single-sample forward passes timed per model")
+    threads: int = inference_threads()
 
 
 class Params(Section):

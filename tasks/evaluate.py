@@ -24,7 +24,7 @@ from kdflow.metrics import (accuracy, agreement, classification_metrics, confusi
 from kdflow.progress import progress
 from kdflow.report import champion_lines, comparison_lines, markdown_table
 from kdflow.stage import stage_run
-from kdflow.training import predict_logits
+from kdflow.training import intra_op_threads, predict_logits
 from models import count_parameters
 
 
@@ -48,7 +48,8 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
     spec = params.evaluate
     card = read_dataset_card(paths.dataset_card)
     input_shape = card.input_shape
-    with stage_run(paths, "evaluate", params, parent_run_id) as tracked:
+    # The same thread count under every runner: the same logits, so the same metrics and registry decisions.
+    with stage_run(paths, "evaluate", params, parent_run_id) as tracked, intra_op_threads(spec.threads):
         tests = {task: load_split(paths.split(f"{task}_test"), input_shape) for task in ("source", "target")}
         vals = {task: load_split(paths.split(f"{task}_val"), input_shape) for task in ("source", "target")}
         test_sets = {}  # task -> its test set as the `test` dataset its models' runs log and their metrics name

@@ -24,7 +24,7 @@ from kdflow.layout import ProjectPaths
 from kdflow.graph import SOFT_LABELLED
 from kdflow.progress import progress
 from kdflow.stage import stage_run
-from kdflow.training import resolve_device
+from kdflow.training import intra_op_threads, resolve_device
 
 T = TypeVar("T")
 
@@ -89,8 +89,9 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         metrics = {}
         for name in SOFT_LABELLED:
             target = paths.soft_labels(name)
-            rows = write_logits(teacher, paths.split(name), target, card.input_shape, num_classes,
-                                params.soft_labels.chunk_size, device)
+            with intra_op_threads(params.soft_labels.threads):  # the same count under every runner: the same bytes
+                rows = write_logits(teacher, paths.split(name), target, card.input_shape, num_classes,
+                                    params.soft_labels.chunk_size, device)
             manifest["files"][name] = {"rows": rows, "md5": file_digest(target),
                                        "input_md5": card.splits[name].md5}
             metrics[f"soft_label_rows_{name}"] = rows
