@@ -31,7 +31,8 @@ from kdflow.artifacts import ArtifactError, CheckpointError, load_checkpoint, sa
 def _update_with_tensor(digest, tensor: torch.Tensor) -> None:
     tensor = tensor.detach().cpu().contiguous()
     digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-    digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    # reshape(-1): a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes; same bytes otherwise
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
 
 
 def training_fingerprint(settings: dict[str, Any], model: nn.Module, tensors: Sequence[torch.Tensor | str]) -> str:

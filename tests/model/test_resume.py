@@ -8,6 +8,7 @@ kills a real stage process with SIGKILL.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -144,6 +145,16 @@ def test_fingerprint_follows_settings_weights_and_data() -> None:
     with torch.no_grad():
         other[0].bias[0] += 1e-6
     assert base != training_fingerprint({"lr": 0.1}, other, [x, y])
+
+
+def test_a_batchnorm_models_fingerprint_covers_its_0_dim_step_counter() -> None:
+    # BatchNorm's num_batches_tracked has no dimensions: every ResNet crashed on it before its first resumable epoch.
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    base = training_fingerprint({}, model, [])
+    model[1].num_batches_tracked += 1
+    assert training_fingerprint({}, model, []) != base
+    by_hand = hashlib.sha256(b"{}" + b"torch.int64()" + (7).to_bytes(8, "little")).hexdigest()
+    assert training_fingerprint({}, nn.Module(), [torch.tensor(7)]) == by_hand
 
 
 def test_a_resumed_model_is_saved_to_the_same_bytes_as_an_uninterrupted_one(tmp_path) -> None:
