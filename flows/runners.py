@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +30,6 @@ def dask_runner(workers: int | None = None, address: str | None = None):
 
     if address:
         return DaskTaskRunner(address=address)
-    import logging
-
     import dask
 
     # The local cluster's scheduler and nannies live in this process: their INFO lines (about 35 a run, and a

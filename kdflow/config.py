@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origi
 
 from pydantic import (AfterValidator, BaseModel, Discriminator, Field, StrictInt, Tag, ValidationError, field_validator,
                       model_validator)
+from pydantic.fields import FieldInfo
 
 from kdflow.media_specs import ImageFolderSource, ImageFolderTransfer, ImageSpec, TextSpec
 from kdflow.sections import Section
@@ -263,7 +264,7 @@ class TeacherSpec(Section):
         return self
 
 
-def inference_threads() -> int:
+def inference_threads() -> FieldInfo:
     return Field(1, gt=0, description="torch intra-op threads on the CPU, whichever runner runs the stage: the count "
                                       "changes a convolution's outputs in their last bits, so it is fixed here")
 

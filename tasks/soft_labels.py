@@ -80,7 +80,9 @@ def write_logits(teacher: torch.nn.Module, source: Path, target: Path, input_sha
 def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -> dict:
     card = read_dataset_card(paths.dataset_card)
     checkpoint = paths.checkpoint("teacher")
-    with stage_run(paths, "soft_labels", params, parent_run_id) as tracked:
+    # The same thread count under every runner: the same logits, so the same bytes.
+    with (stage_run(paths, "soft_labels", params, parent_run_id) as tracked,
+          intra_op_threads(params.soft_labels.threads)):
         teacher, meta = load_model(checkpoint, expected_spec(params, "teacher"))
         device = resolve_device(params.soft_labels.device)
         teacher.to(device)
@@ -89,9 +91,8 @@ def run(params: Params, paths: ProjectPaths, parent_run_id: str | None = None) -
         metrics = {}
         for name in SOFT_LABELLED:
             target = paths.soft_labels(name)
-            with intra_op_threads(params.soft_labels.threads):  # the same count under every runner: the same bytes
-                rows = write_logits(teacher, paths.split(name), target, card.input_shape, num_classes,
-                                    params.soft_labels.chunk_size, device)
+            rows = write_logits(teacher, paths.split(name), target, card.input_shape, num_classes,
+                                params.soft_labels.chunk_size, device)
             manifest["files"][name] = {"rows": rows, "md5": file_digest(target),
                                        "input_md5": card.splits[name].md5}
             metrics[f"soft_label_rows_{name}"] = rows

@@ -6,15 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from importlib.metadata import version
-from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from cli.main import app
+from tests.conftest import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def test_version_and_short_help():
     runner = CliRunner()

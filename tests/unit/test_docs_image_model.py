@@ -13,13 +13,19 @@ from kdflow.config import validate
 from tasks.prepare import build_splits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PAGE = REPO_ROOT / "docs/image-model.md"
+
+
+def example_params() -> tuple[dict, list[str]]:
+    """The repository's params with the page's first YAML block applied, as the page says; and the page's blocks."""
+    blocks = re.findall(r"```yaml\n(.+?)\n```", PAGE.read_text(), re.S)
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params.update(yaml.safe_load(blocks[0]))
+    return params, blocks
 
 
 def test_the_image_example_prepares_a_folder_of_four_classes(tmp_path, image_folder):
-    page = (REPO_ROOT / "docs/image-model.md").read_text()
-    blocks = re.findall(r"```yaml\n(.+?)\n```", page, re.S)
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params.update(yaml.safe_load(blocks[0]))
+    params, blocks = example_params()
     spec = validate(params)
     assert spec.train_teacher.model.arch == spec.distill.student.arch == "timm"
     assert validate({**params, "train_teacher": yaml.safe_load(blocks[1])["train_teacher"]}).train_teacher.weights
@@ -39,11 +45,8 @@ def test_the_image_examples_student_is_the_share_of_its_teacher_the_page_says(zo
     zoo_or_skip("timm")
     from models import build_model
 
-    page = (REPO_ROOT / "docs/image-model.md").read_text()
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params.update(yaml.safe_load(re.findall(r"```yaml\n(.+?)\n```", page, re.S)[0]))
-    spec = validate(params)
+    spec = validate(example_params()[0])
     teacher, student = (sum(p.numel() for p in build_model(model, (3, 64, 64), 2).parameters())
                         for model in (spec.train_teacher.model, spec.distill.student))
-    share = re.search(r"max_param_ratio: ([\d.]+) .*\(this student: (\d+)%\)", page)
+    share = re.search(r"max_param_ratio: ([\d.]+) .*\(this student: (\d+)%\)", PAGE.read_text())
     assert student / teacher <= float(share[1]) and round(100 * student / teacher) == int(share[2])
