@@ -66,6 +66,12 @@ def child(root: str, stages: str) -> None:
             print("KDFLOW-BENCH {}")
         return
     api = PrefectApi.start() if stages in ("flow", "serial") else None
+    if api is not None:  # as `kdflow run` goes on while the server starts
+        from flows.runners import start_workers_early
+        from kdflow import record
+
+        record.ensure_project(Path(root).resolve())
+        start_workers_early(Path(root).resolve(), stages == "serial", None, False, False)
     import torch
 
     if os.environ.get("KDFLOW_BENCH_THREADS"):  # else torch's default, as `kdflow run` has it

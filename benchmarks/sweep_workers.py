@@ -69,9 +69,12 @@ def run(args) -> dict:
         # The project's own MLflow store, and Prefect's database out of the user's PREFECT_HOME.
         stack.enter_context(environment(PREFECT_HOME=str(Path(directory) / ".prefect-home"), MLFLOW_TRACKING_URI=None,
                                         KDFLOW_OFFLINE=None))
+        from flows import runners
         from flows.server import PrefectApi
 
-        stack.enter_context(PrefectApi.start().settings())  # one server for every sweep, started before the timing
+        api = PrefectApi.start()
+        runners.prefork_local_workers("flows.sweep")  # as `kdflow sweep` does while the server starts
+        stack.enter_context(api.settings())  # one server for every sweep, started before the timing
         from flows.sweep import run_sweep
 
         root = Path(directory)

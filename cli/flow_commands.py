@@ -43,6 +43,7 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     from kdflow import record, tracking
     from kdflow.report import comparison_lines, text_table
 
+    from flows.runners import start_workers_early
     from flows.server import PrefectApi, check_configured_api
 
     go_offline(offline)
@@ -61,6 +62,7 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
             # Another run holds the project: say so now, not in the flow. Held until this run ends (the flow's own
             # hold re-enters it), so no second run starts in between.
             held.enter_context(record.hold_outputs(paths.root))
+            start_workers_early(paths.root, serial, dask_address, bool(force), bool(overrides))
         except Exception as exc:  # a bad key, a dead tracking server, a damaged mlflow.db, a held project
             fail_clearly(exc, paths)
         from flows.pipeline import StageFailed, pipeline
@@ -123,6 +125,10 @@ def sweep(params_path: str, root: str, overrides: tuple[str, ...], grid_options:
     from flows.server import PrefectApi
 
     api = PrefectApi.start()
+    if not dask_address:
+        from flows.runners import prefork_local_workers
+
+        prefork_local_workers("flows.sweep")
     from flows.sweep import best_lines, results_table, run_sweep
 
     with api.settings():

@@ -153,6 +153,14 @@ def hold_outputs(root: Path) -> Iterator[None]:
             lock.__exit__(None, None, None)
 
 
+def stale_stages(root: Path) -> list[str]:
+    """The stages whose deps, params or outs differ from dvc.lock (what `dvc status` lists), in pipeline order."""
+    from dvc.repo import lock_repo
+
+    with open_repo(Path(root).resolve()) as repo, lock_repo(repo):
+        return [name for name in graph.STAGES if repo.stage.collect(name)[0].changed()]
+
+
 def begin_stage(root: Path, name: str, force: bool = False) -> str | None:
     """Decide stage `name` as `dvc repro` does; None when it must run, its outputs removed for it.
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
 
 
 def test_local_workers_start_without_dasks_malloc_trim_threshold_or_its_info_lines(monkeypatch, caplog):
@@ -19,3 +24,40 @@ def test_local_workers_start_without_dasks_malloc_trim_threshold_or_its_info_lin
         per_worker = runner.client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_")
     assert list(per_worker.values()) == [None]
     assert [record.getMessage() for record in caplog.records if record.name.startswith("distributed")] == []
+
+
+PREFORKED_WORKERS = """
+import json, os, sys
+from flows import runners
+
+
+def worker_state():
+    return {"imported": "flows.pipeline" in sys.modules, "parent": os.getppid(),
+            "variable": os.environ.get("KDFLOW_TEST_VARIABLE")}
+
+
+if __name__ == "__main__":
+    runners.prefork_local_workers("flows.pipeline")
+    os.environ["KDFLOW_TEST_VARIABLE"] = "set after the fork server started"
+    assert "flows.pipeline" not in sys.modules
+    with runners.dask_runner(2) as runner:
+        states = list(runner.client.run(worker_state).values())
+    print(json.dumps({"states": states, "pid": os.getpid()}))
+"""
+
+
+def test_preforked_workers_start_with_the_stages_imported_as_forks_of_one_server(tmp_path):
+    """`kdflow run` and `kdflow sweep` start the fork server while Prefect's server starts: each worker is a fork of
+    it with the flow's tasks imported before its first task (spawned workers imported them at their first task,
+    ~3 s on the run's critical path), and the environment is the command's as it was then."""
+    script = tmp_path / "preforked.py"
+    script.write_text(PREFORKED_WORKERS)
+    completed = subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout.splitlines()[-1])
+    states = result["states"]
+    assert [state["imported"] for state in states] == [True, True]
+    assert [state["variable"] for state in states] == [None, None]
+    (server,) = {state["parent"] for state in states}  # both forks of one process: the fork server, not this one
+    assert server != result["pid"]
