@@ -39,7 +39,9 @@ def prefork_local_workers(task_module: str) -> None:
     from multiprocessing import forkserver
 
     dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
-    multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed", "prefect_dask", task_module])
+    # MLflow imports its SQL store (SQLAlchemy, alembic: 1.3 s) at a stage's first run, not with the tasks
+    imports = ["distributed", "prefect_dask", task_module, "mlflow.store.tracking.sqlalchemy_store"]
+    multiprocessing.get_context("forkserver").set_forkserver_preload(imports)
     forkserver.ensure_running()
 
 
