@@ -21,9 +21,10 @@ from kdflow import graph, record, schedule
 
 
 def local_cluster(workers: int) -> dict:
-    """A local Dask cluster of single-threaded worker processes, listening on 127.0.0.1 only."""
+    """A local Dask cluster of single-threaded worker processes, listening on 127.0.0.1 only; its dashboard on a
+    free port (Prefect logs its address): on Dask's 8787, a second run at once warned that the port was taken."""
     return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
-            "dashboard_address": "127.0.0.1:8787"}
+            "dashboard_address": "127.0.0.1:0"}
 
 
 def prefork_local_workers(task_module: str) -> None:

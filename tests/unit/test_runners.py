@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 
 from tests.conftest import REPO_ROOT
 
@@ -24,6 +25,19 @@ def test_local_workers_start_without_dasks_malloc_trim_threshold_or_its_info_lin
         per_worker = runner.client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_")
     assert list(per_worker.values()) == [None]
     assert [record.getMessage() for record in caplog.records if record.name.startswith("distributed")] == []
+
+
+def test_two_local_clusters_at_once_each_serve_a_dashboard_without_a_warning():
+    """Two runs on one machine: each cluster's dashboard takes a free port of 127.0.0.1 (Dask's 8787 made the second
+    warn that it was taken and pick another)."""
+    from flows import runners
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with runners.dask_runner(1) as first, runners.dask_runner(1) as second:
+            links = [first.client.dashboard_link, second.client.dashboard_link]
+    assert [str(w.message) for w in caught if "already in use" in str(w.message)] == []
+    assert len(set(links)) == 2 and all(link.startswith("http://127.0.0.1:") for link in links)
 
 
 PREFORKED_WORKERS = """
