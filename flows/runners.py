@@ -1,7 +1,8 @@
 """Where the flow's stages run: local worker processes (the default), a Dask cluster, or one after another.
 
 - processes: a local Dask cluster of single-threaded worker processes, one per slot; each stage trains with its
-  slot's share of the cores (kdflow.schedule.slots), and on a machine with several GPUs, one model per GPU;
+  slot's share of the cores (kdflow.schedule.slots), and on a machine with several GPUs, one model per GPU. A
+  command forks them from a server that imported the stages meanwhile (prefork_local_workers), else they spawn;
 - a Dask address: the cluster's workers, which must see the project at the same path and reach the MLflow store
   and the Prefect API (a temporary server on 127.0.0.1 is no use to a remote cluster: set PREFECT_API_URL);
 - serial: every stage in the flow's own process, in pipeline order, with all of its threads: the schedule the

@@ -155,10 +155,16 @@ def hold_outputs(root: Path) -> Iterator[None]:
 
 def stale_stages(root: Path) -> list[str]:
     """The stages whose deps, params or outs differ from dvc.lock (what `dvc status` lists), in pipeline order."""
+    from dvc.lock import LockError
     from dvc.repo import lock_repo
 
-    with open_repo(Path(root).resolve()) as repo, lock_repo(repo):
-        return [name for name in graph.STAGES if repo.stage.collect(name)[0].changed()]
+    root = Path(root).resolve()
+    with open_repo(root) as repo:
+        try:
+            with lock_repo(repo):
+                return [name for name in graph.STAGES if repo.stage.collect(name)[0].changed()]
+        except LockError as exc:
+            raise _busy(exc, root) from None
 
 
 def begin_stage(root: Path, name: str, force: bool = False) -> str | None:

@@ -173,6 +173,21 @@ def test_after_the_flow_dvc_sees_everything_current_and_repro_runs_nothing(copy_
     assert not (root / ".kdflow" / "prefect").exists(), "a second cache beside DVC's"
 
 
+def test_the_stale_stages_are_those_dvc_status_lists(copy_flowed, tmp_path):
+    """What `kdflow run` asks before forking its workers: nothing after the flow; after a new temperature, distill
+    alone (its dependants' inputs change when it reruns), as `dvc status` says."""
+    from kdflow import record
+
+    root = copy_flowed(tmp_path / "project")
+    assert record.stale_stages(root) == []
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["distill"]["temperature"] += 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    assert record.stale_stages(root) == ["distill"]
+    listed = [line.removesuffix(":") for line in dvc(root, "status").splitlines() if not line.startswith("\t")]
+    assert listed == ["distill"]
+
+
 def test_a_deleted_output_is_restored_from_dvcs_run_cache_as_dvc_repro_would(copy_flowed, tmp_path):
     from flows.pipeline import pipeline
 
