@@ -153,8 +153,10 @@ def hold_outputs(root: Path) -> Iterator[None]:
             lock.__exit__(None, None, None)
 
 
-def stale_stages(root: Path) -> list[str]:
-    """The stages whose deps, params or outs differ from dvc.lock (what `dvc status` lists), in pipeline order."""
+@contextlib.contextmanager
+def locked_repo(root: Path) -> Iterator:
+    """The DVC repository at `root` (open_repo) under DVC's repository lock, as `dvc status` and `dvc repro` take it;
+    RecordError naming the holder when another process has it."""
     from dvc.lock import LockError
     from dvc.repo import lock_repo
 
@@ -162,9 +164,15 @@ def stale_stages(root: Path) -> list[str]:
     with open_repo(root) as repo:
         try:
             with lock_repo(repo):
-                return [name for name in graph.STAGES if repo.stage.collect(name)[0].changed()]
+                yield repo
         except LockError as exc:
             raise _busy(exc, root) from None
+
+
+def stale_stages(root: Path) -> list[str]:
+    """The stages whose deps, params or outs differ from dvc.lock (what `dvc status` lists), in pipeline order."""
+    with locked_repo(root) as repo:
+        return [name for name in graph.STAGES if repo.stage.collect(name)[0].changed()]
 
 
 def begin_stage(root: Path, name: str, force: bool = False) -> str | None:
@@ -173,25 +181,18 @@ def begin_stage(root: Path, name: str, force: bool = False) -> str | None:
     A stage whose deps, params and outs match dvc.lock is skipped (UP_TO_DATE); one whose inputs match an entry of
     DVC's run cache gets its outputs checked out from there and recorded (RESTORED). `force` always runs.
     """
-    from dvc.lock import LockError
-    from dvc.repo import lock_repo
     from dvc.stage.cache import RunCacheNotFoundError
 
-    root = Path(root).resolve()
-    with open_repo(root) as repo:
-        try:
-            with lock_repo(repo):
-                (stage,) = repo.stage.collect(name)
-                if not force and not stage.changed():
-                    return UP_TO_DATE
-                stage.remove_outs(ignore_remove=False, force=False)
-                if not force:
-                    with contextlib.suppress(RunCacheNotFoundError):
-                        repo.stage_cache.restore(stage)
-                        repo.commit(name, force=True)
-                        return RESTORED
-        except LockError as exc:
-            raise _busy(exc, root) from None
+    with locked_repo(root) as repo:
+        (stage,) = repo.stage.collect(name)
+        if not force and not stage.changed():
+            return UP_TO_DATE
+        stage.remove_outs(ignore_remove=False, force=False)
+        if not force:
+            with contextlib.suppress(RunCacheNotFoundError):
+                repo.stage_cache.restore(stage)
+                repo.commit(name, force=True)
+                return RESTORED
     return None
 
 
