@@ -21,14 +21,23 @@ from prefect.futures import as_completed
 from prefect.states import Failed
 
 from flows import runners
-from kdflow import distributed, graph, record, schedule, tracking
+from kdflow import graph, record, schedule, tracking
 from kdflow.artifacts import read_json
 from kdflow.config import ConfigError, Params, dump_params, load_params, validate
 from kdflow.layout import ProjectPaths
-from kdflow.stage import stage_train_spec
 from flows.retries import STAGE_TASK_OPTIONS
 
-STAGES = {name: importlib.import_module(stage.module).run for name, stage in graph.STAGES.items()}
+
+def stage_function(module: str):
+    """The `run` of the stage module `module`, imported at its first call: the flow's own process only orders and
+    records the stages, and the worker that runs one has imported it already (flows.runners)."""
+    def run(params: Params, paths: ProjectPaths, parent_run_id: str | None) -> dict:
+        return importlib.import_module(module).run(params, paths, parent_run_id)
+
+    return run
+
+
+STAGES = {name: stage_function(stage.module) for name, stage in graph.STAGES.items()}
 
 
 class StageFailed(RuntimeError):
@@ -51,6 +60,9 @@ def train_stage(stage: str, params: dict[str, Any], root: str, parent_run_id: st
 def call_stage(stage: str, params: Params, paths: ProjectPaths, parent_run_id: str | None) -> dict:
     """The stage in this process, or, when its `train.nproc_per_node` asks for more, as that many torchrun ranks
     running its command (`kdflow stage <stage>`, which reads the params.yaml the flow wrote, as `dvc repro`)."""
+    from kdflow import distributed
+    from kdflow.stage import stage_train_spec
+
     train = stage_train_spec(params, stage)
     if train is None or train.nproc_per_node == 1:
         return STAGES[stage](params, paths, parent_run_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ def local_cluster(workers: int) -> dict:
 
 def prefork_local_workers(task_module: str) -> None:
     """Start now, in the background, the process this one's local Dask workers are forked from (multiprocessing's
-    fork server), importing `task_module` (the flow's tasks: torch, MLflow, Prefect and the stages): a worker is then
+    fork server), importing `task_module` (the flow's tasks), the stages (torch) and MLflow: a worker is then
     ready within milliseconds of its cluster's start instead of importing them for seconds at its first task, on
     the run's critical path, and it ends without Python's module teardown (3 s at the cluster's close).
 
@@ -42,7 +43,8 @@ def prefork_local_workers(task_module: str) -> None:
 
     dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
     # MLflow imports its SQL store (SQLAlchemy, alembic: 1.3 s) at a stage's first run, not with the tasks
-    imports = ["distributed", "prefect_dask", task_module, "mlflow.store.tracking.sqlalchemy_store"]
+    stages = sorted({stage.module for stage in graph.STAGES.values()})
+    imports = ["distributed", "prefect_dask", task_module, *stages, "mlflow.store.tracking.sqlalchemy_store"]
     multiprocessing.get_context("forkserver").set_forkserver_preload(imports)
     forkserver.ensure_running()
 
@@ -73,11 +75,19 @@ def dask_runner(workers: int | None = None, address: str | None = None):
     return DaskTaskRunner(cluster_kwargs=local_cluster(workers or 2))
 
 
+# Device files a GPU driver makes (NVIDIA's, AMD's ROCm, WSL2's): without any, a Linux machine has no CUDA device.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+
+
 def machine() -> tuple[int, int]:
-    """(CPU cores this process may use, CUDA devices visible)."""
+    """(CPU cores this process may use, CUDA devices visible). torch is asked only where a GPU driver is loaded: the
+    flow's own process then never imports it (seconds of a run's start-up)."""
+    cores = len(os.sched_getaffinity(0))
+    if sys.platform == "linux" and not any(os.path.exists(device) for device in GPU_DEVICE_FILES):
+        return cores, 0
     import torch
 
-    return len(os.sched_getaffinity(0)), torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return cores, torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 @dataclass

@@ -14,12 +14,13 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
+if TYPE_CHECKING:
+    import pandas as pd
+
+# torch, pandas and pyarrow are imported by the functions that use them: a flow's own process (which only orders
+# and records stages) and the CLI's checks use this module without paying seconds for them.
 
 
 def process_alive(pid: int) -> bool:
@@ -142,6 +143,9 @@ PARQUET_ROW_GROUP_ROWS = 16384
 
 def write_parquet(target: str | Path, frame: pd.DataFrame) -> Path:
     """Parquet without the pandas index or a creation timestamp, so equal frames give equal bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     table = pa.Table.from_pandas(frame, preserve_index=False)
     with atomic_path(target) as temporary:
         pq.write_table(table, temporary, compression="zstd", row_group_size=PARQUET_ROW_GROUP_ROWS)
@@ -150,6 +154,8 @@ def write_parquet(target: str | Path, frame: pd.DataFrame) -> Path:
 
 def save_checkpoint(target: str | Path, payload: dict[str, Any]) -> Path:
     """A checkpoint holds only tensors and plain data, so `load_checkpoint` can use weights_only=True."""
+    import torch
+
     with atomic_path(target) as temporary, open(temporary, "wb") as handle:
         # Saved to a file object, not a path: torch names the zip's records after the path (here a random
         # temporary), so equal payloads would give other bytes on every save.
@@ -166,6 +172,8 @@ class CheckpointError(RuntimeError):
 
 
 def load_checkpoint(source: str | Path) -> dict[str, Any]:
+    import torch
+
     source = Path(source)
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
