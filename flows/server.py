@@ -106,6 +106,10 @@ class PrefectApi:
             env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "5"
         else:
             command += ["--no-ui", "--no-scheduler", "--no-late-runs"]
+            # Nor does one run's API register Prefect's block types (it imported every installed collection, Dask's
+            # among them, at each start): `prefect server start` does when a person opens the UI.
+            env.setdefault("PREFECT_SERVER_REGISTER_BLOCKS_ON_START", "false")
+            env.setdefault("PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION", "false")
 
         def launch() -> subprocess.Popen:
             return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from kdflow.artifacts import ArtifactError, process_alive
+from kdflow.artifacts import ArtifactError, atomic_path, process_alive
 from kdflow.layout import ProjectPaths
 
 DEFAULT_EXPERIMENT = "kdflow"
@@ -322,6 +323,55 @@ def _one_maker(root: Path, uri: str) -> Iterator[None]:
         yield
 
 
+def store_template() -> Path | None:
+    """An empty MLflow database at the installed MLflow's schema, made once per machine and user (in
+    `$XDG_CACHE_HOME/kdflow`): a new project's store starts as its copy instead of running MLflow's migrations
+    (a second and more of CPU while a run starts). None where it cannot be made (a cache folder that takes no
+    file); the store is then made by MLflow as before."""
+    import mlflow
+    import sqlalchemy
+
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdflow"
+    template = folder / f"mlflow-{mlflow.__version__}-sqlalchemy-{sqlalchemy.__version__}.db"
+    if template.is_file() and _sound_template(template):
+        return template  # else damaged (a full disk, a hand edit): made again
+    from mlflow.store.db.utils import _initialize_tables  # what MLflow's SQL store runs on an empty database
+
+    try:
+        with atomic_path(template) as making:  # whole or not at all, whoever else makes it meanwhile
+            engine = sqlalchemy.create_engine(f"sqlite:///{making}")
+            try:
+                _initialize_tables(engine)
+            finally:
+                engine.dispose()
+    except OSError:
+        return None
+    return template
+
+
+def _sound_template(template: Path) -> bool:
+    """A readable SQLite file whose schema MLflow's migrations stamped."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{template.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+            return (connection.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+                    and len(connection.execute("SELECT version_num FROM alembic_version").fetchall()) == 1)
+    except sqlite3.DatabaseError:
+        return False
+
+
+def _seed_local_store(root: Path, uri: str) -> None:
+    """Start the project's own local store, when it does not exist yet, as a copy of the store template."""
+    database = ProjectPaths(root).mlflow_store
+    if uri != local_uri(root) or database.exists():
+        return
+    template = store_template()
+    if template is not None:
+        with atomic_path(database) as copy:
+            shutil.copyfile(template, copy)
+
+
 def project_client(root: Path):
     """An MlflowClient on the project's store and the id of its experiment (made, and tagged, when new)."""
     from mlflow.exceptions import MlflowException
@@ -330,6 +380,7 @@ def project_client(root: Path):
     uri = store_uri(root)
     name = experiment_name()
     with _one_maker(root, uri):
+        _seed_local_store(root, uri)
         client = MlflowClient(tracking_uri=uri)  # a new local store is made here
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

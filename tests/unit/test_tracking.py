@@ -4,6 +4,7 @@ page MLflow's UI opens it on."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
@@ -99,6 +100,55 @@ def test_commands_started_together_in_a_fresh_project_make_one_store_and_one_exp
         experiments = pool.map(experiment_of, [str(tmp_path)] * 4)
     assert len(set(experiments)) == 1
     client = MlflowClient(tracking_uri=tracking.local_uri(tmp_path))
+    assert [e.name for e in client.search_experiments()] == ["kdflow", "Default"]
+
+
+def schema(database: Path) -> dict:
+    """Each table's and index's definition as a set of its lines: MLflow's migrations list a table's constraints in
+    another order when they ran in the same process before (the same schema, other text)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        rows = connection.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+    return {(kind, name): {line.strip().rstrip(",") for line in (sql or "").splitlines()} for kind, name, sql in rows}
+
+
+def test_a_new_project_store_is_a_copy_of_the_template_mlflow_itself_migrated_once(tmp_path, monkeypatch):
+    """A fresh project's mlflow.db starts as a copy of an empty store MLflow's own migrations made once (in
+    $XDG_CACHE_HOME/kdflow), not migrated anew by every new project: the same schema as MLflow makes, and each
+    project's own Default and kdflow experiments, its artifacts beside its store."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    tracking.project_client(first)
+    (template,) = (tmp_path / "cache" / "kdflow").glob("mlflow-*.db")
+    made = template.stat().st_mtime_ns
+    tracking.project_client(second)
+    assert template.stat().st_mtime_ns == made  # made once, copied since
+    MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'own.db'}").search_experiments()  # MLflow makes its own
+    assert schema(first / "mlflow.db") == schema(second / "mlflow.db") == schema(tmp_path / "own.db")
+    assert schema(template) == schema(tmp_path / "own.db")
+    for root in (first, second):
+        client = MlflowClient(tracking_uri=tracking.local_uri(root))
+        assert [e.name for e in client.search_experiments()] == ["kdflow", "Default"]
+        assert client.get_experiment_by_name("kdflow").artifact_location == (root / "mlartifacts").as_uri()
+
+
+def test_a_damaged_template_is_made_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = tracking.store_template()
+    template.write_bytes(template.read_bytes()[:4096])  # truncated
+    assert tracking.store_template() == template
+    tracking.project_client(tmp_path / "project")
+    client = MlflowClient(tracking_uri=tracking.local_uri(tmp_path / "project"))
+    assert [e.name for e in client.search_experiments()] == ["kdflow", "Default"]
+
+
+def test_a_cache_folder_that_takes_no_file_leaves_the_store_to_mlflow(tmp_path, monkeypatch):
+    (tmp_path / "cache").write_text("a file where the cache folder would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert tracking.store_template() is None
+    tracking.project_client(tmp_path / "project")
+    client = MlflowClient(tracking_uri=tracking.local_uri(tmp_path / "project"))
     assert [e.name for e in client.search_experiments()] == ["kdflow", "Default"]
 
 
