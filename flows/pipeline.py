@@ -85,8 +85,9 @@ def failure(stage: str, error: Exception) -> Exception:
 
 def run_stages(names: list[str], arguments: tuple, forced: set[str], runner: runners.StageRunner) -> dict:
     """Run the stages `names` (in pipeline order) as their inputs become ready, on `runner`'s slots; each is first
-    decided by DVC's record (skipped, restored, or run) and recorded by this process when it finishes, so dvc.lock
-    has one writer. `arguments` are train_stage's (params, root, parent_run_id).
+    decided by DVC's record (skipped, restored, or run) and recorded by this process when it finishes (in worker
+    processes, once the stages it made ready have started), so dvc.lock has one writer. `arguments` are
+    train_stage's (params, root, parent_run_id).
 
     A stage that fails for good raises StageFailed (or RecordError) once the stages already running have finished
     and been recorded: nothing done is lost. Returns {"ran", "cached", "seconds", "cpu_seconds"} (stages in
@@ -95,8 +96,8 @@ def run_stages(names: list[str], arguments: tuple, forced: set[str], runner: run
     root = arguments[1]
     needs = {name: [up for up in graph.needs(name) if up in names] for name in names}
     pending, done, seconds, cpu_seconds, cached = list(names), set(), {}, {}, []
-    free, running, failed = list(runner.slots), {}, None
-    while pending or running:
+    free, running, failed, unrecorded = list(runner.slots), {}, None, []
+    while pending or running or unrecorded:
         decided = False
         for stage in schedule.ready(pending, done, needs) if failed is None else []:
             if not free:
@@ -111,6 +112,10 @@ def run_stages(names: list[str], arguments: tuple, forced: set[str], runner: run
             running[runner.submit(train_stage, stage, *arguments, slot)] = (stage, slot)
         if decided:
             continue
+        # A finished stage is recorded once the stages that read its outputs have started (they read the files,
+        # not its record): the recording (DVC rewrites dvc.lock) is then off the critical path.
+        while unrecorded:
+            record.commit_stage(root, unrecorded.pop(0))
         if not running:
             break
         future = next(as_completed(list(running)))
@@ -121,8 +126,11 @@ def run_stages(names: list[str], arguments: tuple, forced: set[str], runner: run
         except Exception as error:  # noqa: BLE001 - whatever the stage raised, once its retries are spent
             failed = failed or failure(stage, error)
             continue
-        record.commit_stage(root, stage)
         done.add(stage)
+        if runner.kind == "serial":  # the next stage would run in this process while DVC works in the project's folder
+            record.commit_stage(root, stage)
+        else:
+            unrecorded.append(stage)
     record.order_lock(root)
     if failed is not None:
         raise failed

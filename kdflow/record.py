@@ -198,13 +198,15 @@ def begin_stage(root: Path, name: str, force: bool = False) -> str | None:
 
 def commit_stage(root: Path, name: str) -> None:
     """Record stage `name`'s outputs, just written, in dvc.lock, DVC's cache and its run cache (`Repo.commit`).
-    One process records for a flow run (the flow's own), so two stages never write dvc.lock at once."""
+    One process records for a flow run (the flow's own), so two stages never write dvc.lock at once. The outputs
+    are only read (DVC's relink would replace each with a copy from its cache): the stages that read them may
+    have started already."""
     from dvc.lock import LockError
 
     root = Path(root).resolve()
     with open_repo(root) as repo:
         try:
-            repo.commit(name, force=True)
+            repo.commit(name, force=True, relink=False)
         except LockError as exc:
             raise _busy(exc, root) from None
 
