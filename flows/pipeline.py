@@ -97,13 +97,14 @@ def run_stages(names: list[str], arguments: tuple, forced: set[str], runner: run
     needs = {name: [up for up in graph.needs(name) if up in names] for name in names}
     pending, done, seconds, cpu_seconds, cached = list(names), set(), {}, {}, []
     free, running, failed, unrecorded = list(runner.slots), {}, None, []
+    current = record.current_stages(root, names, forced)  # what an unchanged rerun skips, decided at once
     while pending or running or unrecorded:
         decided = False
         for stage in schedule.ready(pending, done, needs) if failed is None else []:
-            if not free:
-                break
+            if stage not in current and not free:
+                continue
             pending.remove(stage)
-            if record.begin_stage(root, stage, stage in forced) is not None:
+            if stage in current or record.begin_stage(root, stage, stage in forced) is not None:
                 cached.append(stage)
                 done.add(stage)
                 decided = True  # its dependants may be ready now

@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kdflow import graph, record, schedule
 
@@ -92,26 +92,27 @@ def machine() -> tuple[int, int]:
 
 @dataclass
 class StageRunner:
-    """A Prefect task runner and the slots stages run in: at most one stage per slot at a time. The task runner
-    starts (a local cluster: its worker processes) at the first stage that must run, so a run that DVC's record
-    answers in full starts none."""
+    """A Prefect task runner and the slots stages run in: at most one stage per slot at a time. The task runner is
+    made and started (a local cluster: its worker processes) at the first stage that must run, so a run that DVC's
+    record answers in full imports and starts none."""
 
     kind: str  # "processes", "dask" or "serial", for the run's record
-    runner: Any
+    make_runner: Callable[[], Any]
     slots: list[schedule.Slot | None] = field(default_factory=lambda: [None])
-    started: bool = False
+    runner: Any = None  # once started
 
     def __enter__(self) -> "StageRunner":
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.started:
+        if self.runner is not None:
             self.runner.__exit__(*exc)
 
     def submit(self, task, stage: str, params: dict, root: str, parent_run_id: str | None, slot):
-        if not self.started:
-            self.runner.__enter__()
-            self.started = True
+        if self.runner is None:
+            runner = self.make_runner()
+            runner.__enter__()
+            self.runner = runner
         return self.runner.submit(task, parameters={"stage": stage, "params": params, "root": root,
                                                     "parent_run_id": parent_run_id, "slot": slot})
 
@@ -122,10 +123,10 @@ def choose(serial: bool = False, workers: int | None = None, dask_address: str |
     if serial:
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        return StageRunner("serial", ThreadPoolTaskRunner(max_workers=1))
+        return StageRunner("serial", lambda: ThreadPoolTaskRunner(max_workers=1))
     cores, gpus = machine()
     needs = {name: graph.needs(name) for name in graph.STAGES}
     count = workers or schedule.default_workers(cores, gpus, schedule.width(needs))
     if dask_address:  # another machine's cores and GPUs: a thread per stage, each worker's default device
-        return StageRunner("dask", dask_runner(address=dask_address), schedule.slots(count, count, 0))
-    return StageRunner("processes", dask_runner(count), schedule.slots(count, cores, gpus))
+        return StageRunner("dask", lambda: dask_runner(address=dask_address), schedule.slots(count, count, 0))
+    return StageRunner("processes", lambda: dask_runner(count), schedule.slots(count, cores, gpus))

@@ -172,7 +172,24 @@ def locked_repo(root: Path) -> Iterator:
 def stale_stages(root: Path) -> list[str]:
     """The stages whose deps, params or outs differ from dvc.lock (what `dvc status` lists), in pipeline order."""
     with locked_repo(root) as repo:
-        return [name for name in graph.STAGES if repo.stage.collect(name)[0].changed()]
+        stages = {stage.name: stage for stage in repo.stage.load_file()}  # dvc.yaml and dvc.lock read once
+        return [name for name in graph.STAGES if stages[name].changed()]
+
+
+def current_stages(root: Path, names: list[str], forced: set[str]) -> set[str]:
+    """The stages of `names` (in pipeline order) that begin_stage would skip as up to date whenever it is asked:
+    unchanged in DVC's record, not forced, and every stage of `names` they read from current too (one that will
+    run may change their inputs). Decided in one reading of dvc.yaml and dvc.lock; none before the first run."""
+    if not ProjectPaths.at(root).dvc_lock.exists():
+        return set()
+    current: set[str] = set()
+    with locked_repo(root) as repo:
+        stages = {stage.name: stage for stage in repo.stage.load_file()}
+        for name in names:
+            upstream = [up for up in graph.needs(name) if up in names]
+            if name not in forced and all(up in current for up in upstream) and not stages[name].changed():
+                current.add(name)
+    return current
 
 
 def begin_stage(root: Path, name: str, force: bool = False) -> str | None:

@@ -188,6 +188,24 @@ def test_the_stale_stages_are_those_dvc_status_lists(copy_flowed, tmp_path):
     assert listed == ["distill"]
 
 
+def test_the_flow_decides_at_once_the_stages_no_rerun_can_change(copy_flowed, tmp_path):
+    """What the flow skips without asking DVC stage by stage: the current stages none of whose inputs a stage that
+    runs writes. After a new temperature, distill runs, so the fine-tune of its student and the evaluation wait
+    to be decided; forcing the teacher leaves only what reads the prepared data alone; a first run has none."""
+    from kdflow import record
+
+    root = copy_flowed(tmp_path / "project")
+    names = STAGE_ORDER
+    assert record.current_stages(root, names, set()) == set(names)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["distill"]["temperature"] += 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    assert record.current_stages(root, names, set()) == set(names) - {"distill", "finetune", "evaluate"}
+    assert record.current_stages(root, names, {"train_teacher"}) == {"prepare", "student_scratch", "target_scratch"}
+    (root / "dvc.lock").unlink()
+    assert record.current_stages(root, names, set()) == set()
+
+
 def test_a_deleted_output_is_restored_from_dvcs_run_cache_as_dvc_repro_would(copy_flowed, tmp_path):
     from flows.pipeline import pipeline
 
