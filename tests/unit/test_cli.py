@@ -48,22 +48,26 @@ def test_a_stage_with_a_misspelt_key_says_which_and_writes_nothing(tmp_path, tin
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
-@pytest.mark.parametrize(("command", "kind", "slots"), [
-    ("run --serial", "serial", 1),
-    ("run --workers 3", "processes", 3),
-    ("run --dask-address tcp://host:8786", "dask", None),
+@pytest.mark.parametrize(("command", "kind", "slots", "task_runner"), [
+    ("run --serial", "serial", 1, "ThreadPoolTaskRunner"),
+    ("run --workers 3", "processes", 3, "DaskTaskRunner"),
+    ("run --dask-address tcp://host:8786", "dask", None, "DaskTaskRunner"),
 ])
-def test_the_run_options_choose_where_the_stages_run(command, kind, slots):
-    """`kdflow run`'s --serial, --workers and --dask-address reach flows.runners, which starts nothing until a stage
-    must run."""
+def test_the_run_options_choose_where_the_stages_run(command, kind, slots, task_runner):
+    """`kdflow run`'s --serial, --workers and --dask-address reach flows.runners, which makes and starts no task
+    runner until a stage must run."""
     from flows import runners
 
     name, *arguments = command.split()
     chosen = app.commands[name].make_context(name, arguments).params  # parsed only: no run starts
     runner = runners.choose(chosen["serial"], chosen["workers"], chosen["dask_address"])
-    assert runner.kind == kind and not runner.started
+    assert runner.kind == kind and runner.runner is None
     if slots is not None:
         assert len(runner.slots) == slots
+    made = runner.make_runner()  # made, not entered: no cluster starts
+    assert type(made).__name__ == task_runner
+    if kind == "dask":
+        assert made.address == "tcp://host:8786"
 
 
 def test_the_console_script_exits_when_a_command_leaves_an_idle_thread_pool_behind():
