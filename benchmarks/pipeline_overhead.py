@@ -54,7 +54,9 @@ def measure(root: Path, stages: str, threads: int | None) -> dict:
         env.pop(name, None)
     started = time.perf_counter()
     completed = subprocess.run(
-        [sys.executable, "-c", f"from benchmarks.overhead_child import child; child({str(root)!r}, {stages!r})"],
+        # ended as `kdflow run` ends (cli.quick_exit): without the seconds of Python's module teardown
+        [sys.executable, "-c", f"from benchmarks.overhead_child import child; child({str(root)!r}, {stages!r}); "
+                               "from cli.quick_exit import exit_now; exit_now(0)"],
         cwd=root, env=env, capture_output=True, text=True)
     if completed.returncode != 0:
         raise RuntimeError(f"{stages} in {root} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")

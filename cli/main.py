@@ -3,14 +3,12 @@ a run's bytes, or trace its lineage."""
 
 from __future__ import annotations
 
-import atexit
-import os
 import sys
-import threading
 
 import click
 
 from cli.flow_commands import run, serve, sweep
+from cli.quick_exit import exit_now
 from cli.project_commands import checkout, dvc_yaml, lineage, lr_find, stage
 
 
@@ -40,14 +38,7 @@ def main() -> None:
         if code is not None:
             print(code, file=sys.stderr)
         code = 0 if code is None else 1
-    # What Python's own exit runs, in its order; the teardown after it is what is skipped. threading's shutdown
-    # first wakes idle thread pools (MLflow's artifact repositories keep one each), then joins the threads: a plain
-    # join would wait forever on a pool still referenced.
-    threading._shutdown()  # noqa: SLF001
-    atexit._run_exitfuncs()  # noqa: SLF001
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_now(code)
 
 
 if __name__ == "__main__":  # `python -m cli.main`: how torchrun starts a stage's ranks
