@@ -1,6 +1,7 @@
 """The commands that run a Prefect flow: `run` (the pipeline once), `sweep` (a grid on Dask), `serve` (a schedule).
 
-Each checks its choices and loads its params once, before the Prefect API (flows.server) starts.
+Each checks its choices and loads its params once: `sweep` and `serve` before the Prefect API (flows.server) starts,
+`run` while Prefect's temporary server starts (it is stopped if a check fails).
 """
 
 from __future__ import annotations
@@ -50,13 +51,13 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     paths = ProjectPaths.at(root)
     with contextlib.ExitStack() as held:
         try:
-            click.echo(tracking.check_tracking(paths.root))  # before anything trains
-            params = load_params(params_path, overrides)  # before Prefect starts a server; the flow takes them
-            check_configured_api()
-            # Prefect's temporary server starts in the background (seconds) while the project is checked, the
-            # stages import and MLflow's store opens (a fresh project's store creates its tables).
+            # Prefect's temporary server starts first, in the background (seconds), while the run's choices and
+            # the project are checked and MLflow's store opens; a check that fails stops it with the command.
             api = PrefectApi.start()
             held.callback(api.stop)
+            click.echo(tracking.check_tracking(paths.root))  # before anything trains
+            params = load_params(params_path, overrides)  # the flow takes them
+            check_configured_api()
             record.project_params(params_path, paths.root)  # before anything is written to the root
             record.ensure_project(paths.root)
             # Another run holds the project: say so now, not in the flow. Held until this run ends (the flow's own

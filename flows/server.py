@@ -88,13 +88,11 @@ class PrefectApi:
 
     @classmethod
     def start(cls, scheduler: bool = False) -> "PrefectApi":
-        """The configured server (`check_configured_api` first), or a temporary one starting now in the background:
+        """The configured server (`check_configured_api` probes it), or a temporary one starting now in the background:
         API only for one run, or with its scheduler and UI (`scheduler`) for `kdflow serve`, whose schedule it must
         fire."""
         _default_settings()
-        from prefect.settings import PREFECT_API_URL
-
-        if PREFECT_API_URL.value():
+        if os.environ.get("PREFECT_API_URL"):
             return cls()
         port = _free_port()
         log = tempfile.TemporaryFile(mode="w+")  # its errors, for the message if it fails to start
@@ -115,7 +113,15 @@ class PrefectApi:
             return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env,
                                     preexec_fn=_stop_with_parent if sys.platform == "linux" else None)
 
-        return cls(launch(), port, log, launch)
+        # Launched before Prefect's settings load (a second of imports): only they say whether a profile or a
+        # .env file names an API, which is rare, and then the server just launched is stopped.
+        api = cls(launch(), port, log, launch)
+        from prefect.settings import PREFECT_API_URL
+
+        if PREFECT_API_URL.value():
+            api.stop()
+            return cls()
+        return api
 
     def ui_url(self) -> str:
         """Where a person opens the Prefect UI of this API."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -56,6 +57,41 @@ def test_a_dead_prefect_api_is_one_line_naming_it_and_the_fix(tmp_path, tiny_par
                           "or unset it for a temporary local server")
     assert "hunter2" not in done.stdout + done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_a_dead_prefect_api_named_by_a_profile_stops_the_run_and_the_server_launched_before_the_profile_loaded(
+        tmp_path, tiny_params, write_params):
+    """`kdflow run` launches Prefect's temporary server before Prefect's settings load; a profile that names an API
+    (no PREFECT_API_URL in the environment) makes it stop that server at once and use the profile's API: a dead one
+    is the same one line."""
+    write_params(tmp_path, tiny_params)
+    port = free_port()
+    profiles = tmp_path.parent / f"{tmp_path.name}-profiles.toml"
+    profiles.write_text(f'active = "ops"\n\n[profiles.ops]\nPREFECT_API_URL = "http://127.0.0.1:{port}/api"\n')
+    environment = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    environment.update(PYTHONPATH=str(REPO_ROOT), PREFECT_PROFILES_PATH=str(profiles), KDFLOW_OFFLINE="1")
+
+    done = subprocess.run([KDFLOW, "run"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=environment)
+
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"Error: Prefect API http://127.0.0.1:{port}/api (PREFECT_API_URL) is unreachable (")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+    started = """
+import subprocess
+launched = []
+class Recorded(subprocess.Popen):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        launched.append(self)
+subprocess.Popen = Recorded
+from flows.server import PrefectApi
+api = PrefectApi.start()
+print(api.ui_url(), [process.poll() is not None for process in launched])
+"""
+    shown = subprocess.run([sys.executable, "-c", started], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120, env=environment, check=True).stdout.split()
+    assert shown == [f"http://127.0.0.1:{port}", "[True]"]  # launched once, stopped before start() returned
 
 
 @pytest.mark.parametrize(("text", "overrides", "expected"), [
