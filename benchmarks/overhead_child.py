@@ -70,8 +70,8 @@ def child(root: str, stages: str) -> None:
         from flows.runners import start_workers_early
         from kdflow import record
 
-        record.ensure_project(Path(root).resolve())
         start_workers_early(Path(root).resolve(), stages == "serial", None, False, False)
+        record.ensure_project(Path(root).resolve())
     if os.environ.get("KDFLOW_BENCH_THREADS"):  # else torch's default, as `kdflow run` has it
         import torch
 

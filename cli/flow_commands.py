@@ -57,13 +57,13 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
             held.callback(api.stop)
             click.echo(tracking.check_tracking(paths.root))  # before anything trains
             params = load_params(params_path, overrides)  # the flow takes them
+            start_workers_early(paths.root, serial, dask_address, bool(force), bool(overrides))
             check_configured_api()
             record.project_params(params_path, paths.root)  # before anything is written to the root
             record.ensure_project(paths.root)
             # Another run holds the project: say so now, not in the flow. Held until this run ends (the flow's own
             # hold re-enters it), so no second run starts in between.
             held.enter_context(record.hold_outputs(paths.root))
-            start_workers_early(paths.root, serial, dask_address, bool(force), bool(overrides))
         except Exception as exc:  # a bad key, a dead tracking server, a damaged mlflow.db, a held project
             fail_clearly(exc, paths)
         from flows.pipeline import StageFailed, pipeline

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kdflow import graph, record, schedule
+from kdflow.layout import ProjectPaths
 
 
 def local_cluster(workers: int) -> dict:
@@ -52,8 +53,12 @@ def prefork_local_workers(task_module: str) -> None:
 def start_workers_early(root: Path, serial: bool, dask_address: str | None, force: bool, overrides: bool) -> None:
     """What `kdflow run` does while Prefect's server starts: fork the flow's local workers' server, unless the run
     has none (serial, a cluster's address) or has nothing to do (every stage current in DVC's record, nothing
-    forced or overridden), where it would only compete for the cores."""
-    if not serial and not dask_address and (force or overrides or record.stale_stages(root)):
+    forced or overridden), where it would only compete for the cores. A project without dvc.lock (a first run)
+    has everything to do: its server starts before DVC is even imported."""
+    if serial or dask_address:
+        return
+    first_run = not (Path(root) / ".dvc").is_dir() or not ProjectPaths.at(root).dvc_lock.exists()
+    if force or overrides or first_run or record.stale_stages(root):
         prefork_local_workers("flows.pipeline")
 
 

@@ -188,6 +188,35 @@ def test_the_stale_stages_are_those_dvc_status_lists(copy_flowed, tmp_path):
     assert listed == ["distill"]
 
 
+def test_a_run_forks_its_workers_server_early_only_when_a_stage_will_run(copy_flowed, tmp_path, monkeypatch):
+    """`kdflow run` starts its workers' fork server while Prefect's server starts: not for a rerun with every stage
+    current (it would only compete for the cores), nor for a serial run or a remote cluster; for a forced or
+    changed stage, and for a first run without asking DVC."""
+    from flows import runners
+
+    forked = []
+    # the fork server itself is process-wide (Dask's config, multiprocessing's server): recorded, not started here
+    monkeypatch.setattr(runners, "prefork_local_workers", forked.append)
+    root = copy_flowed(tmp_path / "project")
+
+    def forks(project: Path, **choices) -> bool:
+        forked.clear()
+        runners.start_workers_early(project, **{"serial": False, "dask_address": None, "force": False,
+                                                "overrides": False, **choices})
+        return forked == ["flows.pipeline"]
+
+    assert not forks(root)
+    assert forks(root, force=True) and forks(root, overrides=True)
+    assert not forks(root, serial=True, force=True) and not forks(root, dask_address="tcp://host:8786", force=True)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["distill"]["temperature"] += 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    assert forks(root)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert forks(fresh) and not (fresh / ".dvc").exists()  # decided without DVC
+
+
 def test_the_flow_decides_at_once_the_stages_no_rerun_can_change(copy_flowed, tmp_path):
     """What the flow skips without asking DVC stage by stage: the current stages none of whose inputs a stage that
     runs writes. After a new temperature, distill runs, so the fine-tune of its student and the evaluation wait
