@@ -100,23 +100,26 @@ def run_stages(names: list[str], arguments: tuple, forced: set[str], runner: run
     current = record.current_stages(root, names, forced)  # what an unchanged rerun skips, decided at once
     while pending or running or unrecorded:
         decided = False
-        for stage in schedule.ready(pending, done, needs) if failed is None else []:
-            if stage not in current and not free:
-                continue
-            pending.remove(stage)
-            if stage in current or record.begin_stage(root, stage, stage in forced) is not None:
-                cached.append(stage)
-                done.add(stage)
-                decided = True  # its dependants may be ready now
-                continue
-            slot = free.pop(0)
-            running[runner.submit(train_stage, stage, *arguments, slot)] = (stage, slot)
+        try:
+            for stage in schedule.ready(pending, done, needs) if failed is None else []:
+                if stage not in current and not free:
+                    continue
+                pending.remove(stage)
+                if stage in current or record.begin_stage(root, stage, stage in forced) is not None:
+                    cached.append(stage)
+                    done.add(stage)
+                    decided = True  # its dependants may be ready now
+                    continue
+                slot = free.pop(0)
+                running[runner.submit(train_stage, stage, *arguments, slot)] = (stage, slot)
+        finally:
+            # A finished stage is recorded once the stages that read its outputs have started (they read the
+            # files, not its record), so DVC's rewrite of dvc.lock is off the critical path; or once deciding or
+            # starting them failed: nothing done is lost.
+            while unrecorded:
+                record.commit_stage(root, unrecorded.pop(0))
         if decided:
             continue
-        # A finished stage is recorded once the stages that read its outputs have started (they read the files,
-        # not its record): the recording (DVC rewrites dvc.lock) is then off the critical path.
-        while unrecorded:
-            record.commit_stage(root, unrecorded.pop(0))
         if not running:
             break
         future = next(as_completed(list(running)))

@@ -130,3 +130,28 @@ def test_a_deterministic_error_fails_at_once(project, monkeypatch, error):
     with pytest.raises(pipeline_module.StageFailed, match=f"stage 'distill' failed: {type(error).__name__}"):
         pipeline_module.pipeline(params_path=str(params_path), root=str(root), force=["distill"], serial=True)
     assert stage.calls == 1
+
+
+def test_a_finished_stage_is_recorded_when_deciding_the_next_one_fails(copy_flowed, tmp_path, monkeypatch):
+    """In worker processes a finished stage is recorded once the stages it made ready have started; when deciding
+    one of them fails (DVC's lock held by another process), it is recorded all the same: nothing done is lost."""
+    import yaml
+
+    from flows import pipeline as pipeline_module
+    from kdflow import record
+
+    root = copy_flowed(tmp_path / "project")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["distill"]["temperature"] += 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    decide = record.begin_stage
+
+    def busy_at_finetune(project, name, force=False):
+        if name == "finetune":
+            raise record.RecordError(f"{project}: dvc.lock is being written by another run")
+        return decide(project, name, force)
+
+    monkeypatch.setattr(record, "begin_stage", busy_at_finetune)
+    with pytest.raises(record.RecordError, match="being written by another run"):
+        pipeline_module.pipeline(params_path=str(root / "params.yaml"), root=str(root), workers=2)
+    assert record.stale_stages(root) == ["finetune", "evaluate"]  # distill ran and is in dvc.lock
