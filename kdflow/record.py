@@ -172,8 +172,13 @@ def locked_repo(root: Path) -> Iterator:
 def stale_stages(root: Path) -> list[str]:
     """The stages whose deps, params or outs differ from dvc.lock (what `dvc status` lists), in pipeline order."""
     with locked_repo(root) as repo:
-        stages = {stage.name: stage for stage in repo.stage.load_file()}  # dvc.yaml and dvc.lock read once
+        stages = _declared_stages(repo)
         return [name for name in graph.STAGES if stages[name].changed()]
+
+
+def _declared_stages(repo) -> dict:
+    """dvc.yaml's stages by name, with what dvc.lock records of them: both files read once."""
+    return {stage.name: stage for stage in repo.stage.load_file()}
 
 
 def current_stages(root: Path, names: list[str], forced: set[str]) -> set[str]:
@@ -184,7 +189,7 @@ def current_stages(root: Path, names: list[str], forced: set[str]) -> set[str]:
         return set()
     current: set[str] = set()
     with locked_repo(root) as repo:
-        stages = {stage.name: stage for stage in repo.stage.load_file()}
+        stages = _declared_stages(repo)
         for name in names:
             upstream = [up for up in graph.needs(name) if up in names]
             if name not in forced and all(up in current for up in upstream) and not stages[name].changed():

@@ -125,7 +125,7 @@ def check_sqlite_store(database: Path) -> None:
     if not database.exists():
         return
     try:
-        with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+        with _read_only(database) as connection:
             verdict = connection.execute("PRAGMA quick_check").fetchone()[0]
     except sqlite3.DatabaseError as exc:
         verdict = str(exc)
@@ -133,6 +133,13 @@ def check_sqlite_store(database: Path) -> None:
         raise ArtifactError(database, f"not a readable MLflow store ({verdict}); nothing was run",
                             f"move it aside (`mv {database} {database}.damaged`) and rerun: a new store is made, and "
                             "the runs the damaged one held stay in that file")
+
+
+def _read_only(database: Path):
+    """A read-only connection to the SQLite file `database`, closed after the block."""
+    import sqlite3
+
+    return contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True))
 
 
 def _unreachable(root: Path, uri: str, reason: str) -> TrackingUnreachable:
@@ -354,7 +361,7 @@ def _sound_template(template: Path) -> bool:
     import sqlite3
 
     try:
-        with contextlib.closing(sqlite3.connect(f"{template.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+        with _read_only(template) as connection:
             return (connection.execute("PRAGMA quick_check").fetchone()[0] == "ok"
                     and len(connection.execute("SELECT version_num FROM alembic_version").fetchall()) == 1)
     except sqlite3.DatabaseError:
