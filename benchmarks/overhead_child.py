@@ -65,13 +65,16 @@ def child(root: str, stages: str) -> None:
         with PrefectApi.start().settings():
             print("KDFLOW-BENCH {}")
         return
-    api = PrefectApi.start() if stages in ("flow", "serial") else None
+    api = PrefectApi.launch() if stages in ("flow", "serial") else None
     if api is not None:  # as `kdflow run` goes on while the server starts
-        from flows.runners import start_workers_early
+        from flows import runners
         from kdflow import record
 
-        start_workers_early(Path(root).resolve(), stages == "serial", None, False, False)
+        forked = runners.start_workers_early(Path(root).resolve(), stages == "serial", None, False, False)
+        api = api.resolved()
         record.ensure_project(Path(root).resolve())
+        if forked:
+            runners.start_local_cluster(None)
     if os.environ.get("KDFLOW_BENCH_THREADS"):  # else torch's default, as `kdflow run` has it
         import torch
 

@@ -44,7 +44,7 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     from kdflow import record, tracking
     from kdflow.report import comparison_lines, text_table
 
-    from flows.runners import start_workers_early
+    from flows import runners
     from flows.server import PrefectApi, check_configured_api
 
     go_offline(offline)
@@ -53,17 +53,21 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
         try:
             # Prefect's temporary server starts first, in the background (seconds), while the run's choices and
             # the project are checked and MLflow's store opens; a check that fails stops it with the command.
-            api = PrefectApi.start()
-            held.callback(api.stop)
+            launched = PrefectApi.launch()
+            held.callback(launched.stop)
             click.echo(tracking.check_tracking(paths.root))  # before anything trains
             params = load_params(params_path, overrides)  # the flow takes them
-            start_workers_early(paths.root, serial, dask_address, bool(force), bool(overrides))
+            forked = runners.start_workers_early(paths.root, serial, dask_address, bool(force), bool(overrides))
+            api = launched.resolved()  # Prefect's settings load after the workers' server has started
             check_configured_api()
             record.project_params(params_path, paths.root)  # before anything is written to the root
             record.ensure_project(paths.root)
             # Another run holds the project: say so now, not in the flow. Held until this run ends (the flow's own
             # hold re-enters it), so no second run starts in between.
             held.enter_context(record.hold_outputs(paths.root))
+            if forked:  # the checks passed: its workers start while the flow opens
+                runners.start_local_cluster(workers)
+                held.callback(runners.close_unused_clusters)
         except Exception as exc:  # a bad key, a dead tracking server, a damaged mlflow.db, a held project
             fail_clearly(exc, paths)
         from flows.pipeline import StageFailed, pipeline

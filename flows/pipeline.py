@@ -96,7 +96,7 @@ def run_stages(names: list[str], arguments: tuple, forced: set[str], runner: run
     root = arguments[1]
     needs = {name: [up for up in graph.needs(name) if up in names] for name in names}
     pending, done, seconds, cpu_seconds, cached = list(names), set(), {}, {}, []
-    free, running, failed, unrecorded = list(runner.slots), {}, None, []
+    free, running, failed, unrecorded, ordered = list(runner.slots), {}, None, [], False
     current = record.current_stages(root, names, forced)  # what an unchanged rerun skips, decided at once
     while pending or running or unrecorded:
         decided = False
@@ -122,6 +122,11 @@ def run_stages(names: list[str], arguments: tuple, forced: set[str], runner: run
             continue
         if not running:
             break
+        if not pending and not ordered:
+            # Every stage has started: the lock's order is put right while the last ones run, not after them (their
+            # records are appended; the end checks the order again and rewrites it only if they finished out of order)
+            record.order_lock(root)
+            ordered = True
         future = next(as_completed(list(running)))
         stage, slot = running.pop(future)
         free.insert(0, slot)
