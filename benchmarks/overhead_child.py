@@ -70,11 +70,9 @@ def child(root: str, stages: str) -> None:
         from flows import runners
         from kdflow import record
 
-        forked = runners.start_workers_early(Path(root).resolve(), stages == "serial", None, False, False)
+        runners.start_workers_early(Path(root).resolve(), stages == "serial", None, False, False)
         api = api.resolved()
         record.ensure_project(Path(root).resolve())
-        if forked:
-            runners.start_local_cluster(None)
     if os.environ.get("KDFLOW_BENCH_THREADS"):  # else torch's default, as `kdflow run` has it
         import torch
 

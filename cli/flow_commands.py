@@ -57,7 +57,7 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
             held.callback(launched.stop)
             click.echo(tracking.check_tracking(paths.root))  # before anything trains
             params = load_params(params_path, overrides)  # the flow takes them
-            forked = runners.start_workers_early(paths.root, serial, dask_address, bool(force), bool(overrides))
+            runners.start_workers_early(paths.root, serial, dask_address, bool(force), bool(overrides))
             api = launched.resolved()  # Prefect's settings load after the workers' server has started
             check_configured_api()
             record.project_params(params_path, paths.root)  # before anything is written to the root
@@ -65,9 +65,6 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
             # Another run holds the project: say so now, not in the flow. Held until this run ends (the flow's own
             # hold re-enters it), so no second run starts in between.
             held.enter_context(record.hold_outputs(paths.root))
-            if forked:  # the checks passed: its workers start while the flow opens
-                runners.start_local_cluster(workers)
-                held.callback(runners.close_unused_clusters)
         except Exception as exc:  # a bad key, a dead tracking server, a damaged mlflow.db, a held project
             fail_clearly(exc, paths)
         from flows.pipeline import StageFailed, pipeline

@@ -15,7 +15,6 @@ import logging
 import multiprocessing
 import os
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -51,60 +50,24 @@ def prefork_local_workers(task_module: str) -> None:
     forkserver.ensure_running()
 
 
-def start_workers_early(root: Path, serial: bool, dask_address: str | None, force: bool, overrides: bool) -> bool:
+def start_workers_early(root: Path, serial: bool, dask_address: str | None, force: bool, overrides: bool) -> None:
     """What `kdflow run` does while Prefect's server starts: fork the flow's local workers' server, unless the run
     has none (serial, a cluster's address) or has nothing to do (every stage current in DVC's record, nothing
     forced or overridden), where it would only compete for the cores. A project without dvc.lock (a first run)
-    has everything to do: its server starts before DVC is even imported. Whether it started."""
+    has everything to do: its server starts before DVC is even imported."""
     if serial or dask_address:
-        return False
+        return
     first_run = not (Path(root) / ".dvc").is_dir() or not ProjectPaths.at(root).dvc_lock.exists()
     if force or overrides or first_run or record.stale_stages(root):
         prefork_local_workers("flows.pipeline")
-        return True
-    return False
 
 
-# Local clusters this process began ahead of its flow (start_local_cluster), by worker count, until one is taken.
-_started_clusters: dict[int, Future] = {}
+def dask_runner(workers: int | None = None, address: str | None = None):
+    """Prefect's Dask task runner on the cluster at `address`, or on a local cluster of `workers` processes."""
+    from prefect_dask import DaskTaskRunner
 
-
-def start_local_cluster(workers: int | None) -> Future:
-    """Start now, in a thread, the local cluster the next flow run of this process takes (the one `choose` picks
-    for `workers`): its nannies fork the workers as soon as the fork server has imported the stages, while this
-    process still waits for Prefect's server and opens the run, instead of after the first stage is submitted
-    (half a second on the run's critical path)."""
-    count = len(choose(workers=workers).slots)
-    if count not in _started_clusters:
-        _quiet_local_dask()
-        executor = ThreadPoolExecutor(1, thread_name_prefix="kdflow-local-cluster")
-        _started_clusters[count] = executor.submit(_new_local_cluster, **local_cluster(count))
-        executor.shutdown(wait=False)
-    return _started_clusters[count]
-
-
-def started_local_cluster(**cluster_kwargs):
-    """The flow's local cluster: the one start_local_cluster began for as many workers, once it is up, else a new
-    one. Its task runner closes it either way."""
-    started = _started_clusters.pop(cluster_kwargs["n_workers"], None)
-    return started.result() if started is not None else _new_local_cluster(**cluster_kwargs)
-
-
-def close_unused_clusters() -> None:
-    """Close the clusters started early that no flow took (the run stopped before its first stage)."""
-    while _started_clusters:
-        _, started = _started_clusters.popitem()
-        if started.exception() is None:
-            started.result().close()
-
-
-def _new_local_cluster(**cluster_kwargs):
-    from distributed import LocalCluster
-
-    return LocalCluster(**cluster_kwargs)
-
-
-def _quiet_local_dask() -> None:
+    if address:
+        return DaskTaskRunner(address=address)
     import dask
 
     # The local cluster's scheduler and nannies live in this process: their INFO lines (about 35 a run, and a
@@ -114,16 +77,7 @@ def _quiet_local_dask() -> None:
     # torch's allocations then fault their pages in anew at every step (the default teacher trained in 24.8 s
     # instead of 15.5 s). None unsets it, as Dask's config allows; the user's own environment still passes on.
     dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
-
-
-def dask_runner(workers: int | None = None, address: str | None = None):
-    """Prefect's Dask task runner on the cluster at `address`, or on a local cluster of `workers` processes."""
-    from prefect_dask import DaskTaskRunner
-
-    if address:
-        return DaskTaskRunner(address=address)
-    _quiet_local_dask()
-    return DaskTaskRunner(cluster_class=started_local_cluster, cluster_kwargs=local_cluster(workers or 2))
+    return DaskTaskRunner(cluster_kwargs=local_cluster(workers or 2))
 
 
 # Device files a GPU driver makes (NVIDIA's, AMD's ROCm, WSL2's): without any, a Linux machine has no CUDA device.
