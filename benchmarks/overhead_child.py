@@ -65,13 +65,12 @@ def child(root: str, stages: str) -> None:
         with PrefectApi.start().settings():
             print("KDFLOW-BENCH {}")
         return
-    api = PrefectApi.launch() if stages in ("flow", "serial") else None
+    api = PrefectApi.start() if stages in ("flow", "serial") else None
     if api is not None:  # as `kdflow run` goes on while the server starts
-        from flows import runners
+        from flows.runners import start_workers_early
         from kdflow import record
 
-        runners.start_workers_early(Path(root).resolve(), stages == "serial", None, False, False)
-        api = api.resolved()
+        start_workers_early(Path(root).resolve(), stages == "serial", None, False, False)
         record.ensure_project(Path(root).resolve())
     if os.environ.get("KDFLOW_BENCH_THREADS"):  # else torch's default, as `kdflow run` has it
         import torch

@@ -44,7 +44,7 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
     from kdflow import record, tracking
     from kdflow.report import comparison_lines, text_table
 
-    from flows import runners
+    from flows.runners import start_workers_early
     from flows.server import PrefectApi, check_configured_api
 
     go_offline(offline)
@@ -53,12 +53,11 @@ def run(params_path: str, root: str, overrides: tuple[str, ...], force: tuple[st
         try:
             # Prefect's temporary server starts first, in the background (seconds), while the run's choices and
             # the project are checked and MLflow's store opens; a check that fails stops it with the command.
-            launched = PrefectApi.launch()
-            held.callback(launched.stop)
+            api = PrefectApi.start()
+            held.callback(api.stop)
             click.echo(tracking.check_tracking(paths.root))  # before anything trains
             params = load_params(params_path, overrides)  # the flow takes them
-            runners.start_workers_early(paths.root, serial, dask_address, bool(force), bool(overrides))
-            api = launched.resolved()  # Prefect's settings load after the workers' server has started
+            start_workers_early(paths.root, serial, dask_address, bool(force), bool(overrides))
             check_configured_api()
             record.project_params(params_path, paths.root)  # before anything is written to the root
             record.ensure_project(paths.root)

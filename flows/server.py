@@ -91,12 +91,6 @@ class PrefectApi:
         """The configured server (`check_configured_api` probes it), or a temporary one starting now in the background:
         API only for one run, or with its scheduler and UI (`scheduler`) for `kdflow serve`, whose schedule it must
         fire."""
-        return cls.launch(scheduler).resolved()
-
-    @classmethod
-    def launch(cls, scheduler: bool = False) -> "PrefectApi":
-        """`start` up to the temporary server's launch, before Prefect's settings load (a second of imports, which
-        the caller can overlap with other work): `resolved()` then loads them."""
         _default_settings()
         if os.environ.get("PREFECT_API_URL"):
             return cls()
@@ -119,19 +113,15 @@ class PrefectApi:
             return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env,
                                     preexec_fn=_stop_with_parent if sys.platform == "linux" else None)
 
-        return cls(launch(), port, log, launch)
-
-    def resolved(self) -> "PrefectApi":
-        """This API once Prefect's settings have loaded: only they say whether a profile or a .env file names an API,
-        which is rare, and then the temporary server launched is stopped and that API is the one."""
-        if self._server is None:
-            return self
+        # Launched before Prefect's settings load (a second of imports): only they say whether a profile or a
+        # .env file names an API, which is rare, and then the server just launched is stopped.
+        api = cls(launch(), port, log, launch)
         from prefect.settings import PREFECT_API_URL
 
         if PREFECT_API_URL.value():
-            self.stop()
-            return type(self)()
-        return self
+            api.stop()
+            return cls()
+        return api
 
     def ui_url(self) -> str:
         """Where a person opens the Prefect UI of this API."""
